@@ -1,0 +1,63 @@
+"""Pure metrics: accuracy and AUC from logits (torchmetrics), and model cost figures."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> float:
+    """Fraction of rows whose arg-max matches the label."""
+    return float((logits.argmax(dim=1) == labels).float().mean())
+
+
+def auc(logits: Tensor, labels: Tensor) -> float:
+    """ROC AUC: binary on the positive class for 2 classes, else macro one-vs-rest."""
+    num_classes = logits.shape[1]
+    probs = torch.softmax(logits.float(), dim=1)
+    if num_classes == 2:
+        return float(binary_auroc(probs[:, 1], labels))
+    return float(multiclass_auroc(probs, labels, num_classes=num_classes, average="macro"))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not; buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def size_mb(model: nn.Module) -> float:
+    """Size of the saved ``state_dict`` in MB (10**6 bytes)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes / 1e6
+
+
+def flops_per_image(model: nn.Module, sample: Tensor) -> int:
+    """FLOPs of one forward pass on one image, counted by ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(sample[:1])
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def latency_ms(model: nn.Module, sample: Tensor, *, repeats: int = 20) -> float:
+    """Median wall time of a batch-1 forward pass in milliseconds (after a warm-up)."""
+    model.eval()
+    x = sample[:1]
+    times = []
+    with torch.inference_mode():
+        model(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)

@@ -1,0 +1,133 @@
+"""Train-or-load the teacher once and cache it with its logits on the training split.
+
+The cache entry is keyed by a hash of everything that determines the teacher (data, split,
+architecture, training settings, seed); a file lock makes parallel workers share one copy,
+and the file is written to a temporary name and renamed, so nobody reads half a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from filelock import FileLock
+from torch import Tensor, nn
+
+from .data import Splits
+from .methods import build_method
+from .models import build_model
+from .spec import StudySpec
+from .train import EpochResult, TrainSet, evaluate, fit, predict, steps_per_epoch
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Teacher:
+    """A trained teacher, its cached logits on ``splits.train`` and its reference scores."""
+
+    model: nn.Module
+    train_logits: Tensor
+    metrics: dict[str, float]  # val_accuracy, val_auc, test_accuracy, test_auc
+    from_cache: bool
+    path: Path
+
+
+def cache_root(spec: StudySpec) -> Path:
+    """The cache folder: ``runtime.cache_dir``, else ``$KDSEARCH_CACHE``, else ``~/.cache/kdsearch``."""
+    if spec.runtime.cache_dir is not None:
+        return Path(spec.runtime.cache_dir)
+    env = os.environ.get("KDSEARCH_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "kdsearch"
+
+
+def teacher_key(spec: StudySpec, splits: Splits) -> str:
+    """Hash of everything that determines the teacher's weights and logits."""
+    payload = {
+        "version": CACHE_VERSION,
+        "data": splits.fingerprint,
+        "shape": [splits.num_classes, splits.in_channels, splits.image_size],
+        "teacher": spec.teacher.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def train_teacher(
+    spec: StudySpec,
+    splits: Splits,
+    device: torch.device,
+    *,
+    on_step: Callable[[], None] | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> nn.Module:
+    """Train the spec's teacher with cross-entropy on the whole training split."""
+    t = spec.teacher
+    torch.manual_seed(t.seed)
+    model = build_model(t.arch, splits.num_classes, splits.in_channels, splits.image_size).to(device)
+    train = TrainSet(splits.train.x, splits.train.y, torch.ones(len(splits.train), dtype=torch.bool)).to(device)
+    fit(
+        model,
+        build_method("scratch"),
+        {},
+        train,
+        splits.val.to(device),
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        seed=t.seed,
+        on_step=on_step,
+        on_epoch=on_epoch,
+    )
+    return model
+
+
+def teacher_steps(spec: StudySpec, splits: Splits) -> int:
+    """Optimizer steps of a teacher training run (for progress bars)."""
+    return spec.teacher.epochs * steps_per_epoch(len(splits.train), spec.teacher.batch_size)
+
+
+def prepare_teacher(
+    spec: StudySpec,
+    splits: Splits,
+    device: torch.device,
+    *,
+    on_step: Callable[[], None] | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> Teacher:
+    """Load the cached teacher for this spec and data, or train, score and cache it (under a lock)."""
+    key = teacher_key(spec, splits)
+    folder = cache_root(spec) / "teachers"
+    path = folder / f"{spec.teacher.arch}-{key}.pt"
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            model = build_model(spec.teacher.arch, splits.num_classes, splits.in_channels, splits.image_size)
+            model.load_state_dict(entry["state_dict"])
+            return Teacher(model.to(device).eval(), entry["train_logits"], entry["metrics"], True, path)
+        model = train_teacher(spec, splits, device, on_step=on_step, on_epoch=on_epoch)
+        val_acc, val_auc = evaluate(model, splits.val.to(device))
+        test_acc, test_auc = evaluate(model, splits.test.to(device))
+        metrics = {"val_accuracy": val_acc, "val_auc": val_auc, "test_accuracy": test_acc, "test_auc": test_auc}
+        train_logits = predict(model, splits.train.x.to(device)).cpu()
+        state = {k: v.cpu() for k, v in model.state_dict().items()}
+        _atomic_save({"state_dict": state, "train_logits": train_logits, "metrics": metrics}, path)
+        return Teacher(model.eval(), train_logits, metrics, False, path)
