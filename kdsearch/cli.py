@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
@@ -42,6 +43,23 @@ def friendly(command: F) -> F:
 @app.callback()
 def _global(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
     STATE["debug"] = debug
+
+
+class _DropInterruptTracebacks(logging.Filter):
+    """Optuna logs a FAILED trial with its traceback; for Ctrl-C that is noise, we print how to resume."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+def quiet_optuna() -> None:
+    """Optuna warnings only (our progress bars replace its per-trial INFO lines), without Ctrl-C tracebacks."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in logging.getLogger("optuna").handlers:  # handler filters also see records of child loggers
+        if not any(isinstance(f, _DropInterruptTracebacks) for f in handler.filters):
+            handler.addFilter(_DropInterruptTracebacks())
 
 
 def default_spec_path() -> Path:
@@ -159,7 +177,7 @@ def run(
     spec, path = load_study_spec(
         spec_path, data_root=data_root, study=study_name, storage=storage, output_dir=output_dir, device=device
     )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     url = spec.resolved_storage()
     store = open_storage(url)
     splits, teacher, dev = _prepare(spec)
@@ -224,7 +242,7 @@ def report(
     from .report import summary_text, write_report
     from .search import FINAL_ATTR, load_study, open_storage, prepare_study_data, study_spec
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     if storage is None:
         spec, _ = load_study_spec(spec_path, study=study_name)
         storage = spec.resolved_storage()

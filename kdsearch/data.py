@@ -163,7 +163,7 @@ def load_splits(spec: DataSpec) -> Splits:
     def normalize(x: Tensor) -> Tensor:
         return x.float().div_(255).sub_(mean).div_(std)
 
-    fingerprint = _fingerprint(x_all, y_all, spec.val_size, spec.split_seed)
+    fingerprint = _fingerprint(x_all, y_all, x_test, y_test, spec.val_size, spec.split_seed)
     return Splits(
         train=Split(x_train.sub_(mean).div_(std), y_all[train_idx]),
         val=Split(normalize(x_all[val_idx]), y_all[val_idx]),

@@ -1,0 +1,147 @@
+"""The CLI as a user drives it: run a tiny study, resume it, rebuild its report, and bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from kdsearch.cli import app
+
+runner = CliRunner()
+KDSEARCH = [sys.executable, "-m", "kdsearch.cli"]
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def states(storage: str, name: str = "tiny") -> list[str]:
+    return [t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials]
+
+
+def test_run_creates_study_final_comparison_and_report(write_spec, tmp_path):
+    spec = write_spec(cache=tmp_path / "fresh-cache")
+    result = invoke("run", "--spec", str(spec), "--trials", "3")
+    assert result.exit_code == 0, result.output
+    assert "trained and cached" in result.output
+    assert "teacher accuracy: val" in result.output
+
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    for t in study.trials:
+        assert t.params["method"] == "kd"
+        assert 0.5 <= t.params["kd_temperature"] <= 20 and 0 <= t.params["kd_alpha"] <= 1
+        assert {"seed", "epochs_run", "accuracy", "auc", "wall_time_s"} <= set(t.user_attrs)
+        assert t.user_attrs["epochs_run"] == 2
+        assert t.value == pytest.approx(t.user_attrs["accuracy"])
+        assert sorted(t.intermediate_values) == [1, 2]
+
+    final = study.user_attrs["final_comparison"]
+    assert final["split"] == "test" and len(final["seeds"]) == 2
+    assert [s["label"] for s in final["students"]] == ["best kd", "scratch"]
+    assert all(len(s["runs"]) == 2 for s in final["students"])
+    assert final["students"][0]["trial"] == study.best_trial.number
+
+    report = tmp_path / "run" / "report.html"
+    assert report.is_file() and "plotly" in report.read_text()[:2_000_000]
+    assert "best kd (test, 2 seeds)" in result.output and "scratch (test, 2 seeds)" in result.output
+
+
+def test_second_run_reuses_teacher_and_adds_trials(write_spec, tmp_path):
+    spec = write_spec()
+    assert invoke("run", "--spec", str(spec), "--trials", "2").exit_code == 0
+    again = invoke("run", "--spec", str(spec), "--trials", "2")
+    assert again.exit_code == 0, again.output
+    assert "loaded from cache (no retraining)" in again.output
+    assert "resuming, 2 trials already" in again.output
+    assert states(f"sqlite:///{tmp_path / 'run' / 'study.db'}") == ["COMPLETE"] * 4
+
+
+def test_report_is_rebuilt_from_storage_alone(write_spec, tmp_path):
+    spec = write_spec()
+    assert invoke("run", "--spec", str(spec), "--trials", "2").exit_code == 0
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    out = tmp_path / "rebuilt.html"
+    result = invoke("report", "--storage", storage, "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and "Best distilled student vs scratch" in out.read_text()
+
+
+def test_median_pruner_prunes_weak_trials(write_spec, tmp_path):
+    spec = write_spec(epochs=3, pruner="median", startup=1)
+    result = invoke("run", "--spec", str(spec), "--trials", "8")
+    assert result.exit_code == 0, result.output
+    found = states(f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    assert "PRUNED" in found and "COMPLETE" in found
+    assert "pruned" in result.output
+
+
+def test_hyperband_pruner_is_accepted(write_spec, tmp_path):
+    spec = write_spec(pruner="hyperband")
+    assert invoke("run", "--spec", str(spec), "--trials", "2").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "spec_extra", "message"),
+    [
+        (["--spec", "no/such/study.toml"], None, "study file no/such/study.toml not found"),
+        (["--data-root", "/nonexistent/dir"], "", "apt-get install dataset-fashion-mnist"),
+        (["--storage", "sqlite:////proc/forbidden/study.db"], "", "cannot open storage"),
+        ([], "[methods.kd]\nalpha = [0.0, 2.0]\n", "methods.kd.alpha"),
+        ([], "[methods.lolkd]\nalpha = [0.0, 1.0]\n", "unknown method"),
+        ([], "junk = = 1\n", "is not valid TOML"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(write_spec, extra_args, spec_extra, message):
+    args = ["run", "--trials", "1", *extra_args]
+    if spec_extra is not None:
+        args += ["--spec", str(write_spec(extra=spec_extra))]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_real_process_error_has_no_traceback(tmp_path):
+    proc = subprocess.run([*KDSEARCH, "run", "--spec", str(tmp_path / "missing.toml")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: study file") and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_keeps_finished_trials_and_says_how_to_resume(write_spec, tmp_path):
+    spec = write_spec(epochs=4)
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err_file:  # a file, not a pipe: nobody reads a pipe while we poll
+        proc = subprocess.Popen([*KDSEARCH, "run", "--spec", str(spec), "--trials", "200"], stderr=err_file,
+                                stdout=subprocess.DEVNULL, env=env)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if Path(tmp_path / "run" / "study.db").exists():
+            try:
+                if states(storage).count("COMPLETE") >= 2:
+                    break
+            except KeyError:  # study not created yet
+                pass
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    err = err_path.read_text()
+    assert proc.returncode == 130, err
+    assert "resume with: kdsearch run" in err and "Traceback" not in err
+    found = states(storage)
+    assert found.count("COMPLETE") >= 2
+    assert "RUNNING" not in found  # the interrupted trial was marked, not left dangling

@@ -1,0 +1,163 @@
+"""End to end: run a tiny study, open its report.html in headless Chromium, check it renders.
+
+Uses Debian's ``chromium`` (installed by ``make test``) driven by Playwright's sync API; it never
+downloads a browser. The report must work offline (plotly's JS is embedded), so the page may not
+raise script errors, log console errors, or fail any request.
+"""
+
+from __future__ import annotations
+
+import shutil
+import traceback
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from kdsearch.cli import app
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Words each figure's title must contain, in page order: AUC vs T, accuracy vs T, final comparison, history.
+TITLE_WORDS = ["auc", "accuracy", "scratch", "history"]
+RENDER_TIMEOUT_MS = 20_000
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail(
+            "Debian's chromium is not installed, so the report cannot be checked in a browser. "
+            "Run `make test` (it installs chromium with apt), or `sudo apt-get install chromium`."
+        )
+    return path
+
+
+def _tiny_study(tmp_path: Path) -> Path:
+    """Run a 3-trial study on a small slice of Fashion-MNIST; return its report.html."""
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(
+        f"""
+name = "tiny"
+output_dir = "{tmp_path / "run"}"
+[data]
+train_limit = 1500
+test_limit = 300
+val_size = 300
+labeled = 200
+unlabeled = 600
+[teacher]
+epochs = 1
+[student]
+epochs = 2
+[search]
+trials = 3
+pruner = "none"
+[final]
+seeds = 2
+[runtime]
+threads = 1  # faster than all cores when the machine is shared
+cache_dir = "{tmp_path / "cache"}"
+"""
+    )
+    threads, verbosity = torch.get_num_threads(), optuna.logging.get_verbosity()
+    try:
+        result = CliRunner().invoke(app, ["run", "--spec", str(spec), "--trials", "3"])
+    finally:  # `kdsearch run` sets these process-wide; leave them as other tests expect
+        torch.set_num_threads(threads)
+        optuna.logging.set_verbosity(verbosity)
+    if result.exit_code != 0:
+        trace = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else ""
+        pytest.fail(f"kdsearch run failed (exit code {result.exit_code}):\n{result.output}\n{trace}")
+    report = tmp_path / "run" / "report.html"
+    assert report.is_file(), f"kdsearch run did not write {report}:\n{result.output}"
+    return report
+
+
+def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    chromium = _chromium()
+    try:
+        from playwright.sync_api import TimeoutError as PlaywrightTimeoutError, sync_playwright
+    except ImportError:
+        pytest.fail("the Python package playwright is missing; run `make test` (it installs the test extras)")
+
+    report = _tiny_study(tmp_path)
+    shot = tmp_path / "report.png"
+    page_errors: list[str] = []
+    console_errors: list[str] = []
+    failed_requests: list[str] = []
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("pageerror", lambda err: page_errors.append(str(err)))
+            page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+            page.on("requestfailed", lambda req: failed_requests.append(f"{req.url}: {req.failure}"))
+            page.goto(report.resolve().as_uri(), wait_until="load")
+
+            n_figures = page.locator("div[id^=figure-]").count()
+            assert n_figures >= 4, f"expected 4 figures (AUC vs T, accuracy vs T, final, history), got {n_figures}"
+            assert page.locator("section.figure").count() == n_figures
+            # Every plotly div has drawn its SVG (plotly.js ran) and holds at least one trace.
+            try:
+                page.wait_for_function(
+                    """() => {
+                        const divs = [...document.querySelectorAll('div[id^=figure-]')];
+                        return divs.length > 0 && divs.every(d => d.querySelector('svg.main-svg')
+                            && Array.isArray(d.data) && d.data.length > 0);
+                    }""",
+                    timeout=RENDER_TIMEOUT_MS,
+                )
+            except PlaywrightTimeoutError:
+                drawn = page.eval_on_selector_all(
+                    "div[id^=figure-]",
+                    "divs => divs.map(d => d.id + ': ' + (d.querySelector('svg.main-svg') ? 'drawn' : 'empty'))",
+                )
+                pytest.fail(
+                    f"plotly did not draw every figure within {RENDER_TIMEOUT_MS} ms: {drawn}; "
+                    f"script errors: {page_errors}; console errors: {console_errors}"
+                )
+            titles = page.eval_on_selector_all(
+                "div[id^=figure-]", "divs => divs.map(d => (d.querySelector('.gtitle') || {}).textContent || '')"
+            )
+            assert all(t.strip() for t in titles), f"a figure has no title: {titles}"
+            assert all(w in t.lower() for w, t in zip(TITLE_WORDS, titles)), f"figure titles {titles}"
+            # No empty plot: each figure drew some points, bars or lines.
+            marks = page.eval_on_selector_all(
+                "div[id^=figure-]",
+                "divs => divs.map(d => d.querySelectorAll('.point, path.js-line, g.bars path').length)",
+            )
+            assert all(n > 0 for n in marks), f"a figure drew nothing: marks per figure {marks}"
+
+            summary = page.locator("table#summary").inner_text()
+            assert "scratch" in summary and "teacher" in summary, summary
+            assert "kdsearch report: tiny" in page.title()
+
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+
+    assert not page_errors, f"script errors on the page: {page_errors}"
+    assert not console_errors, f"console errors on the page: {console_errors}"
+    assert not failed_requests, f"the report is not self-contained; failed requests: {failed_requests}"
+
+    with Image.open(shot) as img:
+        rgb = img.convert("RGB")
+        width, height = rgb.size
+        assert width >= 1000 and height >= n_figures * 480, f"screenshot is {width}x{height}"
+        colours = rgb.getcolors(maxcolors=1 << 20) or []
+        assert len(colours) > 50, f"screenshot has only {len(colours)} distinct colours: blank page?"
+        near_white = sum(n for n, (r, g, b) in colours if min(r, g, b) >= 245)
+        assert near_white / (width * height) < 0.9, f"screenshot is {near_white / (width * height):.1%} white"

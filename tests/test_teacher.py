@@ -1,0 +1,45 @@
+"""The teacher is trained once, cached by a hash of what determines it, and reused."""
+
+from __future__ import annotations
+
+import torch
+
+from kdsearch.data import load_splits
+from kdsearch.spec import spec_from_dict
+from kdsearch.teacher import prepare_teacher, teacher_key
+
+
+def _spec(root, cache, **teacher):
+    return spec_from_dict(
+        {
+            "data": {"root": str(root), "val_size": 80, "labeled": 40, "unlabeled": 100},
+            "teacher": {"epochs": 1, **teacher},
+            "runtime": {"cache_dir": str(cache)},
+        }
+    )
+
+
+def test_second_call_hits_the_cache(idx_dataset, tmp_path):
+    spec = _spec(idx_dataset, tmp_path / "cache")
+    splits = load_splits(spec.data)
+    first = prepare_teacher(spec, splits, torch.device("cpu"))
+    second = prepare_teacher(spec, splits, torch.device("cpu"))
+    assert not first.from_cache and second.from_cache
+    assert first.path == second.path and first.path.is_file()
+    assert first.train_logits.shape == (len(splits.train), splits.num_classes)
+    assert torch.allclose(first.train_logits, second.train_logits)
+    assert set(first.metrics) == {"val_accuracy", "val_auc", "test_accuracy", "test_auc"}
+    # the cached weights reproduce the cached logits
+    with torch.no_grad():
+        assert torch.allclose(second.model(splits.train.x[:16]), second.train_logits[:16], atol=1e-4)
+
+
+def test_cache_key_changes_with_what_determines_the_teacher(idx_dataset, tmp_path):
+    spec = _spec(idx_dataset, tmp_path)
+    splits = load_splits(spec.data)
+    key = teacher_key(spec, splits)
+    assert key == teacher_key(_spec(idx_dataset, tmp_path / "elsewhere"), splits)  # cache dir is not part of it
+    assert key != teacher_key(_spec(idx_dataset, tmp_path, epochs=2), splits)
+    assert key != teacher_key(_spec(idx_dataset, tmp_path, seed=1), splits)
+    other_split = load_splits(spec.data.model_copy(update={"split_seed": 5}))
+    assert key != teacher_key(spec, other_split)
