@@ -75,6 +75,12 @@ StorageOpt = typer.Option(None, "--storage", help="Optuna storage URL (default: 
 StudyOpt = typer.Option(None, "--study", help="Study name (overrides the spec's name).")
 OutOpt = typer.Option(None, "--output-dir", "-o", help="Where study.db and report.html go (default: runs/<name>).")
 DeviceOpt = typer.Option(None, "--device", help="'cpu', 'cuda', 'cuda:N' or 'auto'.")
+SetOpt = typer.Option(
+    None, "--set", help="Override a spec field, TOML value: --set student.epochs=2 --set 'search.methods=[\"kd\"]'."
+)
+ThreadsOpt = typer.Option(
+    None, "--threads", min=1, help="torch CPU threads per process (with --workers: per worker; default cores // workers)."
+)
 
 
 def load_study_spec(
@@ -85,9 +91,10 @@ def load_study_spec(
     storage: Optional[str] = None,
     output_dir: Optional[Path] = None,
     device: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
 ):
     """Load the spec file and apply command-line overrides (validated like the file)."""
-    from .spec import load_spec, spec_from_dict
+    from .spec import apply_overrides, load_spec, spec_from_dict
 
     path = spec_path or default_spec_path()
     spec = load_spec(path)
@@ -102,7 +109,9 @@ def load_study_spec(
         raw["output_dir"] = str(output_dir)
     if device:
         raw["runtime"]["device"] = device
-    return spec_from_dict(raw, source=str(path)), path
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return spec_from_dict(raw, source=f"{path} with --set" if overrides else str(path)), path
 
 
 def _prepare(spec):
@@ -110,14 +119,18 @@ def _prepare(spec):
     import torch
 
     from .data import load_splits
-    from .teacher import prepare_teacher, teacher_steps
+    from .teacher import cache_root, prepare_teacher, teacher_steps
     from .train import configure_threads, resolve_device
 
     configure_threads(spec.runtime.threads)
     device = resolve_device(spec.runtime.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise KdsearchError(f"runtime.device = {spec.runtime.device!r} but no CUDA device is visible; use --device cpu")
-    splits = load_splits(spec.data)
+    splits = load_splits(spec.data, cache_dir=cache_root(spec) / "data")
+    if splits.skipped:
+        typer.echo(f"data: skipped {len(splits.skipped)} unreadable image(s) (data.skip_unreadable = true)")
+    if splits.cache_hit is not None:
+        typer.echo("data: decoded images " + ("loaded from cache" if splits.cache_hit else "decoded and cached"))
     typer.echo(
         f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images, "
         f"{splits.num_classes} classes; student pool {len(splits.labeled)} labeled + {len(splits.unlabeled)} unlabeled"
@@ -168,25 +181,45 @@ def run(
     study_name: Optional[str] = StudyOpt,
     output_dir: Optional[Path] = OutOpt,
     device: Optional[str] = DeviceOpt,
+    workers: int = typer.Option(
+        1, "--workers", "-w", min=0,
+        help="Worker processes on this machine (1: in this process; 0: one per visible GPU). Each runs "
+        "`kdsearch worker`; the final comparison and the report run once, here, when they are done.",
+    ),
+    threads: Optional[int] = ThreadsOpt,
+    overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Run the study: teacher once, N trials, final comparison on the test split, report.html."""
     import optuna
 
+    from .methods import METHODS
     from .search import TEACHER_ATTR, create_study, make_objective, open_storage, prepare_study_data
 
     spec, path = load_study_spec(
-        spec_path, data_root=data_root, study=study_name, storage=storage, output_dir=output_dir, device=device
+        spec_path, data_root=data_root, study=study_name, storage=storage, output_dir=output_dir, device=device,
+        overrides=overrides,
     )
     quiet_optuna()
     url = spec.resolved_storage()
-    store = open_storage(url)
+    from .search import spec_storage
+
+    if threads is not None and workers == 1:
+        spec = with_runtime(spec, threads=threads)
+    store = spec_storage(spec, url)  # with heartbeats: a trial of a killed run is retried by the next run
     splits, teacher, dev = _prepare(spec)
     study = create_study(spec, store)
     study.set_user_attr(TEACHER_ATTR, teacher.metrics)
     already = len(study.trials)
     if already:
         typer.echo(f"study {spec.name!r}: resuming, {already} trials already in {url}")
+    n_workers = worker_count(workers, dev)
+    if n_workers > 1:
+        _run_workers(spec, path, url, study, splits, teacher, dev, n_workers, trials or spec.search.trials, threads)
+        return
     data = prepare_study_data(spec, splits, teacher, dev)
+    if data.features != "not needed":
+        typer.echo(f"teacher features for {', '.join(m for m in spec.search.methods if METHODS.get(m).needs_features)}: "
+                   f"{data.features}")  # fmt: skip
     n = trials or spec.search.trials
     bar = tqdm(total=n, desc="trials", unit="trial")
 
@@ -214,15 +247,273 @@ def run(
     typer.echo(f"storage: {url}\nadd trials with: {resume}")
 
 
+def with_runtime(spec, *, data_root: Optional[Path] = None, device: Optional[str] = None, threads: Optional[int] = None):
+    """``spec`` with the machine-specific overrides of the command line (validated like the file)."""
+    from .spec import spec_from_dict
+
+    if data_root is None and not device and threads is None:
+        return spec
+    raw = spec.model_dump(mode="json")
+    if data_root is not None:
+        raw["data"]["root"] = str(data_root)
+    if device:
+        raw["runtime"]["device"] = device
+    if threads is not None:
+        raw["runtime"]["threads"] = threads
+    return spec_from_dict(raw)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
+    import os
+
+    import torch
+
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_count(workers: int, device) -> int:
+    """``--workers``: as given; 0 means one per visible GPU (1 on a CPU-only machine)."""
+    if workers:
+        return workers
+    return max(1, len(visible_gpus())) if device.type == "cuda" else 1
+
+
+def worker_plan(spec, device, workers: int, threads: Optional[int] = None) -> list[tuple[dict[str, str], str, int]]:
+    """(environment overrides, --device, --threads) of each local worker.
+
+    ``cuda``/``auto`` on a GPU machine: worker i sees only GPU i (round robin when there are more
+    workers than GPUs); ``cuda:N``: all on GPU N; CPU: the cores split evenly, at least 1 thread each.
+    """
+    import os
+
+    per = threads or spec.runtime.threads or max(1, len(os.sched_getaffinity(0)) // workers)
+    if device.type == "cuda" and device.index is None:
+        gpus = visible_gpus()
+        return [({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}, "cuda", per) for i in range(workers)]
+    return [({}, str(device), per) for _ in range(workers)]
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, trials: int, threads) -> None:
+    """``run --workers N``: N ``kdsearch worker`` processes, one progress bar, then final comparison and report here."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from .search import finished_count, prepare_study_data
+
+    base = finished_count(study)
+    total = base + trials
+    logs = spec.resolved_output_dir() / "workers"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: list[tuple[int, subprocess.Popen, Path]] = []
+    plan = worker_plan(spec, dev, workers, threads)
+    for rank, (env, device, n_threads) in enumerate(plan):
+        cmd = [sys.executable, "-m", "kdsearch.cli", *(["--debug"] if STATE["debug"] else []), "worker",
+               "--spec", str(path), "--study", spec.name, "--storage", url, "--data-root", str(spec.data.root),
+               "--device", device, "--threads", str(n_threads), "--trials", str(total), "--rank", str(rank)]  # fmt: skip
+        log = logs / f"worker-{rank}.log"
+        with open(log, "w") as out:  # own session: Ctrl-C reaches the workers once, forwarded by us
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        procs.append((rank, proc, log))
+    where = ", ".join(f"{d}{' (GPU ' + e['CUDA_VISIBLE_DEVICES'] + ')' if e else ''}" for e, d, _ in plan)
+    typer.echo(
+        f"started {workers} workers ({where}; {plan[0][2]} thread{'s' * (plan[0][2] != 1)} each) until the study holds {total} finished "
+        f"trials; logs in {logs}"
+    )
+    bar = tqdm(total=trials, desc=f"trials ({workers} workers)", unit="trial")
+
+    def advance() -> None:
+        bar.update(max(0, min(finished_count(study) - base, trials) - bar.n))
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's TERM stops the workers like Ctrl-C
+    try:
+        while any(p.poll() is None for _, p, _ in procs):
+            time.sleep(1.0)
+            advance()
+    except KeyboardInterrupt:
+        bar.close()
+        typer.echo("\ninterrupted: stopping the workers (each marks its running trial FAILED)...", err=True)
+        for _, p, _ in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        try:
+            for _, p, _ in procs:
+                p.wait(timeout=60)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            for _, p, _ in procs:
+                if p.poll() is None:
+                    p.kill()
+        typer.echo(
+            f"{finished_count(study)} finished trials are kept in {url}.\n"
+            f"resume with: kdsearch run --spec {path} --storage {url} --workers {workers} --trials N",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    advance()
+    bar.close()
+    failed = [(rank, p.returncode, log) for rank, p, log in procs if p.returncode != 0]
+    for rank, rc, log in failed:
+        tail = "\n  ".join(log.read_text(errors="replace").strip().splitlines()[-4:])
+        typer.echo(f"worker {rank} exited with code {rc}; the end of {log}:\n  {tail}", err=True)
+    done = finished_count(study)
+    if done < total:
+        typer.echo(f"warning: the study holds {done} of {total} finished trials", err=True)
+    _final_and_report(study, prepare_study_data(spec, splits, teacher, dev), teacher, spec.resolved_output_dir() / "report.html")
+    typer.echo(f"storage: {url}\nadd trials with: kdsearch run --spec {path} --storage {url} --workers {workers} --trials N")
+    if failed and done < total:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def worker(
+    study_name: Optional[str] = StudyOpt,
+    storage: Optional[str] = StorageOpt,
+    spec_path: Optional[Path] = typer.Option(
+        None, "--spec", "-s", help="Study TOML; creates the study when it does not exist yet (default: the spec stored in the study)."
+    ),
+    trials: Optional[int] = typer.Option(
+        None, "--trials", "-n", min=1,
+        help="Stop when the study holds this many finished (COMPLETE + PRUNED) trials in total, all workers together "
+        "(default: search.trials).",
+    ),
+    rank: int = typer.Option(0, "--rank", min=0, help="This worker's number; its sampler seed is search.sampler_seed + rank."),
+    device: Optional[str] = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+    data_root: Optional[Path] = DataRootOpt,
+) -> None:
+    """Join a study (this or another machine) and run trials until it holds --trials finished ones.
+
+    No final comparison or report: run `kdsearch report` when the study is done (or use `run --workers N`).
+    """
+    import signal
+    import warnings
+
+    import optuna
+
+    from .search import (
+        TEACHER_ATTR, TrialSlot, create_study, finished_count, has_heartbeat, join_study, load_study, make_objective,
+        open_storage, prepare_study_data, run_worker, spec_storage, study_spec,
+    )  # fmt: skip
+
+    quiet_optuna()
+    if spec_path is not None:
+        spec, _ = load_study_spec(spec_path, data_root=data_root, study=study_name, storage=storage, device=device)
+        spec = with_runtime(spec, threads=threads)
+        url = spec.resolved_storage()
+        store = spec_storage(spec, url)
+        study = create_study(spec, store, rank)
+    else:
+        if storage is None:
+            raise KdsearchError(
+                "kdsearch worker needs --storage URL (plus --study NAME when the storage holds several studies), "
+                "or --spec PATH to create the study"
+            )
+        url = storage
+        found = load_study(study_name, open_storage(url))
+        spec = with_runtime(study_spec(found), data_root=data_root, device=device, threads=threads)
+        store = spec_storage(spec, url)
+        study = join_study(found.study_name, store, spec, rank)
+    name = study.study_name
+    total = trials or spec.search.trials
+    typer.echo(f"worker {rank}: study {name!r} in {url}: {finished_count(study)} of {total} trials finished")
+    splits, teacher_, dev = _prepare(spec)
+    if TEACHER_ATTR not in study.user_attrs:
+        study.set_user_attr(TEACHER_ATTR, teacher_.metrics)
+    data = prepare_study_data(spec, splits, teacher_, dev)
+
+    def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        value = f" {trial.value:.4f}" if trial.value is not None else ""
+        typer.echo(f"worker {rank}: trial {trial.number} {trial.state.name.lower()}{value} "
+                   f"({finished_count(study)}/{total} finished)")  # fmt: skip
+
+    waiting: list[int] = []
+
+    def on_wait(running: int) -> None:
+        if not waiting:
+            typer.echo(f"worker {rank}: the last {running} trial(s) run in other workers; waiting for them "
+                       "(a trial whose worker dies is retried here)")  # fmt: skip
+        waiting.append(running)
+
+    # SIGINT even when started in the background (inherited as ignored there), and TERM alike: both end
+    # the running trial as FAILED instead of leaving it RUNNING until its heartbeat goes stale
+    handlers = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _interrupt}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            ran = run_worker(
+                study, make_objective(data), total, TrialSlot(url, store, name), heartbeat=has_heartbeat(store),
+                max_retry=spec.runtime.max_retry, rank=rank, callbacks=(on_trial,), poll_s=1.0, on_wait=on_wait,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            typer.echo(f"worker {rank}: interrupted; its running trial is marked FAILED, finished ones are kept in {url}",
+                       err=True)  # fmt: skip
+            raise typer.Exit(130) from None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    typer.echo(
+        f"worker {rank}: done, ran {ran} trials; the study holds {finished_count(study)} finished trials.\n"
+        f"final comparison and report: kdsearch report --storage {url} --study {name}"
+    )
+
+
+@app.command()
+@friendly
+def dashboard(
+    study_name: Optional[str] = StudyOpt,
+    storage: Optional[str] = StorageOpt,
+    spec_path: Optional[Path] = SpecOpt,
+    output_dir: Optional[Path] = typer.Option(
+        None, "--output-dir", "-o", help="Where report.html is read and artifacts/ kept (default: the study's output_dir)."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (the dashboard has no login: keep it local)."),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port (0: any free one)."),
+) -> None:
+    """Watch the study live in optuna-dashboard; the report and the final comparison show as study artifacts."""
+    from .dashboard import start_dashboard
+
+    quiet_optuna()
+    default_out = None
+    if storage is None:
+        spec, _ = load_study_spec(spec_path, study=study_name)
+        storage, default_out = spec.resolved_storage(), spec.resolved_output_dir()
+    server, notes = start_dashboard(storage, study_name=study_name, output_dir=output_dir, default_output_dir=default_out,
+                                    host=host, port=port)  # fmt: skip
+    for note in notes:
+        typer.echo(note)
+    typer.echo(f"dashboard: {server.url}  (storage {storage}; Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("dashboard stopped")
+    finally:
+        server.close()
+
+
 @app.command()
 @friendly
 def teacher(
     spec_path: Optional[Path] = SpecOpt,
     data_root: Optional[Path] = DataRootOpt,
     device: Optional[str] = DeviceOpt,
+    overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Train (or load from cache) the study's teacher alone and show its accuracy."""
-    spec, _ = load_study_spec(spec_path, data_root=data_root, device=device)
+    spec, _ = load_study_spec(spec_path, data_root=data_root, device=device, overrides=overrides)
     _prepare(spec)
 
 

@@ -61,3 +61,35 @@ def latency_ms(model: nn.Module, sample: Tensor, *, repeats: int = 20) -> float:
             model(x)
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def throughput(model: nn.Module, sample: Tensor, *, batch_size: int = 64, repeats: int = 5) -> float:
+    """Images per second at ``batch_size`` (median of ``repeats`` timed forward passes)."""
+    model.eval()
+    x = sample[:1].expand(batch_size, *sample.shape[1:]).contiguous()
+    times = []
+    with torch.inference_mode():
+        model(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return batch_size / statistics.median(times)
+
+
+def cost_row(model: nn.Module, sample: Tensor) -> dict[str, float]:
+    """Parameters, size (MB), FLOPs per image, CPU latency (ms, batch 1) and throughput (img/s, batch 64).
+
+    Timings run on a CPU copy of the model, so they describe CPU inference whatever device trained it.
+    """
+    import copy
+
+    cpu_model = copy.deepcopy(model).cpu().float()
+    x = sample[:1].cpu().float()
+    return {
+        "params": count_parameters(cpu_model),
+        "size_mb": size_mb(cpu_model),
+        "flops": flops_per_image(cpu_model, x),
+        "latency_ms": latency_ms(cpu_model, x),
+        "throughput": throughput(cpu_model, x),
+    }

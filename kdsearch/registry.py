@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from .errors import KdsearchError
 
@@ -27,15 +27,24 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, **meta: Any) -> Callable[[T], T]:
+        """Decorator adding ``entry`` under ``name``; ``meta`` (e.g. a default feature layer) is kept beside it."""
+
         def add(entry: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = entry
+            self._meta[name] = meta
             return entry
 
         return add
+
+    def meta(self, name: str) -> dict[str, Any]:
+        """The keyword arguments ``name`` was registered with."""
+        self.get(name)
+        return self._meta[name]
 
     def get(self, name: str) -> T:
         try:

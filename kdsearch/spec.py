@@ -24,16 +24,110 @@ class _Section(BaseModel):
 
 
 class DataSpec(_Section):
-    """Where the images come from and how they are split."""
+    """Where the images come from, how they are decoded and how they are split.
 
-    source: Literal["idx"] = "idx"
-    root: Path = Path(DEFAULT_FASHION_MNIST_ROOT)
-    val_size: int = Field(5000, ge=1, description="images held out of the training split for validation")
-    labeled: int = Field(2000, ge=1, description="training images whose labels the student may use")
+    ``source`` picks the reader: ``idx`` (MNIST layout, the default Fashion-MNIST study),
+    ``cifar10`` (the python-pickle batches), ``image_folder`` (``root/<class>/*.png|jpg|…``,
+    optionally under ``root/train``, ``root/val``, ``root/test``) or ``csv`` (an image folder plus
+    a CSV naming each file's label and partition, e.g. MHIST). Fields that only one source
+    reads are errors with another source (unless left at their default).
+    Sizes (``val_size``, ``test_size``) are a count (int >= 1) or a fraction (float in (0, 1)).
+    """
+
+    source: Literal["idx", "cifar10", "image_folder", "csv"] = "idx"
+    root: Path = Field(Path(DEFAULT_FASHION_MNIST_ROOT), description="dataset folder (required for sources other than idx)")
+    val_size: int | float = Field(
+        5000, description="images held out of the training split for validation: a count, or a fraction in (0, 1)"
+    )
+    test_size: int | float | None = Field(
+        None,
+        description="image_folder without root/test, csv without partition column: images held out for the "
+        "test split, a count or a fraction in (0, 1) (default 0.1)",
+    )
+    labeled: int = Field(2000, ge=0, description="training images whose labels the student may use (0: all not unlabeled)")
     unlabeled: int = Field(8000, ge=0, description="transfer images the student sees through the teacher only")
-    train_limit: int = Field(0, ge=0, description="use only the first N training images (0: all)")
-    test_limit: int = Field(0, ge=0, description="use only the first N test images (0: all)")
+    train_limit: int = Field(0, ge=0, description="idx, cifar10: use only the first N training images (0: all)")
+    test_limit: int = Field(0, ge=0, description="idx, cifar10: use only the first N test images (0: all)")
     split_seed: int = 0
+    image_size: int | None = Field(
+        None, ge=4, le=2048, description="resize every image to this square size (default: native; 32 for image_folder, csv)"
+    )
+    channels: Literal[1, 3] | None = Field(None, description="1 (grayscale) or 3 (RGB) (default: native; 3 for image_folder, csv)")
+    mean: list[float] | None = Field(None, description="per-channel mean on the [0, 1] scale (default: training split's)")
+    std: list[float] | None = Field(None, description="per-channel std on the [0, 1] scale (default: training split's)")
+    memory_budget_mb: int = Field(2048, ge=1, description="largest in-memory float32 size of all splits, in MiB")
+    skip_unreadable: bool = Field(False, description="image_folder, csv: skip corrupt images instead of stopping")
+    download: bool = Field(False, description="cifar10: download with torchvision when root holds no batches")
+    csv_file: Path = Field(Path("annotations.csv"), description="csv: the CSV, relative to root (or absolute)")
+    image_dir: Path = Field(Path("images"), description="csv: the image folder, relative to root (or absolute)")
+    file_column: str = Field("Image Name", min_length=1, description="csv: column with the image file name")
+    label_column: str = Field("Majority Vote Label", min_length=1, description="csv: column with the class label")
+    partition_column: str = Field("Partition", description="csv: column with the split ('' : no column, carve test_size)")
+    train_value: str = Field("train", min_length=1, description="csv: partition value of training rows")
+    test_value: str = Field("test", min_length=1, description="csv: partition value of test rows")
+
+    @field_validator("val_size", "test_size")
+    @classmethod
+    def _count_or_fraction(cls, value: int | float | None) -> int | float | None:
+        if value is None or isinstance(value, bool):
+            if isinstance(value, bool):
+                raise ValueError("give a count (integer >= 1) or a fraction in (0, 1)")
+            return value
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"{value} is not a count >= 1; give a count >= 1 or a fraction in (0, 1)")
+        if isinstance(value, float) and not 0.0 < value < 1.0:
+            raise ValueError(f"{value} is not a fraction in (0, 1); give a fraction in (0, 1) or a count as an integer")
+        return value
+
+    @model_validator(mode="after")
+    def _check_source_fields(self) -> "DataSpec":
+        only_for = {  # field: the sources that read it
+            "train_limit": ("idx", "cifar10"),
+            "test_limit": ("idx", "cifar10"),
+            "download": ("cifar10",),
+            "test_size": ("image_folder", "csv"),
+            "skip_unreadable": ("image_folder", "csv"),
+            "csv_file": ("csv",),
+            "image_dir": ("csv",),
+            "file_column": ("csv",),
+            "label_column": ("csv",),
+            "partition_column": ("csv",),
+            "train_value": ("csv",),
+            "test_value": ("csv",),
+        }
+        for name, sources in only_for.items():
+            if self.source not in sources and getattr(self, name) != type(self).model_fields[name].default:
+                users = " or ".join(repr(s) for s in sources)
+                raise ValueError(
+                    f"{name} is only read with source = {users} (source is {self.source!r}); remove it or change source"
+                )
+        if self.source != "idx" and "root" not in self.model_fields_set:
+            raise ValueError(f"root: source = {self.source!r} needs root, the dataset folder; set data.root or --data-root")
+        if self.source == "csv" and self.partition_column and self.test_size is not None:
+            raise ValueError(
+                f"test_size: the test split comes from the column {self.partition_column!r}; "
+                "remove test_size, or set partition_column = \"\" to carve a seeded test split"
+            )
+        if self.source == "csv" and self.train_value == self.test_value:
+            raise ValueError(f"train_value and test_value are both {self.train_value!r}; they must differ")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std: give both (per-channel, on the [0, 1] scale) or neither")
+        if self.mean is not None and self.std is not None:
+            n = self.resolved_channels()
+            if len(self.mean) != n or len(self.std) != n:
+                raise ValueError(f"mean and std need one value per channel ({n}); got {len(self.mean)} and {len(self.std)}")
+            if not all(0.0 <= m <= 1.0 for m in self.mean) or not all(0.0 < s <= 1.0 for s in self.std):
+                raise ValueError(
+                    "mean must lie in [0, 1] and std in (0, 1]: they are on the [0, 1] pixel scale "
+                    "(divide 0-255 values by 255)"
+                )
+        return self
+
+    def resolved_channels(self) -> int:
+        """Channels of the loaded images: ``channels``, else the source's own (idx 1, others 3)."""
+        if self.channels is not None:
+            return self.channels
+        return 1 if self.source == "idx" else 3
 
 
 class ModelSpec(_Section):
@@ -43,6 +137,13 @@ class ModelSpec(_Section):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
+    feature_layer: str | None = Field(
+        None, description="module path tapped by feature methods (cosine, hint); default: the model's registry entry"
+    )
+    checkpoint: Path | None = Field(None, description="start from these weights (a state_dict or TorchScript .pt)")
+    checkpoint_ignore: list[str] = Field(
+        [], description="key prefixes not loaded from the checkpoint, e.g. ['fc.'] for a replaced classifier head"
+    )
 
     @field_validator("arch")
     @classmethod
@@ -56,11 +157,19 @@ class TeacherSpec(ModelSpec):
     arch: str = "bn_cnn"
     epochs: int = Field(6, ge=1)
     seed: int = 0
+    fine_tune_epochs: int = Field(
+        0, ge=0, description="with a checkpoint: epochs of fine-tuning on this dataset (0: use it as it is)"
+    )
+    feature_cache_mb: float = Field(
+        1024, ge=0, description="cache teacher features in memory when they fit; otherwise run the teacher live"
+    )
 
 
 class StudentSpec(ModelSpec):
     arch: str = "light_nn"
     epochs: int = Field(5, ge=1)
+    augment_shift: int = Field(2, ge=0, description="'consistent' mode: random shifts of up to N pixels")
+    augment_flip: bool = Field(True, description="'consistent' mode: random horizontal flips (false for digits)")
 
 
 class SearchSpec(_Section):
@@ -74,6 +183,19 @@ class SearchSpec(_Section):
     pruner_warmup_epochs: int = Field(1, ge=0)
     sampler_seed: int = 0
     trial_seed: int = Field(0, description="trial n trains with seed trial_seed + n")
+    teacher_modes: list[Literal["cached", "consistent"]] = Field(
+        ["cached"],
+        description="'cached': teacher outputs computed once on un-augmented images (fast); 'consistent': "
+        "the student trains on augmented batches and the teacher runs on the very same batch (Beyer et al. "
+        "2022). Two entries make the mode a searched parameter.",
+    )
+
+    @field_validator("teacher_modes")
+    @classmethod
+    def _modes(cls, modes: list[str]) -> list[str]:
+        if not modes or len(set(modes)) != len(modes):
+            raise ValueError("list 'cached', 'consistent' or both, each once")
+        return modes
 
     @field_validator("methods")
     @classmethod
@@ -100,6 +222,17 @@ class RuntimeSpec(_Section):
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: all cores)")
     cache_dir: Path | None = Field(None, description="teacher cache (default: $KDSEARCH_CACHE or ~/.cache/kdsearch)")
+    heartbeat_interval: int = Field(
+        10, ge=0, description="seconds between a running trial's heartbeats (SQLite/PostgreSQL storages; 0: off)"
+    )
+    grace_period: int = Field(30, ge=1, description="a trial without a heartbeat for this long is FAILED and retried")
+    max_retry: int = Field(2, ge=0, description="how often a trial whose worker died is re-run with the same params")
+
+    @model_validator(mode="after")
+    def _grace_after_heartbeat(self) -> "RuntimeSpec":
+        if self.heartbeat_interval and self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"grace_period ({self.grace_period}) must exceed heartbeat_interval ({self.heartbeat_interval})")
+        return self
 
 
 class StudySpec(_Section):
@@ -190,3 +323,25 @@ def load_spec(path: Path | str) -> StudySpec:
     except tomllib.TOMLDecodeError as err:
         raise KdsearchError(f"{path} is not valid TOML: {err}; fix the line it names") from None
     return spec_from_dict(raw, source=str(path))
+
+
+def apply_overrides(raw: dict, assignments: list[str]) -> dict:
+    """Apply ``section.field=value`` assignments (value in TOML syntax, bare words as strings) to a spec dict."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise KdsearchError(f"--set {assignment!r}: write it as section.field=value, e.g. --set student.epochs=2")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()  # a bare word: a string
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            child = node.get(part)
+            node[part] = child = dict(child) if isinstance(child, dict) else {}
+            node = child
+        node[leaf] = value
+    return out

@@ -21,9 +21,10 @@ from torch import Tensor, nn
 
 from .data import Splits
 from .methods import build_method
-from .models import build_model
+from .errors import KdsearchError
+from .models import FeatureTap, build_model, load_checkpoint
 from .spec import StudySpec
-from .train import EpochResult, TrainSet, evaluate, fit, predict, steps_per_epoch
+from .train import EpochResult, TrainSet, channels_last, evaluate, fit, predict, steps_per_epoch
 
 CACHE_VERSION = 1
 
@@ -49,13 +50,29 @@ def cache_root(spec: StudySpec) -> Path:
 
 def teacher_key(spec: StudySpec, splits: Splits) -> str:
     """Hash of everything that determines the teacher's weights and logits."""
+    teacher = spec.teacher.model_dump(mode="json", exclude={"feature_layer", "feature_cache_mb"})
+    if spec.teacher.checkpoint is not None:
+        teacher["checkpoint"] = _file_sha256(Path(spec.teacher.checkpoint))  # its content, not its name
+        teacher.pop("epochs")
+    else:
+        teacher.pop("fine_tune_epochs")
     payload = {
         "version": CACHE_VERSION,
         "data": splits.fingerprint,
         "shape": [splits.num_classes, splits.in_channels, splits.image_size],
-        "teacher": spec.teacher.model_dump(mode="json"),
+        "teacher": teacher,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _file_sha256(path: Path) -> str:
+    if not path.is_file():
+        raise KdsearchError(f"teacher.checkpoint {path} not found; point it at a .pt file (state_dict or TorchScript)")
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _atomic_save(obj: object, path: Path) -> None:
@@ -78,10 +95,21 @@ def train_teacher(
     on_step: Callable[[], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> nn.Module:
-    """Train the spec's teacher with cross-entropy on the whole training split."""
+    """Train the spec's teacher with cross-entropy on the whole training split.
+
+    With ``teacher.checkpoint`` the weights are loaded from it and trained for
+    ``fine_tune_epochs`` (possibly 0) instead of ``epochs``.
+    """
     t = spec.teacher
     torch.manual_seed(t.seed)
-    model = build_model(t.arch, splits.num_classes, splits.in_channels, splits.image_size).to(device)
+    model = build_model(t.arch, splits.num_classes, splits.in_channels, splits.image_size)
+    epochs = t.epochs
+    if t.checkpoint is not None:
+        load_checkpoint(model, Path(t.checkpoint), role="teacher", arch=t.arch, ignore=tuple(t.checkpoint_ignore))
+        epochs = t.fine_tune_epochs
+    model = model.to(device)
+    if epochs == 0:
+        return model
     train = TrainSet(splits.train.x, splits.train.y, torch.ones(len(splits.train), dtype=torch.bool)).to(device)
     fit(
         model,
@@ -89,7 +117,7 @@ def train_teacher(
         {},
         train,
         splits.val.to(device),
-        epochs=t.epochs,
+        epochs=epochs,
         batch_size=t.batch_size,
         lr=t.lr,
         seed=t.seed,
@@ -101,7 +129,8 @@ def train_teacher(
 
 def teacher_steps(spec: StudySpec, splits: Splits) -> int:
     """Optimizer steps of a teacher training run (for progress bars)."""
-    return spec.teacher.epochs * steps_per_epoch(len(splits.train), spec.teacher.batch_size)
+    epochs = spec.teacher.fine_tune_epochs if spec.teacher.checkpoint is not None else spec.teacher.epochs
+    return epochs * steps_per_epoch(len(splits.train), spec.teacher.batch_size)
 
 
 def prepare_teacher(
@@ -131,3 +160,26 @@ def prepare_teacher(
         state = {k: v.cpu() for k, v in model.state_dict().items()}
         _atomic_save({"state_dict": state, "train_logits": train_logits, "metrics": metrics}, path)
         return Teacher(model.eval(), train_logits, metrics, False, path)
+
+
+def feature_cache_mb(n_rows: int, shape: tuple[int, ...]) -> float:
+    """Memory of ``n_rows`` cached feature maps of ``shape`` in float16, in MB."""
+    size = 1
+    for d in shape:
+        size *= d
+    return n_rows * size * 2 / 1e6
+
+
+@torch.inference_mode()
+def teacher_features(model: nn.Module, layer: str, x: Tensor, *, batch_size: int = 1024) -> Tensor:
+    """The teacher's ``layer`` outputs on ``x`` (eval mode), as float16 on x's device."""
+    tap = FeatureTap(model, layer, role="teacher")
+    model.eval().to(memory_format=torch.channels_last)
+    try:
+        chunks = []
+        for chunk in x.split(batch_size):
+            model(channels_last(chunk))
+            chunks.append(tap.output.half().contiguous())
+        return torch.cat(chunks)
+    finally:
+        tap.remove()

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import Split
 from .methods import DistillBatch, Method
+from .models import FeatureTap
 from .metrics import accuracy, auc
 
 
@@ -24,21 +26,67 @@ from .metrics import accuracy, auc
 class TrainSet:
     """The images a student trains on, resident on one device.
 
-    ``labeled`` marks the rows whose labels the loss may use; ``teacher_logits`` are the cached
-    teacher outputs for the same rows (None for teacher-free training).
+    ``labeled`` marks the rows whose labels the loss may use; ``teacher_logits`` and
+    ``teacher_features`` are cached teacher outputs for the same rows (None when the method
+    needs none, or when the teacher runs live).
     """
 
     x: Tensor
     y: Tensor
     labeled: Tensor
     teacher_logits: Tensor | None = None
+    teacher_features: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def to(self, device: torch.device) -> "TrainSet":
-        t = self.teacher_logits.to(device) if self.teacher_logits is not None else None
-        return TrainSet(self.x.to(device), self.y.to(device), self.labeled.to(device), t)
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return TrainSet(channels_last(self.x.to(device)), self.y.to(device), self.labeled.to(device),
+                        move(self.teacher_logits), move(self.teacher_features))  # fmt: skip
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """Image batches in channels-last memory order (2-3x faster convolutions on CPU here); other tensors as they are."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+@dataclass
+class LiveTeacher:
+    """A teacher run on every batch (``consistent`` mode, or features too large to cache)."""
+
+    model: nn.Module
+    feature_layer: str | None = None  # tap this layer when the method needs features
+
+
+@dataclass
+class Augment:
+    """Batched on-device augmentation: random shifts of up to ``shift`` pixels, optional flips."""
+
+    shift: int = 2
+    flip: bool = True
+
+
+def augment_batch(x: Tensor, aug: Augment, generator: torch.Generator) -> Tensor:
+    """Randomly shift (replicate-padded crop) and flip each image of an N×C×H×W batch, all at once."""
+    n, c, h, w = x.shape
+    out = x
+    if aug.shift:
+        p = aug.shift
+        padded = F.pad(x, (p, p, p, p), mode="replicate")
+        oy = torch.randint(0, 2 * p + 1, (n, 1), generator=generator, device=x.device)
+        ox = torch.randint(0, 2 * p + 1, (n, 1), generator=generator, device=x.device)
+        rows = (oy + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (ox + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        chan = torch.arange(c, device=x.device)[None, :, None, None]
+        out = padded[batch, chan, rows, cols]
+    if aug.flip:
+        flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    return out
 
 
 @dataclass
@@ -85,15 +133,30 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
 @torch.inference_mode()
 def predict(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
     """Logits of ``model`` on ``x`` in eval mode, as float32 on x's device."""
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)
     with _autocast(x.device):
-        return torch.cat([model(chunk).float() for chunk in x.split(batch_size)])
+        return torch.cat([model(channels_last(chunk)).float() for chunk in x.split(batch_size)])
 
 
 def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
     """(accuracy, AUC) of ``model`` on a split."""
     logits = predict(model, split.x)
     return accuracy(logits, split.y), auc(logits, split.y)
+
+
+def _feature_shape(model: nn.Module, layer: str, x: Tensor, role: str) -> tuple[int, ...]:
+    """Per-example shape of ``layer``'s output, from a no-grad dry run on one image."""
+    tap = FeatureTap(model, layer, role=role)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x[:1])
+        assert tap.output is not None
+        return tuple(tap.output.shape[1:])
+    finally:
+        tap.remove()
+        model.train(was_training)
 
 
 def fit(
@@ -108,42 +171,89 @@ def fit(
     lr: float,
     seed: int,
     steps: int | None = None,
+    live_teacher: LiveTeacher | None = None,
+    augment: Augment | None = None,
+    student_layer: str | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_step: Callable[[], None] | None = None,
 ) -> list[EpochResult]:
     """Train ``model`` in place with ``method``'s loss for ``epochs`` × ``steps`` Adam steps.
 
-    ``train`` and ``val`` must already be on the model's device. ``seed`` fixes the batch order;
-    ``steps`` per epoch defaults to one pass over ``train``. After each epoch the model is
-    evaluated on ``val`` and ``on_epoch`` is called with the result.
+    ``train`` and ``val`` must already be on the model's device. ``seed`` fixes the batch order
+    and augmentation; ``steps`` per epoch defaults to one pass over ``train``. Teacher outputs
+    come from ``train`` (cached) unless ``live_teacher`` is given, which then runs on every
+    (possibly ``augment``-ed) batch. Feature methods read the student's ``student_layer``; a
+    method's regressor (hint) is trained with the student's optimizer. After each epoch the
+    model is evaluated on ``val`` and ``on_epoch`` is called with the result.
     """
     device = train.x.device
+    model.to(memory_format=torch.channels_last)
+    if live_teacher is not None:
+        live_teacher.model.to(memory_format=torch.channels_last)
     steps = steps or steps_per_epoch(len(train), batch_size)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    aug_generator = torch.Generator(device=device).manual_seed(seed) if augment else None
+    params_to_train = list(model.parameters())
+    student_tap = teacher_tap = regressor = None
+    if method.needs_features:
+        if not student_layer or (live_teacher is None and train.teacher_features is None) or (
+            live_teacher is not None and not live_teacher.feature_layer
+        ):
+            raise ValueError(f"{method.name} needs student_layer and teacher features (cached or a live tap)")
+        if live_teacher is not None:
+            t_shape = _feature_shape(live_teacher.model, live_teacher.feature_layer, train.x, "teacher")
+            teacher_tap = FeatureTap(live_teacher.model, live_teacher.feature_layer, role="teacher")
+        else:
+            t_shape = tuple(train.teacher_features.shape[1:])
+        s_shape = _feature_shape(model, student_layer, train.x, "student")
+        student_tap = FeatureTap(model, student_layer, role="student")
+        regressor = method.make_regressor(s_shape, t_shape)
+        if regressor is not None:
+            regressor = regressor.to(device)
+            params_to_train += list(regressor.parameters())
+    optimizer = torch.optim.Adam(params_to_train, lr=lr)
+    if live_teacher is not None:
+        live_teacher.model.eval()
     history: list[EpochResult] = []
-    for epoch in range(1, epochs + 1):
-        model.train()
-        idx = batch_indices(len(train), batch_size, steps, generator).to(device)
-        total = torch.zeros((), device=device)
-        for rows in idx:
-            with _autocast(device):
-                batch = DistillBatch(
-                    student_logits=model(train.x[rows]).float(),
-                    labels=train.y[rows],
-                    labeled=train.labeled[rows],
-                    teacher_logits=None if train.teacher_logits is None else train.teacher_logits[rows],
-                )
-                loss = method.loss(batch, params)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
-            if on_step is not None:
-                on_step()
-        acc, roc = evaluate(model, val)
-        result = EpochResult(epoch, acc, roc, float(total) / steps)
-        history.append(result)
-        if on_epoch is not None:
-            on_epoch(result)
+    try:
+        for epoch in range(1, epochs + 1):
+            model.train()
+            idx = batch_indices(len(train), batch_size, steps, generator).to(device)
+            total = torch.zeros((), device=device)
+            for rows in idx:
+                x = train.x[rows]
+                if augment is not None:
+                    x = channels_last(augment_batch(x, augment, aug_generator))
+                with _autocast(device):
+                    if live_teacher is not None and method.needs_teacher:
+                        with torch.no_grad():
+                            t_logits = live_teacher.model(x).float()
+                        t_features = teacher_tap.output.float() if teacher_tap is not None else None
+                    else:
+                        t_logits = None if train.teacher_logits is None else train.teacher_logits[rows]
+                        t_features = None if train.teacher_features is None else train.teacher_features[rows].float()
+                    batch = DistillBatch(
+                        student_logits=model(x).float(),
+                        labels=train.y[rows],
+                        labeled=train.labeled[rows],
+                        teacher_logits=t_logits,
+                        student_features=student_tap.output.float() if student_tap is not None else None,
+                        teacher_features=t_features,
+                    )
+                    loss = method.loss(batch, params, regressor=regressor)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach()
+                if on_step is not None:
+                    on_step()
+            acc, roc = evaluate(model, val)
+            result = EpochResult(epoch, acc, roc, float(total) / steps)
+            history.append(result)
+            if on_epoch is not None:
+                on_epoch(result)
+    finally:
+        for tap in (student_tap, teacher_tap):
+            if tap is not None:
+                tap.remove()
     return history

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up: a local venv with the pinned torch/torchvision and kdsearch (editable),
 # and Fashion-MNIST from Debian's dataset-fashion-mnist when it is missing.
-# With --test, also Debian's chromium (the report is checked in a real browser).
+# With --test, also Debian's chromium (the report is checked in a real browser) and postgresql (the
+# PostgreSQL worker test runs a private server; initdb and pg_ctl are all it needs).
 # Re-running is fast: pip runs only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,4 +42,10 @@ fi
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
   echo "setup: installing Debian package chromium (for the report rendering test)"
   apt_install chromium || echo "setup: chromium could not be installed; the browser test will fail" >&2
+fi
+
+# The PostgreSQL worker test starts a private server (initdb + pg_ctl, as the 'postgres' user when root).
+if [ "${1:-}" = "--test" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  echo "setup: installing Debian package postgresql (the PostgreSQL worker test starts its own private server)"
+  apt_install postgresql || echo "setup: postgresql could not be installed; the PostgreSQL worker test will fail" >&2
 fi

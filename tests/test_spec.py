@@ -55,3 +55,17 @@ def test_missing_file_and_bad_toml_are_clear(tmp_path):
     bad.write_text("name = \n")
     with pytest.raises(KdsearchError, match="is not valid TOML"):
         load_spec(bad)
+
+
+def test_set_overrides_take_toml_values_and_bare_words():
+    from kdsearch.spec import apply_overrides
+
+    raw = apply_overrides(
+        StudySpec().model_dump(mode="json"),
+        ["student.epochs=2", 'search.methods=["kd", "dkd"]', "search.objective=auc", "methods.kd.alpha=[0.1, 0.9]"],
+    )
+    spec = spec_from_dict(raw)
+    assert spec.student.epochs == 2 and spec.search.methods == ["kd", "dkd"] and spec.search.objective == "auc"
+    assert spec.method_space("kd")["alpha"].low == 0.1
+    with pytest.raises(KdsearchError, match="section.field=value"):
+        apply_overrides({}, ["student.epochs"])

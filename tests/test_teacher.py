@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from kdsearch.data import load_splits
@@ -43,3 +44,37 @@ def test_cache_key_changes_with_what_determines_the_teacher(idx_dataset, tmp_pat
     assert key != teacher_key(_spec(idx_dataset, tmp_path, seed=1), splits)
     other_split = load_splits(spec.data.model_copy(update={"split_seed": 5}))
     assert key != teacher_key(spec, other_split)
+
+
+def test_teacher_from_a_checkpoint_is_used_as_is_or_fine_tuned(idx_dataset, tmp_path):
+    from kdsearch.models import build_model
+
+    splits = load_splits(_spec(idx_dataset, tmp_path).data)
+    torch.manual_seed(3)
+    pretrained = build_model("bn_cnn", splits.num_classes, 1, 28)
+    ckpt = tmp_path / "teacher.pt"
+    torch.save(pretrained.state_dict(), ckpt)
+
+    as_is = prepare_teacher(_spec(idx_dataset, tmp_path / "a", checkpoint=str(ckpt)), splits, torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.allclose(as_is.train_logits[:8], pretrained.eval()(splits.train.x[:8]), atol=1e-4)
+
+    tuned = prepare_teacher(
+        _spec(idx_dataset, tmp_path / "b", checkpoint=str(ckpt), fine_tune_epochs=1), splits, torch.device("cpu")
+    )
+    assert not torch.allclose(tuned.train_logits[:8], as_is.train_logits[:8])
+    # the key follows the checkpoint's content, not its name
+    key = teacher_key(_spec(idx_dataset, tmp_path, checkpoint=str(ckpt)), splits)
+    torch.save(build_model("bn_cnn", splits.num_classes, 1, 28).state_dict(), ckpt)
+    assert teacher_key(_spec(idx_dataset, tmp_path, checkpoint=str(ckpt)), splits) != key
+
+
+def test_checkpoint_for_another_architecture_is_a_clear_error(idx_dataset, tmp_path):
+    from kdsearch.errors import KdsearchError
+    from kdsearch.models import build_model
+
+    splits = load_splits(_spec(idx_dataset, tmp_path).data)
+    ckpt = tmp_path / "light.pt"
+    torch.save(build_model("light_nn", splits.num_classes, 1, 28).state_dict(), ckpt)
+    with pytest.raises(KdsearchError, match="does not fit teacher.arch = 'bn_cnn'"):
+        prepare_teacher(_spec(idx_dataset, tmp_path, checkpoint=str(ckpt)), splits, torch.device("cpu"))

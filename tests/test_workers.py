@@ -1,0 +1,328 @@
+"""Parallel workers with real processes and real databases: SQLite (WAL), the journal file,
+a private PostgreSQL server, a worker killed with SIGKILL mid-trial, and the dashboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from kdsearch.cli import app
+from kdsearch.search import FINAL_ATTR, WORKER_ATTR, open_storage
+
+KDSEARCH = [sys.executable, "-m", "kdsearch.cli"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+# appended to the tiny spec's [runtime] section: one thread per process, quick heartbeats
+FAST = "threads = 1\nheartbeat_interval = 1\ngrace_period = 4\n"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def start_worker(tmp_path: Path, spec: Path, storage: str, *, trials: int, rank: int) -> tuple[subprocess.Popen, Path]:
+    """``kdsearch worker`` as a real process; stdout and stderr go to files (nobody reads pipes while we wait)."""
+    err = tmp_path / f"worker-{rank}.err"
+    with open(err, "w") as err_file, open(tmp_path / f"worker-{rank}.out", "w") as out_file:
+        proc = subprocess.Popen(
+            [*KDSEARCH, "worker", "--spec", str(spec), "--storage", storage, "--trials", str(trials), "--rank", str(rank)],
+            stdout=out_file, stderr=err_file, env=ENV,
+        )  # fmt: skip
+    return proc, err
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
+    deadline = time.time() + timeout
+    try:
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.time()))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def check_study(storage: str, total: int, name: str = "tiny") -> optuna.Study:
+    """Exactly ``total`` finished trials, unique numbers and params, nothing left running or waiting."""
+    study = optuna.load_study(study_name=name, storage=open_storage(storage))
+    trials = study.trials
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == total, [(t.number, t.state.name) for t in trials]
+    numbers = [t.number for t in trials]
+    assert len(set(numbers)) == len(numbers)
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    params = [tuple(sorted(t.params.items())) for t in finished if "failed_trial" not in t.system_attrs]
+    assert len(set(params)) == len(params), "two workers sampled the same params: are their sampler seeds distinct?"
+    return study
+
+
+def assert_clean(*logs: Path) -> None:
+    for log in logs:
+        text = log.read_text()
+        assert "database is locked" not in text, f"{log}:\n{text}"
+        assert "Traceback" not in text, f"{log}:\n{text}"
+
+
+def test_run_with_4_workers_on_sqlite(write_spec, tmp_path):
+    """`run --workers 4`: 4 processes on one SQLite file (WAL), 12 trials exactly, report made once by the parent."""
+    spec = write_spec(epochs=1, extra=FAST)
+    proc = subprocess.run([*KDSEARCH, "run", "--spec", str(spec), "--workers", "4", "--trials", "12"],
+                          capture_output=True, text=True, env=ENV, timeout=240)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "started 4 workers (cpu, cpu, cpu, cpu; 1 thread each)" in proc.stdout
+    db = tmp_path / "run" / "study.db"
+    study = check_study(f"sqlite:///{db}", 12)
+    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    ranks = {t.user_attrs[WORKER_ATTR]["rank"] for t in study.trials}
+    assert len(ranks) >= 2, f"one worker ran every trial: {ranks}"
+    assert FINAL_ATTR in study.user_attrs and (tmp_path / "run" / "report.html").is_file()
+    assert proc.stdout.count("report: ") == 1
+    logs = sorted((tmp_path / "run" / "workers").glob("worker-*.log"))
+    assert len(logs) == 4
+    assert_clean(*logs)
+    for log in logs:  # the parent trained the teacher before starting them
+        assert "loaded from cache (no retraining)" in log.read_text()
+
+
+def test_4_workers_on_journal_storage(write_spec, tmp_path):
+    """Four bare `kdsearch worker` processes racing to create and fill a study in a journal file."""
+    spec = write_spec(epochs=1, extra=FAST)
+    storage = f"journal:///{tmp_path / 'run' / 'journal.log'}"
+    started = [start_worker(tmp_path, spec, storage, trials=12, rank=r) for r in range(4)]
+    wait_all([p for p, _ in started], timeout=240)
+    assert [p.returncode for p, _ in started] == [0] * 4, [e.read_text()[-2000:] for _, e in started]
+    check_study(storage, 12)
+    assert_clean(*(e for _, e in started))
+    outs = [(tmp_path / f"worker-{r}.out").read_text() for r in range(4)]
+    assert all("kdsearch report --storage journal:///" in o for o in outs)  # bare workers leave the report to the user
+    assert FINAL_ATTR not in optuna.load_study(study_name="tiny", storage=open_storage(storage)).user_attrs
+    report = CliRunner().invoke(app, ["report", "--storage", storage, "--study", "tiny"])
+    assert report.exit_code == 0, report.output
+    assert "no final comparison stored yet: running it now" in report.output
+    assert FINAL_ATTR in optuna.load_study(study_name="tiny", storage=open_storage(storage)).user_attrs
+
+
+def test_ctrl_c_reaches_every_worker_of_run(write_spec, tmp_path):
+    """Ctrl-C on `run --workers 2` is forwarded once to each worker: both stop, their running trials
+    are FAILED (none left RUNNING), finished trials are kept, and the command says how to resume."""
+    spec = write_spec(epochs=4, extra=FAST)
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    err = tmp_path / "run.err"
+    with open(err, "w") as err_file:
+        proc = subprocess.Popen([*KDSEARCH, "run", "--spec", str(spec), "--workers", "2", "--trials", "500"],
+                                stdout=subprocess.DEVNULL, stderr=err_file, env=ENV)  # fmt: skip
+    try:
+        deadline, store = time.time() + 120, None
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            try:
+                store = store or open_storage(storage)
+                if len(optuna.load_study(study_name="tiny", storage=store).get_trials(states=FINISHED)) >= 4:
+                    break
+            except Exception:  # study not created yet
+                continue
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=90)
+    finally:
+        wait_all([proc], timeout=1)
+    assert proc.returncode == 130, err.read_text()[-2000:]
+    assert "resume with: kdsearch run" in err.read_text() and "Traceback" not in err.read_text()
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=open_storage(storage)).trials]
+    assert TrialState.RUNNING not in states and states.count(TrialState.COMPLETE) >= 4
+    for log in (tmp_path / "run" / "workers").glob("worker-*.log"):
+        assert "interrupted" in log.read_text().strip().splitlines()[-1], log.read_text()[-1000:]
+
+
+# --- PostgreSQL: a private server in a temp dir --------------------------------------------------
+
+
+def _pg_bindir() -> Path | None:
+    found = shutil.which("pg_ctl")  # Debian keeps the server tools out of PATH, in /usr/lib/postgresql/<ver>/bin
+    if found and (Path(found).resolve().parent / "initdb").is_file():
+        return Path(found).resolve().parent
+    versions = [p for p in Path("/usr/lib/postgresql").glob("*/bin/pg_ctl") if p.parts[-3].isdigit()]
+    return max(versions, key=lambda p: int(p.parts[-3])).parent if versions else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server (initdb, its own port and socket dir), stopped afterwards.
+
+    initdb refuses to run as root, so as root the server runs as the `postgres` user (created by
+    Debian's package) or `nobody`, in a fresh directory under /tmp that it owns.
+    """
+    bindir = _pg_bindir()
+    if bindir is None:
+        hint = "PostgreSQL server binaries (initdb, pg_ctl) not found; `scripts/setup.sh --test` installs Debian's postgresql"
+        if os.geteuid() == 0 or os.environ.get("CI"):
+            pytest.fail(hint)
+        pytest.skip(hint + " (needs root, so skipped here)")
+    base = Path(tempfile.mkdtemp(prefix="kdsearch-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        name = next((u for u in ("postgres", "nobody") if _user_exists(u)), None)
+        assert name, "no unprivileged user (postgres or nobody) to run the PostgreSQL server as"
+        entry = pwd.getpwnam(name)
+        os.chown(base, entry.pw_uid, entry.pw_gid)
+        as_user = ["runuser", "-u", name, "--"]
+    port = _free_port()
+    data = base / "data"
+    run = dict(cwd=base, capture_output=True, text=True, timeout=120)
+    init = subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "kdsearch", "--auth=trust",
+                           "-E", "UTF8", "--no-sync"], **run)  # fmt: skip
+    assert init.returncode == 0, init.stdout + init.stderr
+    options = f"-k {base} -p {port} -h 127.0.0.1 -c fsync=off -c max_connections=40"
+    start = subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w",
+                            "-t", "60", "-o", options, "start"], **run)  # fmt: skip
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        made = subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "kdsearch", "kdsearch_test"],
+                              **run)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        yield f"postgresql://kdsearch@127.0.0.1:{port}/kdsearch_test"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], **run)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def test_2_workers_on_a_private_postgresql_server(write_spec, tmp_path, postgres_url):
+    spec = write_spec(epochs=1, extra=FAST)
+    started = [start_worker(tmp_path, spec, postgres_url, trials=6, rank=r) for r in range(2)]
+    wait_all([p for p, _ in started], timeout=180)
+    assert [p.returncode for p, _ in started] == [0, 0], [e.read_text()[-2000:] for _, e in started]
+    study = check_study(postgres_url, 6)
+    assert {t.user_attrs[WORKER_ATTR]["rank"] for t in study.trials} == {0, 1}
+    assert_clean(*(e for _, e in started))
+
+
+# --- a worker killed mid-trial --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_killed_worker_trial_is_failed_and_retried(write_spec, tmp_path, kind):
+    """SIGKILL one of two workers mid-trial: its trial turns FAILED (SQLite: its heartbeat goes stale;
+    journal: its pid is gone) and the survivor re-runs it with the same params and seed; the study
+    still reaches its count and no finished trial is lost."""
+    spec = write_spec(epochs=4, extra=FAST)
+    path = tmp_path / "run" / ("study.db" if kind == "sqlite" else "journal.log")
+    storage = f"sqlite:///{path}" if kind == "sqlite" else f"journal:///{path}"
+    victim, _ = start_worker(tmp_path, spec, storage, trials=5, rank=0)
+    survivor, survivor_err = start_worker(tmp_path, spec, storage, trials=5, rank=1)
+    killed, store = None, None
+    deadline = time.time() + 120
+    try:
+        while killed is None and time.time() < deadline and victim.poll() is None:
+            time.sleep(0.2)
+            try:
+                store = store or open_storage(storage)
+                trials = optuna.load_study(study_name="tiny", storage=store).trials
+            except Exception:  # storage or study not created yet (KeyError), or the file half-made
+                continue
+            for t in trials:
+                if t.state == TrialState.RUNNING and t.user_attrs.get(WORKER_ATTR, {}).get("pid") == victim.pid \
+                        and "seed" in t.user_attrs:  # fmt: skip
+                    finished_before = {u.number for u in trials if u.state in FINISHED}
+                    victim.send_signal(signal.SIGKILL)
+                    killed = t.number
+                    break
+        assert killed is not None, "the victim never ran a trial"
+        victim.wait(timeout=10)
+        wait_all([survivor], timeout=150)
+    finally:
+        wait_all([victim, survivor], timeout=1)
+    assert survivor.returncode == 0, survivor_err.read_text()[-3000:]
+    study = check_study(storage, 5)
+    by_number = {t.number: t for t in study.trials}
+    dead = by_number[killed]
+    assert dead.state == TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retries) == 1, [(t.number, t.system_attrs) for t in study.trials]
+    retry = retries[0]
+    assert retry.state in FINISHED and retry.system_attrs.get("retry_history") == [killed]
+    assert retry.params == dead.params and retry.user_attrs["seed"] == dead.user_attrs["seed"]
+    assert retry.user_attrs[WORKER_ATTR]["rank"] == 1
+    assert all(by_number[n].state in FINISHED for n in finished_before), "a finished trial was lost"
+    assert_clean(survivor_err)
+
+
+# --- the dashboard ---------------------------------------------------------------------------------
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_dashboard_serves_the_study_with_report_artifacts(write_spec, tmp_path):
+    spec = write_spec(epochs=1, extra=FAST)
+    result = CliRunner().invoke(app, ["run", "--spec", str(spec), "--trials", "2"])
+    assert result.exit_code == 0, result.output
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    port = _free_port()
+    out = tmp_path / "dashboard.out"
+    with open(out, "w") as out_file:
+        proc = subprocess.Popen([*KDSEARCH, "dashboard", "--storage", storage, "--port", str(port)],
+                                stdout=out_file, stderr=subprocess.STDOUT, env=ENV)  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while "dashboard: http://" not in out.read_text() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        text = out.read_text()
+        assert f"dashboard: http://127.0.0.1:{port}/dashboard" in text, text
+        assert "artifact report.html: uploaded" in text and "artifact final_comparison.json: uploaded" in text
+
+        base = f"http://127.0.0.1:{port}"
+        studies = get_json(f"{base}/api/studies")["study_summaries"]
+        (summary,) = [s for s in studies if s["study_name"] == "tiny"]
+        detail = get_json(f"{base}/api/studies/{summary['study_id']}")
+        assert [t["state"] for t in detail["trials"]] == ["Complete", "Complete"]
+        artifacts = {a["filename"]: a for a in detail["artifacts"]}
+        assert set(artifacts) == {"report.html", "final_comparison.json"}
+        with urllib.request.urlopen(f"{base}/artifacts/{summary['study_id']}/{artifacts['report.html']['artifact_id']}") as r:
+            assert b"plotly" in r.read()[:3_000_000]
+        final = urllib.request.urlopen(f"{base}/artifacts/{summary['study_id']}/{artifacts['final_comparison.json']['artifact_id']}")
+        assert json.loads(final.read())["split"] == "test"
+        with urllib.request.urlopen(f"{base}/dashboard") as page:  # the single-page app itself
+            assert page.status == 200 and b"<html" in page.read().lower()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0, out.read_text()
+
+    # in-process, as a library: the same files are not uploaded twice
+    from kdsearch.dashboard import start_dashboard
+
+    server, notes = start_dashboard(storage, port=0)
+    assert any("report.html: already uploaded" in n for n in notes), notes
+    server.start()
+    try:
+        assert get_json(f"http://127.0.0.1:{server.port}/api/meta")["artifact_is_available"] is True
+    finally:
+        server.stop()
