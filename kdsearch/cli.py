@@ -214,7 +214,8 @@ def run(
         typer.echo(f"study {spec.name!r}: resuming, {already} trials already in {url}")
     n_workers = worker_count(workers, dev)
     if n_workers > 1:
-        _run_workers(spec, path, url, study, splits, teacher, dev, n_workers, trials or spec.search.trials, threads)
+        _run_workers(spec, path, url, study, splits, teacher, dev, n_workers, trials or spec.search.trials, threads,
+                     overrides or [])  # fmt: skip
         return
     data = prepare_study_data(spec, splits, teacher, dev)
     if data.features != "not needed":
@@ -247,11 +248,12 @@ def run(
     typer.echo(f"storage: {url}\nadd trials with: {resume}")
 
 
-def with_runtime(spec, *, data_root: Optional[Path] = None, device: Optional[str] = None, threads: Optional[int] = None):
-    """``spec`` with the machine-specific overrides of the command line (validated like the file)."""
-    from .spec import spec_from_dict
+def with_runtime(spec, *, data_root: Optional[Path] = None, device: Optional[str] = None, threads: Optional[int] = None,
+                 overrides: Optional[list[str]] = None):  # fmt: skip
+    """``spec`` with the overrides of the command line (validated like the file)."""
+    from .spec import apply_overrides, spec_from_dict
 
-    if data_root is None and not device and threads is None:
+    if data_root is None and not device and threads is None and not overrides:
         return spec
     raw = spec.model_dump(mode="json")
     if data_root is not None:
@@ -260,7 +262,9 @@ def with_runtime(spec, *, data_root: Optional[Path] = None, device: Optional[str
         raw["runtime"]["device"] = device
     if threads is not None:
         raw["runtime"]["threads"] = threads
-    return spec_from_dict(raw)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return spec_from_dict(raw, source="spec with --set" if overrides else "spec")
 
 
 def visible_gpus() -> list[str]:
@@ -297,14 +301,65 @@ def worker_plan(spec, device, workers: int, threads: Optional[int] = None) -> li
     return [({}, str(device), per) for _ in range(workers)]
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+class _StopSignals:
+    """While active, SIGINT and SIGTERM raise KeyboardInterrupt and are remembered in ``requested``.
+
+    Remembered because Python swallows a KeyboardInterrupt raised inside a finalizer ("Exception
+    ignored in ..."), so loops poll ``requested`` too. Installed explicitly, so a process started in
+    the background (SIGINT inherited as ignored) still stops on SIGINT, and TERM ends a trial as FAILED.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_StopSignals":
+        import signal
+
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
-def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, trials: int, threads) -> None:
+def _stop_workers(procs: list, patience_s: float = 60.0) -> None:
+    """SIGINT to each running worker, again every 5 s (in case one swallowed it), SIGKILL after ``patience_s``."""
+    import signal
+    import subprocess
+    import time
+
+    deadline = time.time() + patience_s
+    try:
+        while time.time() < deadline:
+            alive = [p for p in procs if p.poll() is None]
+            if not alive:
+                return
+            for p in alive:
+                p.send_signal(signal.SIGINT)
+            for p in alive:
+                try:
+                    p.wait(timeout=max(0.1, min(5.0, deadline - time.time())) / len(alive))
+                except subprocess.TimeoutExpired:
+                    pass
+    except KeyboardInterrupt:  # a second Ctrl-C: no more patience
+        pass
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, trials: int, threads, overrides) -> None:
     """``run --workers N``: N ``kdsearch worker`` processes, one progress bar, then final comparison and report here."""
     import os
-    import signal
     import subprocess
     import time
 
@@ -319,7 +374,8 @@ def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, tri
     for rank, (env, device, n_threads) in enumerate(plan):
         cmd = [sys.executable, "-m", "kdsearch.cli", *(["--debug"] if STATE["debug"] else []), "worker",
                "--spec", str(path), "--study", spec.name, "--storage", url, "--data-root", str(spec.data.root),
-               "--device", device, "--threads", str(n_threads), "--trials", str(total), "--rank", str(rank)]  # fmt: skip
+               "--device", device, "--threads", str(n_threads), "--trials", str(total), "--rank", str(rank),
+               *(arg for o in overrides for arg in ("--set", o))]  # fmt: skip
         log = logs / f"worker-{rank}.log"
         with open(log, "w") as out:  # own session: Ctrl-C reaches the workers once, forwarded by us
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
@@ -335,32 +391,23 @@ def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, tri
     def advance() -> None:
         bar.update(max(0, min(finished_count(study) - base, trials) - bar.n))
 
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's TERM stops the workers like Ctrl-C
-    try:
-        while any(p.poll() is None for _, p, _ in procs):
-            time.sleep(1.0)
-            advance()
-    except KeyboardInterrupt:
-        bar.close()
-        typer.echo("\ninterrupted: stopping the workers (each marks its running trial FAILED)...", err=True)
-        for _, p, _ in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+    with _StopSignals() as stop:  # Ctrl-C, or a scheduler's TERM: stop the workers
         try:
-            for _, p, _ in procs:
-                p.wait(timeout=60)
-        except (KeyboardInterrupt, subprocess.TimeoutExpired):
-            for _, p, _ in procs:
-                if p.poll() is None:
-                    p.kill()
-        typer.echo(
-            f"{finished_count(study)} finished trials are kept in {url}.\n"
-            f"resume with: kdsearch run --spec {path} --storage {url} --workers {workers} --trials N",
-            err=True,
-        )
-        raise typer.Exit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+            while any(p.poll() is None for _, p, _ in procs):
+                if stop.requested:
+                    raise KeyboardInterrupt
+                time.sleep(1.0)
+                advance()
+        except KeyboardInterrupt:
+            bar.close()
+            typer.echo("\ninterrupted: stopping the workers (each marks its running trial FAILED)...", err=True)
+            _stop_workers([p for _, p, _ in procs])
+            typer.echo(
+                f"{finished_count(study)} finished trials are kept in {url}.\n"
+                f"resume with: kdsearch run --spec {path} --storage {url} --workers {workers} --trials N",
+                err=True,
+            )
+            raise typer.Exit(130) from None
     advance()
     bar.close()
     failed = [(rank, p.returncode, log) for rank, p, log in procs if p.returncode != 0]
@@ -393,12 +440,22 @@ def worker(
     device: Optional[str] = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
     data_root: Optional[Path] = DataRootOpt,
+    overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Join a study (this or another machine) and run trials until it holds --trials finished ones.
 
     No final comparison or report: run `kdsearch report` when the study is done (or use `run --workers N`).
     """
-    import signal
+    with _StopSignals() as stop:
+        try:
+            _worker(stop, study_name, storage, spec_path, trials, rank, device, threads, data_root, overrides)
+        except KeyboardInterrupt:
+            typer.echo(f"worker {rank}: interrupted; its running trial (if any) is marked FAILED, finished ones are kept",
+                       err=True)  # fmt: skip
+            raise typer.Exit(130) from None
+
+
+def _worker(stop: _StopSignals, study_name, storage, spec_path, trials, rank, device, threads, data_root, overrides) -> None:
     import warnings
 
     import optuna
@@ -410,7 +467,8 @@ def worker(
 
     quiet_optuna()
     if spec_path is not None:
-        spec, _ = load_study_spec(spec_path, data_root=data_root, study=study_name, storage=storage, device=device)
+        spec, _ = load_study_spec(spec_path, data_root=data_root, study=study_name, storage=storage, device=device,
+                                  overrides=overrides)  # fmt: skip
         spec = with_runtime(spec, threads=threads)
         url = spec.resolved_storage()
         store = spec_storage(spec, url)
@@ -423,7 +481,7 @@ def worker(
             )
         url = storage
         found = load_study(study_name, open_storage(url))
-        spec = with_runtime(study_spec(found), data_root=data_root, device=device, threads=threads)
+        spec = with_runtime(study_spec(found), data_root=data_root, device=device, threads=threads, overrides=overrides)
         store = spec_storage(spec, url)
         study = join_study(found.study_name, store, spec, rank)
     name = study.study_name
@@ -447,24 +505,13 @@ def worker(
                        "(a trial whose worker dies is retried here)")  # fmt: skip
         waiting.append(running)
 
-    # SIGINT even when started in the background (inherited as ignored there), and TERM alike: both end
-    # the running trial as FAILED instead of leaving it RUNNING until its heartbeat goes stale
-    handlers = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _interrupt}
-    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            ran = run_worker(
-                study, make_objective(data), total, TrialSlot(url, store, name), heartbeat=has_heartbeat(store),
-                max_retry=spec.runtime.max_retry, rank=rank, callbacks=(on_trial,), poll_s=1.0, on_wait=on_wait,
-            )  # fmt: skip
-        except KeyboardInterrupt:
-            typer.echo(f"worker {rank}: interrupted; its running trial is marked FAILED, finished ones are kept in {url}",
-                       err=True)  # fmt: skip
-            raise typer.Exit(130) from None
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        ran = run_worker(
+            study, make_objective(data), total, TrialSlot(url, store, name), heartbeat=has_heartbeat(store),
+            max_retry=spec.runtime.max_retry, rank=rank, callbacks=(on_trial,), poll_s=1.0, on_wait=on_wait,
+            stop_requested=lambda: stop.requested,
+        )  # fmt: skip
     typer.echo(
         f"worker {rank}: done, ran {ran} trials; the study holds {finished_count(study)} finished trials.\n"
         f"final comparison and report: kdsearch report --storage {url} --study {name}"

@@ -353,6 +353,7 @@ def run_worker(
     callbacks: tuple = (),
     poll_s: float = 2.0,
     on_wait: Callable[[int], None] | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> int:
     """Run trials in this process until the study holds ``total`` finished (COMPLETE + PRUNED) trials.
 
@@ -360,7 +361,8 @@ def run_worker(
     processes when the storage has no heartbeats), then start a trial only when a retry is
     waiting or finished + running < ``total``; otherwise wait for the running ones, since one may
     still die and come back as a retry. ``MaxTrialsCallback`` also stops after the last one.
-    Returns how many trials this process ran.
+    ``stop_requested`` is checked between trials: a Ctrl-C whose KeyboardInterrupt Python swallowed
+    (raised inside a finalizer) still stops the worker, after its trial. Returns how many trials ran.
     """
     stop = optuna.study.MaxTrialsCallback(total, states=FINISHED_STATES)
     me = worker_identity(rank)
@@ -373,6 +375,8 @@ def run_worker(
     state = optuna.trial.TrialState
     ran = 0
     while True:
+        if stop_requested is not None and stop_requested():
+            raise KeyboardInterrupt
         with slot:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

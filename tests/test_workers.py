@@ -23,7 +23,8 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from kdsearch.cli import app
-from kdsearch.search import FINAL_ATTR, WORKER_ATTR, open_storage
+from kdsearch.search import FINAL_ATTR, WORKER_ATTR, create_study, open_storage
+from kdsearch.spec import load_spec
 
 KDSEARCH = [sys.executable, "-m", "kdsearch.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -32,12 +33,16 @@ FAST = "threads = 1\nheartbeat_interval = 1\ngrace_period = 4\n"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def start_worker(tmp_path: Path, spec: Path, storage: str, *, trials: int, rank: int) -> tuple[subprocess.Popen, Path]:
-    """``kdsearch worker`` as a real process; stdout and stderr go to files (nobody reads pipes while we wait)."""
+def start_worker(tmp_path: Path, spec: Path | None, storage: str, *, trials: int, rank: int) -> tuple[subprocess.Popen, Path]:
+    """``kdsearch worker`` as a real process; stdout and stderr go to files (nobody reads pipes while we wait).
+
+    Without ``spec`` it joins the study by name, as a worker on another machine would.
+    """
     err = tmp_path / f"worker-{rank}.err"
+    how = ["--spec", str(spec)] if spec is not None else ["--study", "tiny"]
     with open(err, "w") as err_file, open(tmp_path / f"worker-{rank}.out", "w") as out_file:
         proc = subprocess.Popen(
-            [*KDSEARCH, "worker", "--spec", str(spec), "--storage", storage, "--trials", str(trials), "--rank", str(rank)],
+            [*KDSEARCH, "worker", *how, "--storage", storage, "--trials", str(trials), "--rank", str(rank)],
             stdout=out_file, stderr=err_file, env=ENV,
         )  # fmt: skip
     return proc, err
@@ -213,8 +218,12 @@ def _user_exists(name: str) -> bool:
 
 
 def test_2_workers_on_a_private_postgresql_server(write_spec, tmp_path, postgres_url):
+    """Two workers at once: one with the spec, one joining the study by name and storage only
+    (as on another machine; the study exists, e.g. made by `kdsearch run` or a first worker)."""
     spec = write_spec(epochs=1, extra=FAST)
-    started = [start_worker(tmp_path, spec, postgres_url, trials=6, rank=r) for r in range(2)]
+    create_study(load_spec(spec), open_storage(postgres_url))
+    started = [start_worker(tmp_path, spec, postgres_url, trials=6, rank=0),
+               start_worker(tmp_path, None, postgres_url, trials=6, rank=1)]  # fmt: skip
     wait_all([p for p, _ in started], timeout=180)
     assert [p.returncode for p, _ in started] == [0, 0], [e.read_text()[-2000:] for _, e in started]
     study = check_study(postgres_url, 6)
