@@ -12,6 +12,7 @@ import typer
 from tqdm import tqdm
 
 from .errors import KdsearchError
+from .signals import StopSignals
 
 app = typer.Typer(
     add_completion=False,
@@ -193,7 +194,9 @@ def run(
     import optuna
 
     from .methods import METHODS
-    from .search import TEACHER_ATTR, create_study, make_objective, open_storage, prepare_study_data
+    from .search import TEACHER_ATTR, create_study, make_objective, prepare_study_data
+    from .storage import spec_storage
+    from .workers import worker_count
 
     spec, path = load_study_spec(
         spec_path, data_root=data_root, study=study_name, storage=storage, output_dir=output_dir, device=device,
@@ -201,7 +204,6 @@ def run(
     )
     quiet_optuna()
     url = spec.resolved_storage()
-    from .search import spec_storage
 
     if threads is not None and workers == 1:
         spec = with_runtime(spec, threads=threads)
@@ -267,120 +269,16 @@ def with_runtime(spec, *, data_root: Optional[Path] = None, device: Optional[str
     return spec_from_dict(raw, source="spec with --set" if overrides else "spec")
 
 
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
-    import os
-
-    import torch
-
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [d.strip() for d in env.split(",") if d.strip()]
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def worker_count(workers: int, device) -> int:
-    """``--workers``: as given; 0 means one per visible GPU (1 on a CPU-only machine)."""
-    if workers:
-        return workers
-    return max(1, len(visible_gpus())) if device.type == "cuda" else 1
-
-
-def worker_plan(spec, device, workers: int, threads: Optional[int] = None) -> list[tuple[dict[str, str], str, int]]:
-    """(environment overrides, --device, --threads) of each local worker.
-
-    ``cuda``/``auto`` on a GPU machine: worker i sees only GPU i (round robin when there are more
-    workers than GPUs); ``cuda:N``: all on GPU N; CPU: the cores split evenly, at least 1 thread each.
-    """
-    import os
-
-    per = threads or spec.runtime.threads or max(1, len(os.sched_getaffinity(0)) // workers)
-    if device.type == "cuda" and device.index is None:
-        gpus = visible_gpus()
-        return [({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}, "cuda", per) for i in range(workers)]
-    return [({}, str(device), per) for _ in range(workers)]
-
-
-class _StopSignals:
-    """While active, SIGINT and SIGTERM raise KeyboardInterrupt and are remembered in ``requested``.
-
-    Remembered because Python swallows a KeyboardInterrupt raised inside a finalizer ("Exception
-    ignored in ..."), so loops poll ``requested`` too. Installed explicitly, so a process started in
-    the background (SIGINT inherited as ignored) still stops on SIGINT, and TERM ends a trial as FAILED.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict = {}
-
-    def _handler(self, signum, frame) -> None:
-        self.requested = True
-        raise KeyboardInterrupt
-
-    def __enter__(self) -> "_StopSignals":
-        import signal
-
-        self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import signal
-
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _stop_workers(procs: list, patience_s: float = 60.0) -> None:
-    """SIGINT to each running worker, again every 5 s (in case one swallowed it), SIGKILL after ``patience_s``."""
-    import signal
-    import subprocess
-    import time
-
-    deadline = time.time() + patience_s
-    try:
-        while time.time() < deadline:
-            alive = [p for p in procs if p.poll() is None]
-            if not alive:
-                return
-            for p in alive:
-                p.send_signal(signal.SIGINT)
-            for p in alive:
-                try:
-                    p.wait(timeout=max(0.1, min(5.0, deadline - time.time())) / len(alive))
-                except subprocess.TimeoutExpired:
-                    pass
-    except KeyboardInterrupt:  # a second Ctrl-C: no more patience
-        pass
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
 def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, trials: int, threads, overrides) -> None:
     """``run --workers N``: N ``kdsearch worker`` processes, one progress bar, then final comparison and report here."""
-    import os
-    import subprocess
-    import time
-
-    from .search import finished_count, prepare_study_data
+    from .search import prepare_study_data
+    from .workers import failed_workers, finished_count, start_workers, stop_workers, wait_for_workers, worker_plan
 
     base = finished_count(study)
     total = base + trials
     logs = spec.resolved_output_dir() / "workers"
-    logs.mkdir(parents=True, exist_ok=True)
-    procs: list[tuple[int, subprocess.Popen, Path]] = []
     plan = worker_plan(spec, dev, workers, threads)
-    for rank, (env, device, n_threads) in enumerate(plan):
-        cmd = [sys.executable, "-m", "kdsearch.cli", *(["--debug"] if STATE["debug"] else []), "worker",
-               "--spec", str(path), "--study", spec.name, "--storage", url, "--data-root", str(spec.data.root),
-               "--device", device, "--threads", str(n_threads), "--trials", str(total), "--rank", str(rank),
-               *(arg for o in overrides for arg in ("--set", o))]  # fmt: skip
-        log = logs / f"worker-{rank}.log"
-        with open(log, "w") as out:  # own session: Ctrl-C reaches the workers once, forwarded by us
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})  # fmt: skip
-        procs.append((rank, proc, log))
+    procs = start_workers(spec, path, url, plan, total=total, logs=logs, overrides=overrides, debug=STATE["debug"])
     where = ", ".join(f"{d}{' (GPU ' + e['CUDA_VISIBLE_DEVICES'] + ')' if e else ''}" for e, d, _ in plan)
     typer.echo(
         f"started {workers} workers ({where}; {plan[0][2]} thread{'s' * (plan[0][2] != 1)} each) until the study holds {total} finished "
@@ -391,17 +289,13 @@ def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, tri
     def advance() -> None:
         bar.update(max(0, min(finished_count(study) - base, trials) - bar.n))
 
-    with _StopSignals() as stop:  # Ctrl-C, or a scheduler's TERM: stop the workers
+    with StopSignals() as stop:  # Ctrl-C, or a scheduler's TERM: stop the workers
         try:
-            while any(p.poll() is None for _, p, _ in procs):
-                if stop.requested:
-                    raise KeyboardInterrupt
-                time.sleep(1.0)
-                advance()
+            wait_for_workers(procs, lambda: stop.requested, advance)
         except KeyboardInterrupt:
             bar.close()
             typer.echo("\ninterrupted: stopping the workers (each marks its running trial FAILED)...", err=True)
-            _stop_workers([p for _, p, _ in procs])
+            stop_workers([p for _, p, _ in procs])
             typer.echo(
                 f"{finished_count(study)} finished trials are kept in {url}.\n"
                 f"resume with: kdsearch run --spec {path} --storage {url} --workers {workers} --trials N",
@@ -410,7 +304,7 @@ def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, tri
             raise typer.Exit(130) from None
     advance()
     bar.close()
-    failed = [(rank, p.returncode, log) for rank, p, log in procs if p.returncode != 0]
+    failed = failed_workers(procs)
     for rank, rc, log in failed:
         tail = "\n  ".join(log.read_text(errors="replace").strip().splitlines()[-4:])
         typer.echo(f"worker {rank} exited with code {rc}; the end of {log}:\n  {tail}", err=True)
@@ -446,7 +340,7 @@ def worker(
 
     No final comparison or report: run `kdsearch report` when the study is done (or use `run --workers N`).
     """
-    with _StopSignals() as stop:
+    with StopSignals() as stop:
         try:
             _worker(stop, study_name, storage, spec_path, trials, rank, device, threads, data_root, overrides)
         except KeyboardInterrupt:
@@ -455,15 +349,12 @@ def worker(
             raise typer.Exit(130) from None
 
 
-def _worker(stop: _StopSignals, study_name, storage, spec_path, trials, rank, device, threads, data_root, overrides) -> None:
-    import warnings
-
+def _worker(stop: StopSignals, study_name, storage, spec_path, trials, rank, device, threads, data_root, overrides) -> None:
     import optuna
 
-    from .search import (
-        TEACHER_ATTR, TrialSlot, create_study, finished_count, has_heartbeat, join_study, load_study, make_objective,
-        open_storage, prepare_study_data, run_worker, spec_storage, study_spec,
-    )  # fmt: skip
+    from .search import TEACHER_ATTR, create_study, load_study, make_objective, prepare_study_data, study_spec
+    from .storage import open_storage, spec_storage
+    from .workers import finished_count, join_study, work_on_study
 
     quiet_optuna()
     if spec_path is not None:
@@ -505,13 +396,10 @@ def _worker(stop: _StopSignals, study_name, storage, spec_path, trials, rank, de
                        "(a trial whose worker dies is retried here)")  # fmt: skip
         waiting.append(running)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ran = run_worker(
-            study, make_objective(data), total, TrialSlot(url, store, name), heartbeat=has_heartbeat(store),
-            max_retry=spec.runtime.max_retry, rank=rank, callbacks=(on_trial,), poll_s=1.0, on_wait=on_wait,
-            stop_requested=lambda: stop.requested,
-        )  # fmt: skip
+    ran = work_on_study(
+        study, store, url, make_objective(data), total, max_retry=spec.runtime.max_retry, rank=rank,
+        callbacks=(on_trial,), poll_s=1.0, on_wait=on_wait, stop_requested=lambda: stop.requested,
+    )  # fmt: skip
     typer.echo(
         f"worker {rank}: done, ran {ran} trials; the study holds {finished_count(study)} finished trials.\n"
         f"final comparison and report: kdsearch report --storage {url} --study {name}"
@@ -578,7 +466,8 @@ def report(
     import optuna
 
     from .report import summary_text, write_report
-    from .search import FINAL_ATTR, load_study, open_storage, prepare_study_data, study_spec
+    from .search import FINAL_ATTR, load_study, prepare_study_data, study_spec
+    from .storage import open_storage
 
     quiet_optuna()
     if storage is None:

@@ -18,7 +18,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 
-from .search import FINAL_ATTR, SPEC_ATTR, load_study, open_storage, study_spec
+from .search import FINAL_ATTR, SPEC_ATTR, load_study, study_spec
+from .storage import open_storage
 
 ARTIFACT_DIR = "artifacts"
 

@@ -1,0 +1,136 @@
+"""Optuna storage by URL: SQLite (WAL, busy timeout, schema lock), journal files, PostgreSQL; heartbeats."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+
+from .errors import KdsearchError
+from .spec import StudySpec
+
+
+def open_storage(
+    url: str, *, heartbeat_interval: int = 0, grace_period: int = 30, max_retry: int = 2
+) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``: ``journal:///file`` or any RDB URL.
+
+    SQLite gets WAL mode and a 60 s busy timeout (several worker processes on one file);
+    ``postgresql://`` uses psycopg2. With ``heartbeat_interval`` > 0 an RDB storage records a
+    heartbeat per running trial; one silent for ``grace_period`` s is FAILED by the next worker
+    that checks, and re-queued with the same params up to ``max_retry`` times. Optuna's journal
+    storage has no heartbeats: there, workers detect dead processes on their own host instead
+    (``workers.fail_dead_local_trials``).
+    """
+    try:
+        if url.startswith("journal:///"):
+            path = Path(url.removeprefix("journal://"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            return JournalStorage(JournalFileBackend(str(path)))
+        engine_kwargs: dict = {}
+        sqlite_file = url.startswith("sqlite:///") and url.removeprefix("sqlite:///") not in ("", ":memory:")
+        if sqlite_file:
+            path = Path(url.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            engine_kwargs = {"connect_args": {"timeout": 60}}
+        rdb_url = url
+        if url.startswith(("postgresql://", "postgres://")):
+            # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; kdsearch ships psycopg2-binary
+            rdb_url = "postgresql+psycopg2://" + url.split("://", 1)[1]
+        heartbeat = _heartbeat_kwargs(heartbeat_interval, grace_period, max_retry) if heartbeat_interval else {}
+        storage = _new_rdb_storage(rdb_url, engine_kwargs, heartbeat, path if sqlite_file else None)
+        if sqlite_file:
+            import sqlalchemy
+
+            sqlalchemy.event.listen(storage.engine, "connect", _sqlite_on_connect)
+        return storage
+    except (ImportError, ModuleNotFoundError) as err:
+        raise KdsearchError(f"storage {url!r} needs a driver that is not installed ({err}); install it with pip") from None
+    except Exception as err:  # sqlalchemy raises many types for bad URLs and unreachable servers
+        reason = str(err).splitlines()[0]
+        raise KdsearchError(
+            f"cannot open storage {url!r}: {reason}; check the URL (sqlite:///path.db, journal:///path.log, "
+            "postgresql://user:pass@host/db) and that the server is reachable"
+        ) from None
+
+
+def spec_storage(spec: StudySpec, url: str | None = None) -> optuna.storages.BaseStorage:
+    """``open_storage`` with the spec's heartbeat settings (``runtime.heartbeat_interval`` etc.)."""
+    r = spec.runtime
+    return open_storage(
+        url or spec.resolved_storage(), heartbeat_interval=r.heartbeat_interval, grace_period=r.grace_period,
+        max_retry=r.max_retry,
+    )  # fmt: skip
+
+
+def _new_rdb_storage(url: str, engine_kwargs: dict, extra: dict, sqlite_path: Path | None) -> optuna.storages.RDBStorage:
+    """``RDBStorage``, safe when several workers open a fresh database at once.
+
+    Creating the schema is not atomic: a SQLite file is opened under a file lock (and switched
+    to WAL there); on a server, a process that loses the race retries a few times.
+    """
+    import random
+
+    import sqlalchemy
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                if sqlite_path is None:
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **extra)
+                from filelock import FileLock
+
+                with FileLock(f"{sqlite_path}.lock"):
+                    _sqlite_wal(sqlite_path)
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **extra)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):  # e.g. "relation already exists"
+            if sqlite_path is not None or attempt == 4:
+                raise
+            time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")
+
+
+def _sqlite_wal(path: Path) -> None:
+    """Switch the SQLite file to WAL (persistent in the file): readers no longer block the writer."""
+    import sqlite3
+
+    con = sqlite3.connect(str(path), timeout=60)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+def _sqlite_on_connect(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()
+
+
+def retry_callback(max_retry: int):
+    """Optuna's retry of a dead trial (same params, attrs ``failed_trial``/``retry_history``), old or new name."""
+    storages = optuna.storages
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
+            return storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        return storages.RetryFailedTrialCallback(max_retry=max_retry)
+
+
+def _heartbeat_kwargs(interval: int, grace: int, max_retry: int) -> dict:
+    import inspect
+
+    params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+    key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
+    return {"heartbeat_interval": interval, "grace_period": grace, key: retry_callback(max_retry)}
+
+
+def has_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
+    return isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None

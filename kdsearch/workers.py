@@ -1,0 +1,366 @@
+"""Several worker processes (or machines) on one study.
+
+In each worker: the trial loop under a cross-process lock (``TrialSlot``, ``run_worker``) and the
+detection of trials whose worker died. For ``run --workers N``: which device and threads each local
+worker gets (``worker_plan``), starting the ``kdsearch worker`` processes and stopping them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import optuna
+
+from .search import make_pruner, make_sampler
+from .spec import StudySpec
+from .storage import has_heartbeat, retry_callback
+
+# --- in each worker: trials on a study shared with other processes (or machines) ---------------------
+
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+WORKER_ATTR = "worker"  # user attr: host, pid, process start time and rank of the process that ran the trial
+
+
+def join_study(name: str, storage: optuna.storages.BaseStorage, spec: StudySpec, rank: int = 0) -> optuna.Study:
+    """Load an existing study with this worker's sampler (seed ``search.sampler_seed + rank``) and pruner."""
+    return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec, rank), pruner=make_pruner(spec))
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+
+
+class TrialSlot:
+    """A cross-process lock held from "does the study need another trial?" until that trial exists.
+
+    Without it two workers could both see N - 1 finished-or-running trials and both start one.
+    SQLite and journal files: a lock file beside the storage (one machine); PostgreSQL: an
+    advisory lock on the server (any number of machines); other storages: none, so workers may
+    overshoot the trial count by up to one trial each. A killed holder releases it (the OS
+    drops its file lock, the server its session).
+    """
+
+    def __init__(self, url: str, storage: optuna.storages.BaseStorage, study_name: str) -> None:
+        self._held = False
+        self._file = None
+        self._engine = None
+        self._conn = None
+        for prefix in ("sqlite:///", "journal:///"):
+            if url.startswith(prefix) and url.removeprefix(prefix) not in ("", ":memory:"):
+                from filelock import FileLock
+
+                path = url.removeprefix("journal://") if prefix == "journal:///" else url.removeprefix(prefix)
+                self._file = FileLock(f"{path}.trials.lock")
+        if url.startswith(("postgresql", "postgres://")) and isinstance(storage, optuna.storages.RDBStorage):
+            import hashlib
+
+            self._engine = storage.engine
+            self._key = int.from_bytes(hashlib.sha256(f"kdsearch:{study_name}".encode()).digest()[:8], "big") >> 1
+
+    def acquire(self) -> None:
+        if self._held:
+            return
+        if self._file is not None:
+            self._file.acquire()
+        elif self._engine is not None:
+            import sqlalchemy
+
+            self._conn = self._engine.connect()
+            self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+            self._conn.commit()
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        if self._file is not None:
+            self._file.release()
+        elif self._conn is not None:
+            import sqlalchemy
+
+            try:
+                self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+                self._conn.commit()
+            finally:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> "TrialSlot":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart; '' if unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def worker_identity(rank: int = 0) -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid()), "rank": rank}
+
+
+def _process_gone(info: dict) -> bool:
+    """True only when ``info`` names a process on this host that no longer runs."""
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return False
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    now = _start_time(info["pid"])
+    return bool(info.get("start") and now and now != info["start"])
+
+
+def fail_dead_local_trials(study: optuna.Study, max_retry: int) -> list[int]:
+    """For storages without heartbeats (journal): FAIL the running trials whose worker process on
+    this host is gone, and queue each again with the same params (up to ``max_retry`` times).
+
+    Trials of workers on other hosts cannot be checked this way; use an RDB storage with heartbeats there.
+    """
+    storage = study._storage
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        info = t.user_attrs.get(WORKER_ATTR)
+        if not isinstance(info, dict) or not _process_gone(info):
+            continue
+        try:
+            if not storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            retry_callback(max_retry)(study, storage.get_trial(t._trial_id))
+        failed.append(t.number)
+    return failed
+
+
+def run_worker(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    total: int,
+    slot: TrialSlot,
+    *,
+    heartbeat: bool,
+    max_retry: int = 2,
+    rank: int = 0,
+    callbacks: tuple = (),
+    poll_s: float = 2.0,
+    on_wait: Callable[[int], None] | None = None,
+    stop_requested: Callable[[], bool] | None = None,
+) -> int:
+    """Run trials in this process until the study holds ``total`` finished (COMPLETE + PRUNED) trials.
+
+    Before each trial, under ``slot``: fail dead workers' trials (heartbeat check, or dead local
+    processes when the storage has no heartbeats), then start a trial only when a retry is
+    waiting or finished + running < ``total``; otherwise wait for the running ones, since one may
+    still die and come back as a retry. ``MaxTrialsCallback`` also stops after the last one.
+    ``stop_requested`` is checked between trials: a Ctrl-C whose KeyboardInterrupt Python swallowed
+    (raised inside a finalizer) still stops the worker, after its trial. Returns how many trials ran.
+    """
+    stop = optuna.study.MaxTrialsCallback(total, states=FINISHED_STATES)
+    me = worker_identity(rank)
+
+    def objective_(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, me)
+        slot.release()  # the trial exists and counts as RUNNING: the next worker may decide
+        return objective(trial)
+
+    state = optuna.trial.TrialState
+    ran = 0
+    while True:
+        if stop_requested is not None and stop_requested():
+            raise KeyboardInterrupt
+        with slot:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                if heartbeat:
+                    optuna.storages.fail_stale_trials(study)
+                else:
+                    fail_dead_local_trials(study, max_retry)
+            counts: dict = {}
+            for t in study.get_trials(deepcopy=False):
+                counts[t.state] = counts.get(t.state, 0) + 1
+            finished = counts.get(state.COMPLETE, 0) + counts.get(state.PRUNED, 0)
+            if finished >= total:
+                return ran
+            if counts.get(state.WAITING, 0) or finished + counts.get(state.RUNNING, 0) < total:
+                study.optimize(objective_, n_trials=1, callbacks=[stop, *callbacks])
+                ran += 1
+                continue
+        if on_wait is not None:
+            on_wait(counts.get(state.RUNNING, 0))
+        time.sleep(poll_s)
+
+
+def work_on_study(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    url: str,
+    objective: Callable[[optuna.Trial], float],
+    total: int,
+    *,
+    max_retry: int = 2,
+    rank: int = 0,
+    callbacks: tuple = (),
+    poll_s: float = 2.0,
+    on_wait: Callable[[int], None] | None = None,
+    stop_requested: Callable[[], bool] | None = None,
+) -> int:
+    """``run_worker`` with the trial slot and the dead-trial check that the storage at ``url`` supports.
+
+    ``storage`` is the one the study was opened with (``open_storage``/``spec_storage``): Optuna wraps
+    an RDB storage, so the study alone does not tell whether it records heartbeats. The other
+    arguments are ``run_worker``'s. Returns how many trials this process ran.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return run_worker(
+            study, objective, total, TrialSlot(url, storage, study.study_name), heartbeat=has_heartbeat(storage),
+            max_retry=max_retry, rank=rank, callbacks=callbacks, poll_s=poll_s, on_wait=on_wait,
+            stop_requested=stop_requested,
+        )  # fmt: skip
+
+
+# --- local worker processes: `kdsearch run --workers N` ---------------------------------------------
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
+    import torch
+
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_count(workers: int, device) -> int:
+    """``--workers``: as given; 0 means one per visible GPU (1 on a CPU-only machine)."""
+    if workers:
+        return workers
+    return max(1, len(visible_gpus())) if device.type == "cuda" else 1
+
+
+def worker_plan(spec, device, workers: int, threads: Optional[int] = None) -> list[tuple[dict[str, str], str, int]]:
+    """(environment overrides, --device, --threads) of each local worker.
+
+    ``cuda``/``auto`` on a GPU machine: worker i sees only GPU i (round robin when there are more
+    workers than GPUs); ``cuda:N``: all on GPU N; CPU: the cores split evenly, at least 1 thread each.
+    """
+    per = threads or spec.runtime.threads or max(1, len(os.sched_getaffinity(0)) // workers)
+    if device.type == "cuda" and device.index is None:
+        gpus = visible_gpus()
+        return [({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}, "cuda", per) for i in range(workers)]
+    return [({}, str(device), per) for _ in range(workers)]
+
+
+def worker_command(
+    spec: StudySpec,
+    path: Path,
+    url: str,
+    device: str,
+    threads: int,
+    total: int,
+    rank: int,
+    overrides: Sequence[str] = (),
+    *,
+    debug: bool = False,
+) -> list[str]:
+    """The ``kdsearch worker`` command line of local worker ``rank``: join ``spec.name`` in ``url``
+    (or create it from the spec file at ``path``) and run trials until it holds ``total`` finished ones."""
+    return [sys.executable, "-m", "kdsearch.cli", *(["--debug"] if debug else []), "worker",
+            "--spec", str(path), "--study", spec.name, "--storage", url, "--data-root", str(spec.data.root),
+            "--device", device, "--threads", str(threads), "--trials", str(total), "--rank", str(rank),
+            *(arg for o in overrides for arg in ("--set", o))]  # fmt: skip
+
+
+def start_workers(
+    spec: StudySpec,
+    path: Path,
+    url: str,
+    plan: list[tuple[dict[str, str], str, int]],
+    *,
+    total: int,
+    logs: Path,
+    overrides: Sequence[str] = (),
+    debug: bool = False,
+) -> list[tuple[int, subprocess.Popen, Path]]:
+    """Start one ``kdsearch worker`` process per entry of ``plan`` (``worker_plan``); (rank, process, log) of each.
+
+    Worker ``rank`` writes stdout and stderr to ``logs/worker-<rank>.log``. Each runs in its own
+    session, so a Ctrl-C in the terminal reaches the workers only once, forwarded by ``stop_workers``.
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: list[tuple[int, subprocess.Popen, Path]] = []
+    for rank, (env, device, n_threads) in enumerate(plan):
+        cmd = worker_command(spec, path, url, device, n_threads, total, rank, overrides, debug=debug)
+        log = logs / f"worker-{rank}.log"
+        with open(log, "w") as out:  # own session: Ctrl-C reaches the workers once, forwarded by us
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        procs.append((rank, proc, log))
+    return procs
+
+
+def wait_for_workers(
+    procs: list[tuple[int, subprocess.Popen, Path]],
+    stop_requested: Callable[[], bool],
+    on_poll: Callable[[], None],
+    poll_s: float = 1.0,
+) -> None:
+    """Return when every worker process has exited; raise KeyboardInterrupt once ``stop_requested()``.
+
+    Checks every ``poll_s`` s and calls ``on_poll`` after each pause (e.g. to advance a progress bar).
+    """
+    while any(p.poll() is None for _, p, _ in procs):
+        if stop_requested():
+            raise KeyboardInterrupt
+        time.sleep(poll_s)
+        on_poll()
+
+
+def failed_workers(procs: list[tuple[int, subprocess.Popen, Path]]) -> list[tuple[int, int, Path]]:
+    """(rank, exit code, log) of each worker process that exited with a non-zero code."""
+    return [(rank, p.returncode, log) for rank, p, log in procs if p.returncode != 0]
+
+
+def stop_workers(procs: list, patience_s: float = 60.0) -> None:
+    """SIGINT to each running worker, again every 5 s (in case one swallowed it), SIGKILL after ``patience_s``."""
+    deadline = time.time() + patience_s
+    try:
+        while time.time() < deadline:
+            alive = [p for p in procs if p.poll() is None]
+            if not alive:
+                return
+            for p in alive:
+                p.send_signal(signal.SIGINT)
+            for p in alive:
+                try:
+                    p.wait(timeout=max(0.1, min(5.0, deadline - time.time())) / len(alive))
+                except subprocess.TimeoutExpired:
+                    pass
+    except KeyboardInterrupt:  # a second Ctrl-C: no more patience
+        pass
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
