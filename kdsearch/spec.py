@@ -157,6 +157,8 @@ class TeacherSpec(ModelSpec):
     arch: str = "bn_cnn"
     epochs: int = Field(6, ge=1)
     seed: int = 0
+    augment_shift: int = Field(0, ge=0, description="train the teacher on random shifts of up to N pixels (0: off)")
+    augment_flip: bool = Field(False, description="train the teacher on random horizontal flips")
     fine_tune_epochs: int = Field(
         0, ge=0, description="with a checkpoint: epochs of fine-tuning on this dataset (0: use it as it is)"
     )

@@ -24,7 +24,7 @@ from .methods import build_method
 from .errors import KdsearchError
 from .models import FeatureTap, build_model, load_checkpoint
 from .spec import StudySpec
-from .train import EpochResult, TrainSet, channels_last, evaluate, fit, predict, steps_per_epoch
+from .train import Augment, EpochResult, TrainSet, channels_last, evaluate, fit, predict, steps_per_epoch
 
 CACHE_VERSION = 1
 
@@ -95,7 +95,7 @@ def train_teacher(
     on_step: Callable[[], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> nn.Module:
-    """Train the spec's teacher with cross-entropy on the whole training split.
+    """Train the spec's teacher with cross-entropy on the whole training split (optionally augmented).
 
     With ``teacher.checkpoint`` the weights are loaded from it and trained for
     ``fine_tune_epochs`` (possibly 0) instead of ``epochs``.
@@ -121,6 +121,7 @@ def train_teacher(
         batch_size=t.batch_size,
         lr=t.lr,
         seed=t.seed,
+        augment=Augment(t.augment_shift, t.augment_flip) if (t.augment_shift or t.augment_flip) else None,
         on_step=on_step,
         on_epoch=on_epoch,
     )

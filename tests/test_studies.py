@@ -32,7 +32,8 @@ def fake_mnist(root: Path) -> tuple[Path, list[str]]:
 def fake_pet_images(root: Path) -> tuple[Path, list[str]]:
     make_class_folder(root, {"Cat": 30, "Dog": 30})
     (root / "Cat" / "666.jpg").write_bytes(b"not a jpeg")  # PetImages ships a few of these
-    return root, ["data.image_size=32", "teacher.arch=cnn_small"]  # cnn_big needs >= 64 px; keep the test fast
+    # a torchvision teacher at small resolution (cnn_big needs >= 64 px), trained on augmented images
+    return root, ["data.image_size=32", "teacher.arch=resnet18", "teacher.augment_shift=2", "teacher.augment_flip=true"]
 
 
 def fake_cifar(root: Path) -> tuple[Path, list[str]]:
@@ -83,7 +84,7 @@ def test_study_runs_two_trials_on_small_local_files(study, tmp_path):
     assert len(complete) >= 2
     final = study_db.user_attrs["final_comparison"]
     assert final["students"][-1]["label"] == "scratch"
-    teacher_arch = "cnn_small" if study == "cats_vs_dogs.toml" else spec.teacher.arch
+    teacher_arch = "resnet18" if study == "cats_vs_dogs.toml" else spec.teacher.arch
     assert set(final["cost"]) == {f"teacher ({teacher_arch})", f"student ({spec.student.arch})"}
     assert (tmp_path / "out" / "report.html").is_file()
     if study == "mhist.toml":

@@ -78,3 +78,13 @@ def test_checkpoint_for_another_architecture_is_a_clear_error(idx_dataset, tmp_p
     torch.save(build_model("light_nn", splits.num_classes, 1, 28).state_dict(), ckpt)
     with pytest.raises(KdsearchError, match="does not fit teacher.arch = 'bn_cnn'"):
         prepare_teacher(_spec(idx_dataset, tmp_path, checkpoint=str(ckpt)), splits, torch.device("cpu"))
+
+
+def test_teacher_augmentation_changes_the_teacher_and_its_cache_key(idx_dataset, tmp_path):
+    plain = _spec(idx_dataset, tmp_path / "p")
+    augmented = _spec(idx_dataset, tmp_path / "a", augment_shift=2, augment_flip=True)
+    splits = load_splits(plain.data)
+    assert teacher_key(plain, splits) != teacher_key(augmented, splits)
+    a = prepare_teacher(plain, splits, torch.device("cpu"))
+    b = prepare_teacher(augmented, splits, torch.device("cpu"))
+    assert not torch.allclose(a.train_logits, b.train_logits)
