@@ -60,7 +60,7 @@ from kdsearch.errors import KdsearchError  # noqa: E402
 from kdsearch.methods import kd_loss  # noqa: E402
 from kdsearch.metrics import accuracy, auc  # noqa: E402
 from kdsearch.models import build_model  # noqa: E402
-from kdsearch.search import make_sampler, prepare_study_data, train_student, trial_params  # noqa: E402
+from kdsearch.search import StudyData, make_objective, make_sampler, prepare_study_data, train_student  # noqa: E402
 from kdsearch.spec import StudySpec, load_spec, spec_from_dict  # noqa: E402
 from kdsearch.teacher import Teacher, prepare_teacher  # noqa: E402
 from kdsearch.train import EpochResult, resolve_device  # noqa: E402
@@ -268,29 +268,6 @@ def naive_train_student(
 # the study, identical for both ways
 
 
-def make_objective(spec: StudySpec, train_fn: TrainFn) -> Callable[[optuna.Trial], float]:
-    """kdsearch.search.make_objective's bookkeeping (params, seed, per-epoch report), minus pruning."""
-    objective = spec.search.objective
-
-    def run(trial: optuna.Trial) -> float:
-        method, params = trial_params(trial, spec)
-        seed = spec.search.trial_seed + trial.number
-        trial.set_user_attr("seed", seed)
-        start = time.perf_counter()
-
-        def on_epoch(r: EpochResult) -> None:
-            trial.set_user_attr("epochs_run", r.epoch)
-            trial.set_user_attr("accuracy", r.accuracy)
-            trial.set_user_attr("auc", r.auc)
-            trial.set_user_attr("wall_time_s", time.perf_counter() - start)
-            trial.report(getattr(r, objective), r.epoch)
-
-        history = train_fn(method, params, seed, on_epoch)
-        return getattr(history[-1], objective)
-
-    return run
-
-
 def new_study(name: str, spec: StudySpec) -> optuna.Study:
     """An in-memory study with the spec's TPE sampler (same seed for both ways) and no pruning."""
     return optuna.create_study(
@@ -302,7 +279,7 @@ def new_study(name: str, spec: StudySpec) -> optuna.Study:
 
 
 def run_ways(
-    spec: StudySpec, ways: dict[str, TrainFn], n_trials: int, threads: int, schedule: str
+    spec: StudySpec, data: StudyData, ways: dict[str, TrainFn], n_trials: int, threads: int, schedule: str
 ) -> list[dict]:
     """Run ``n_trials`` of each way's study; only ``study.optimize`` is timed.
 
@@ -312,7 +289,10 @@ def run_ways(
     as one ``study.optimize(n_trials=n_trials)``.
     """
     studies = {name: new_study(name, spec) for name in ways}
-    objectives = {name: make_objective(spec, fn) for name, fn in ways.items()}
+    objectives = {
+        name: make_objective(data, train=lambda method, params, seed, on_epoch, mode, fn=fn: fn(method, params, seed, on_epoch))
+        for name, fn in ways.items()
+    }
     seconds = dict.fromkeys(ways, 0.0)
     names = list(ways)
     if schedule == "interleaved":
@@ -466,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         return train_student(data, method, params, seed, on_epoch)[1]
 
     print(f"running ({args.schedule}):", flush=True)
-    results = run_ways(spec, {"naive": naive_fn, "kdsearch": kdsearch_fn}, n_trials, threads, args.schedule)
+    results = run_ways(spec, data, {"naive": naive_fn, "kdsearch": kdsearch_fn}, n_trials, threads, args.schedule)
     ratio = results[1]["trials_per_hour"] / results[0]["trials_per_hour"]
     same_params = [a["params"] for a in results[0]["per_trial"]] == [b["params"] for b in results[1]["per_trial"]]
 

@@ -301,11 +301,12 @@ class KD(Method):
         "temperature": ParamRange(0.5, 20.0, log=True),
         "alpha": ParamRange(0.0, 1.0),
     }
+    logit_loss = staticmethod(kd_loss)  # (student, teacher, labels, labeled, temperature, alpha) -> loss
 
     def loss(
         self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None
     ) -> Tensor:
-        return kd_loss(
+        return self.logit_loss(
             batch.student_logits,
             _need(batch.teacher_logits, "teacher_logits", self.name),
             batch.labels,
@@ -316,26 +317,11 @@ class KD(Method):
 
 
 @METHODS.register("lskd")
-class LSKD(Method):
+class LSKD(KD):
     """Sun et al. 2024 (logit standardization): KD on per-row z-scored logits, same alpha/T convention."""
 
     name = "lskd"
-    space: ClassVar[Mapping[str, ParamRange]] = {
-        "temperature": ParamRange(0.5, 20.0, log=True),
-        "alpha": ParamRange(0.0, 1.0),
-    }
-
-    def loss(
-        self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None
-    ) -> Tensor:
-        return lskd_loss(
-            batch.student_logits,
-            _need(batch.teacher_logits, "teacher_logits", self.name),
-            batch.labels,
-            batch.labeled,
-            temperature=params["temperature"],
-            alpha=params["alpha"],
-        )
+    logit_loss = staticmethod(lskd_loss)
 
 
 @METHODS.register("dkd")

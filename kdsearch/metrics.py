@@ -49,24 +49,9 @@ def flops_per_image(model: nn.Module, sample: Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def latency_ms(model: nn.Module, sample: Tensor, *, repeats: int = 20) -> float:
-    """Median wall time of a batch-1 forward pass in milliseconds (after a warm-up)."""
+def _median_seconds(model: nn.Module, x: Tensor, repeats: int) -> float:
+    """Median wall time of ``repeats`` eval-mode forward passes on ``x`` (after one warm-up pass)."""
     model.eval()
-    x = sample[:1]
-    times = []
-    with torch.inference_mode():
-        model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def throughput(model: nn.Module, sample: Tensor, *, batch_size: int = 64, repeats: int = 5) -> float:
-    """Images per second at ``batch_size`` (median of ``repeats`` timed forward passes)."""
-    model.eval()
-    x = sample[:1].expand(batch_size, *sample.shape[1:]).contiguous()
     times = []
     with torch.inference_mode():
         model(x)
@@ -74,7 +59,18 @@ def throughput(model: nn.Module, sample: Tensor, *, batch_size: int = 64, repeat
             start = time.perf_counter()
             model(x)
             times.append(time.perf_counter() - start)
-    return batch_size / statistics.median(times)
+    return statistics.median(times)
+
+
+def latency_ms(model: nn.Module, sample: Tensor, *, repeats: int = 20) -> float:
+    """Median wall time of a batch-1 forward pass in milliseconds (after a warm-up)."""
+    return _median_seconds(model, sample[:1], repeats) * 1e3
+
+
+def throughput(model: nn.Module, sample: Tensor, *, batch_size: int = 64, repeats: int = 5) -> float:
+    """Images per second at ``batch_size`` (median of ``repeats`` timed forward passes)."""
+    x = sample[:1].expand(batch_size, *sample.shape[1:]).contiguous()
+    return batch_size / _median_seconds(model, x, repeats)
 
 
 def cost_row(model: nn.Module, sample: Tensor) -> dict[str, float]:

@@ -128,24 +128,26 @@ class FeatureTap:
 # --- the seeds' small networks -------------------------------------------------------------
 
 
+def _keras_mnist(widths: tuple[int, int], num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """The Keras KD example's shape: conv(w1)/2, LeakyReLU, max-pool/1, conv(w2)/2, dense."""
+    w1, w2 = widths
+    features = nn.Sequential(
+        nn.Conv2d(in_channels, w1, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+        nn.MaxPool2d(2, stride=1, padding=1), nn.Conv2d(w1, w2, 3, stride=2, padding=1),
+    )  # fmt: skip
+    return ConvClassifier(features, nn.Linear(_flat_features(features, in_channels, image_size), num_classes))
+
+
 @MODELS.register("keras_mnist_teacher", feature_layer="features")
 def keras_mnist_teacher(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """Seed 003's teacher (Keras KD example): conv256/2, LeakyReLU, max-pool/1, conv512/2, dense."""
-    features = nn.Sequential(
-        nn.Conv2d(in_channels, 256, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-        nn.MaxPool2d(2, stride=1, padding=1), nn.Conv2d(256, 512, 3, stride=2, padding=1),
-    )  # fmt: skip
-    return ConvClassifier(features, nn.Linear(_flat_features(features, in_channels, image_size), num_classes))
+    return _keras_mnist((256, 512), num_classes, in_channels, image_size)
 
 
 @MODELS.register("keras_mnist_student", feature_layer="features")
 def keras_mnist_student(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """Seed 003's student: conv16/2, LeakyReLU, max-pool/1, conv32/2, dense."""
-    features = nn.Sequential(
-        nn.Conv2d(in_channels, 16, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-        nn.MaxPool2d(2, stride=1, padding=1), nn.Conv2d(16, 32, 3, stride=2, padding=1),
-    )  # fmt: skip
-    return ConvClassifier(features, nn.Linear(_flat_features(features, in_channels, image_size), num_classes))
+    return _keras_mnist((16, 32), num_classes, in_channels, image_size)
 
 
 @MODELS.register("cnn_big", feature_layer="features")

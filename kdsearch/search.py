@@ -202,10 +202,21 @@ def train_student(
     return model, history
 
 
-def make_objective(data: StudyData) -> Callable[[optuna.Trial], float]:
-    """The trial function: sample, distill, report the objective each epoch (pruning), store attrs."""
+TrainFn = Callable[[str, Mapping[str, float], int, Callable[[EpochResult], None], str], list[EpochResult]]
+
+
+def make_objective(data: StudyData, *, train: TrainFn | None = None) -> Callable[[optuna.Trial], float]:
+    """The trial function: sample, distill, report the objective each epoch (pruning), store attrs.
+
+    ``train(method, params, seed, on_epoch, teacher_mode) -> history`` defaults to
+    ``train_student`` on ``data`` (the benchmark passes its naive loop here).
+    """
     spec = data.spec
     objective = spec.search.objective
+    if train is None:
+
+        def train(method, params, seed, on_epoch, mode):  # type: ignore[no-redef]
+            return train_student(data, method, params, seed, on_epoch, teacher_mode=mode)[1]
 
     def run(trial: optuna.Trial) -> float:
         method, params = trial_params(trial, spec)
@@ -224,7 +235,7 @@ def make_objective(data: StudyData) -> Callable[[optuna.Trial], float]:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {r.epoch}")
 
-        _, history = train_student(data, method, params, seed, on_epoch, teacher_mode=mode)
+        history = train(method, params, seed, on_epoch, mode)
         return getattr(history[-1], objective)
 
     return run
