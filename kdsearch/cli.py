@@ -130,6 +130,8 @@ def _prepare(spec):
     splits = load_splits(spec.data, cache_dir=cache_root(spec) / "data")
     if splits.skipped:
         typer.echo(f"data: skipped {len(splits.skipped)} unreadable image(s) (data.skip_unreadable = true)")
+    if splits.streaming:
+        typer.echo(f"data: {splits.streaming}")
     if splits.cache_hit is not None:
         typer.echo("data: decoded images " + ("loaded from cache" if splits.cache_hit else "decoded and cached"))
     typer.echo(

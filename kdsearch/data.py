@@ -1,4 +1,4 @@
-"""Dataset sources → ``Splits(train, val, test)`` held in memory as normalized float tensors.
+"""Dataset sources → ``Splits(train, val, test)`` held in memory as normalized float tensors (or streamed).
 
 Sources (``data.source``):
 
@@ -12,6 +12,12 @@ Every source ends as uint8 N×C×H×W tensors, is split with seeds, and is norma
 (``data.mean``/``data.std``, else the training split's statistics). Decoding image files (and
 resizing arrays) is done once: the uint8 result is cached on disk, keyed by the file list, sizes,
 mtimes and resize settings, so later runs skip it.
+
+Data above ``data.memory_budget_mb`` (or any data with ``data.stream = "always"``) from the
+``image_folder`` and ``csv`` sources is not decoded into memory: each split's ``x`` is then an
+``ImageStore``, a lazy stand-in for the tensor that decodes the rows asked for (``store[rows]``,
+``store.split(n)``, ``store.batches(index_batches)``), through a DataLoader with
+``data.loader_workers`` worker processes where it pays off.
 
 Pure where it can be: ``split_indices``, ``student_subsets`` and ``resolve_size`` are deterministic
 functions of their arguments. Reading files is ``read_*`` / ``list_*`` / ``decode_*`` / ``load_*``.
@@ -31,9 +37,9 @@ import struct
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -64,13 +70,122 @@ DEFAULT_IMAGE_SIZE = 32  # image_folder and csv, when data.image_size is not giv
 DEFAULT_TEST_FRACTION = 0.1  # when a test split must be carved and data.test_size is not given
 DATA_CACHE_VERSION = 1
 MAX_LISTED = 10  # problems named in one error message
+STATS_SAMPLE = 2048  # streamed images decoded to estimate mean/std when data.mean/std are not given
+
+
+@dataclass(eq=False)
+class ImageStore:
+    """Image files standing in for an N×C×S×S tensor: rows are decoded (and normalized) when indexed.
+
+    ``store[rows]`` (an index tensor, list, slice or int) decodes those rows into a float32 tensor
+    on ``device``, normalized with ``mean``/``std`` (uint8 when they are None), with the same PIL
+    steps and arithmetic as the in-memory path, so both give identical tensors. ``subset(rows)``
+    is another store (nothing decoded); ``split(n)`` and ``batches(index_batches)`` yield decoded
+    batches through a DataLoader with ``workers`` processes (in-process when 0).
+    """
+
+    files: tuple[str, ...]
+    size: int
+    channels: int
+    mean: Tensor | None = None
+    std: Tensor | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    workers: int = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.files), self.channels, self.size, self.size))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8 if self.mean is None else torch.float32
+
+    ndim = 4
+
+    def dim(self) -> int:
+        return 4
+
+    def _rows(self, rows: Tensor | Sequence[int] | slice) -> list[int]:
+        if isinstance(rows, slice):
+            return list(range(len(self.files)))[rows]
+        if isinstance(rows, Tensor):
+            rows = rows.cpu()
+            if rows.dtype == torch.bool:
+                rows = rows.nonzero().flatten()
+            return rows.tolist()
+        return [int(r) for r in rows]
+
+    def subset(self, rows: Tensor | Sequence[int] | slice) -> "ImageStore":
+        """The store of the given rows (nothing is decoded)."""
+        return replace(self, files=tuple(self.files[i] for i in self._rows(rows)))
+
+    def normalized(self, mean: Tensor, std: Tensor) -> "ImageStore":
+        return replace(self, mean=mean, std=std)
+
+    def to(self, device: torch.device | str, *_, **__) -> "ImageStore":
+        """The same store, its decoded batches landing on ``device``."""
+        return replace(self, device=torch.device(device))
+
+    def decode(self, rows: Sequence[int]) -> Tensor:
+        """uint8 images of ``rows`` (CPU); KdsearchError naming the file when one cannot be decoded."""
+        files = [self.files[i] for i in rows]
+        out, bad = _parallel_fill(len(files), self.channels, self.size, lambda i: decode_image(Path(files[i]), self.size, self.channels))
+        if bad:
+            i, why = bad[0]
+            raise KdsearchError(
+                f"cannot decode streamed image {files[i]} ({why}); delete or replace it "
+                "(data.skip_unreadable = true leaves out the files that cannot be opened)"
+            )
+        return torch.from_numpy(out)
+
+    def __getitem__(self, rows: Tensor | Sequence[int] | slice | int) -> Tensor:
+        single = isinstance(rows, int) or (isinstance(rows, Tensor) and rows.dim() == 0)
+        x = self.decode([int(rows)] if single else self._rows(rows))
+        if self.mean is not None:
+            c = self.channels
+            x = x.float().div_(255).sub_(self.mean.view(1, c, 1, 1)).div_(self.std.view(1, c, 1, 1))
+        x = x.to(self.device)
+        return x[0] if single else x
+
+    def batches(self, index_batches: Sequence[Sequence[int]] | Tensor) -> "Iterator[Tensor]":
+        """Decoded batches of ``index_batches`` in order, on ``device``, decoded ahead by the loader workers."""
+        cpu = replace(self, device=torch.device("cpu"))
+        batches = [b.tolist() if isinstance(b, Tensor) else list(b) for b in index_batches]
+        if self.workers == 0 or len(batches) == 0:
+            for b in batches:
+                yield cpu[b].to(self.device, non_blocking=True)
+            return
+        loader = torch.utils.data.DataLoader(
+            cpu, sampler=batches, batch_size=None, num_workers=min(self.workers, len(batches)),
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator(),  # worker seeds from its own generator: the global RNG (dropout) is untouched
+        )  # fmt: skip
+        for x in loader:
+            yield x.to(self.device, non_blocking=True)
+
+    def split(self, batch_size: int) -> "Iterator[Tensor]":
+        """Consecutive decoded chunks of ``batch_size`` rows, like ``Tensor.split``."""
+        n = len(self.files)
+        return self.batches([range(start, min(start + batch_size, n)) for start in range(0, n, batch_size)])
+
+    def key(self) -> str:
+        """Identifies the images: file list (paths, sizes, mtimes), size and channels."""
+        return decode_cache_key([Path(f) for f in self.files], {"size": self.size, "channels": self.channels, "stream": True})
+
+
+def take(x: Tensor | ImageStore, rows: Tensor) -> Tensor | ImageStore:
+    """``x[rows]`` for a tensor; the lazy subset for an ``ImageStore`` (nothing is decoded)."""
+    return x.subset(rows) if isinstance(x, ImageStore) else x[rows]
 
 
 @dataclass
 class Split:
-    """Images ``x`` (N×C×H×W float32, normalized) and integer labels ``y`` (N)."""
+    """Images ``x`` (N×C×H×W float32, normalized; an ``ImageStore`` when streamed) and integer labels ``y`` (N)."""
 
-    x: Tensor
+    x: Tensor | ImageStore
     y: Tensor
 
     def __len__(self) -> int:
@@ -102,13 +217,14 @@ class Splits:
     class_names: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     cache_hit: bool | None = None
+    streaming: str = ""  # non-empty when the splits' x are ImageStores (streamed from disk): why and how
 
 
 @dataclass
 class Part:
-    """One split as the source gives it: uint8 images ``x`` (N×C×H×W) and int64 labels ``y``."""
+    """One split as the source gives it: uint8 images ``x`` (N×C×H×W; an ``ImageStore`` when streamed) and int64 labels ``y``."""
 
-    x: Tensor
+    x: Tensor | ImageStore
     y: Tensor
 
 
@@ -122,6 +238,7 @@ class RawDataset:
     class_names: list[str]
     skipped: list[str] = field(default_factory=list)
     cache_hit: bool | None = None
+    streaming: str = ""  # why and how the images stream from disk ("" : held in memory)
 
 
 @dataclass
@@ -175,18 +292,23 @@ def student_subsets(n_train: int, labeled: int, unlabeled: int, seed: int) -> tu
     return perm[:labeled].sort().values, perm[labeled : labeled + unlabeled].sort().values
 
 
-def check_memory_budget(n_images: int, channels: int, size: int, budget_mb: int) -> None:
-    """KdsearchError when ``n_images`` float32 C×S×S images exceed ``budget_mb`` MiB."""
+def fits_memory_budget(n_images: int, channels: int, size: int, budget_mb: int) -> bool:
+    """Whether ``n_images`` float32 C×S×S images fit in ``budget_mb`` MiB."""
+    return n_images * channels * size * size * 4 <= budget_mb * 2**20
+
+
+def check_memory_budget(n_images: int, channels: int, size: int, budget_mb: int, *, fix: str = "") -> None:
+    """KdsearchError when ``n_images`` float32 C×S×S images exceed ``budget_mb`` MiB (``fix``: one more way out)."""
+    if fits_memory_budget(n_images, channels, size, budget_mb):
+        return
     need = n_images * channels * size * size * 4
     budget = budget_mb * 2**20
-    if need <= budget:
-        return
     fits = int(math.sqrt(budget / max(1, n_images * channels * 4)))
     hint = f"data.image_size = {fits} would fit" if fits >= 4 else "no image size fits"
     raise KdsearchError(
         f"the dataset exceeds data.memory_budget_mb = {budget_mb}: {n_images} images of {channels}×{size}×{size} "
         f"need {math.ceil(need / 2**20)} MiB as float32 tensors; raise data.memory_budget_mb or lower "
-        f"data.image_size ({hint}). Streaming datasets larger than memory is not supported yet"
+        f"data.image_size ({hint}){fix or '. Only the image_folder and csv sources stream data larger than memory'}"
     )
 
 
@@ -578,6 +700,32 @@ def decode_images(paths: Sequence[Path], size: int, channels: int) -> tuple[np.n
     return _parallel_fill(len(paths), channels, size, lambda i: decode_image(paths[i], size, channels))
 
 
+def _probe_image(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        img.verify()
+    return np.zeros(0, dtype=np.uint8)
+
+
+def probe_images(paths: Sequence[Path]) -> list[tuple[int, str]]:
+    """(index, reason) of the files PIL cannot open (header and structure checks, no decoding) — for streaming."""
+    bad: list[tuple[int, str]] = []
+
+    def one(i: int) -> None:
+        try:
+            _probe_image(paths[i])
+        except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt files
+            bad.append((i, f"{type(err).__name__}: {err}".splitlines()[0]))
+
+    workers = _decode_workers(len(paths))
+    if workers == 1:
+        for i in range(len(paths)):
+            one(i)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, range(len(paths))))
+    return sorted(bad)
+
+
 def conform_images(x: np.ndarray, size: int, channels: int) -> np.ndarray:
     """Resize/convert uint8 N×C×H×W arrays with the same PIL steps as image files."""
     n, c, h, w = x.shape
@@ -767,12 +915,27 @@ def load_image_list(spec: DataSpec, images: ImageList, cache_dir: Path | None = 
     size, channels = spec.image_size or DEFAULT_IMAGE_SIZE, spec.resolved_channels()
     order = [s for s in SPLIT_FOLDERS if s in images.files]
     files = [p for s in order for p in images.files[s]]
-    check_memory_budget(len(files), channels, size, spec.memory_budget_mb)
-    settings = {"size": size, "channels": channels, "resample": "bilinear"}
-    decoded, bad, hit, _ = cached_decode(
-        files, settings, len(files), lambda: decode_images(files, size, channels), cache_dir,
-        keep_failed=spec.skip_unreadable,
-    )  # fmt: skip
+    if spec.stream == "never":
+        check_memory_budget(
+            len(files), channels, size, spec.memory_budget_mb, fix=', or set data.stream = "auto" to stream from disk'
+        )
+    stream = spec.stream == "always" or not fits_memory_budget(len(files), channels, size, spec.memory_budget_mb)
+    decoded: Tensor | ImageStore
+    streaming = ""
+    if stream:
+        why = (
+            'data.stream = "always"' if fits_memory_budget(len(files), channels, size, spec.memory_budget_mb)
+            else f"{len(files)} images exceed memory_budget_mb = {spec.memory_budget_mb}"
+        )  # fmt: skip
+        streaming = f"{why}; streaming from disk with {spec.loader_workers} loader workers"
+        log.info("data: %s", streaming)
+        decoded, bad, hit = ImageStore(tuple(str(f) for f in files), size, channels, workers=spec.loader_workers), probe_images(files), None
+    else:
+        settings = {"size": size, "channels": channels, "resample": "bilinear"}
+        decoded, bad, hit, _ = cached_decode(
+            files, settings, len(files), lambda: decode_images(files, size, channels), cache_dir,
+            keep_failed=spec.skip_unreadable,
+        )  # fmt: skip
     if bad and not spec.skip_unreadable:
         raise KdsearchError(
             f"{len(bad)} unreadable image(s) under {images.root}: "
@@ -790,12 +953,12 @@ def load_image_list(spec: DataSpec, images: ImageList, cache_dir: Path | None = 
     for s in order:
         n = len(images.files[s])
         mask = keep[start : start + n]
-        part = Part(decoded[start : start + n][mask], torch.tensor(images.labels[s], dtype=torch.int64)[mask])
+        part = Part(take(take(decoded, slice(start, start + n)), mask), torch.tensor(images.labels[s], dtype=torch.int64)[mask])
         if len(part.y) == 0:
             raise KdsearchError(f"every {s} image under {images.root} is unreadable; nothing is left for the {s} split")
         parts[s] = part
         start += n
-    return RawDataset(parts["train"], parts.get("test"), parts.get("val"), images.class_names, skipped, hit)
+    return RawDataset(parts["train"], parts.get("test"), parts.get("val"), images.class_names, skipped, hit, streaming)
 
 
 def load_image_folder(spec: DataSpec, cache_dir: Path | None = None) -> RawDataset:
@@ -833,10 +996,12 @@ LOADERS: dict[str, Callable[[DataSpec, Path | None], RawDataset]] = {
 # --------------------------------------------------------------------------------------------
 
 
-def _fingerprint(*parts: Tensor | str | int) -> str:
+def _fingerprint(*parts: Tensor | ImageStore | str | int) -> str:
     h = hashlib.sha256()
     for part in parts:
-        if isinstance(part, Tensor):
+        if isinstance(part, ImageStore):
+            h.update(f"store:{part.key()}".encode())
+        elif isinstance(part, Tensor):
             h.update(np.ascontiguousarray(part.numpy()))
         else:
             h.update(repr(part).encode())
@@ -860,21 +1025,39 @@ def channel_stats(x: Tensor, chunk_elements: int = 2**24) -> tuple[Tensor, Tenso
     return (mean / 255).float(), std.float().clamp_min(1e-6)
 
 
+def sampled_channel_stats(store: ImageStore, seed: int, budget_mb: int) -> tuple[Tensor, Tensor]:
+    """``channel_stats`` of a seeded sample of a streamed split (every image when it has few enough)."""
+    per_image = store.channels * store.size * store.size
+    sample = max(64, min(STATS_SAMPLE, budget_mb * 2**20 // max(1, per_image)))
+    n = len(store)
+    if n <= sample:
+        rows = torch.arange(n)
+    else:
+        rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 3))[:sample].sort().values
+    raw = replace(store, mean=None, std=None, device=torch.device("cpu"))
+    x = torch.cat(list(raw.subset(rows).split(256)))
+    log.info(
+        "data: mean/std estimated from %s of the %d streamed training images (set data.mean and data.std to fix them)",
+        "all" if len(rows) == n else f"a seeded sample of {len(rows)}", n,
+    )  # fmt: skip
+    return channel_stats(x)
+
+
 def assemble_splits(spec: DataSpec, raw: RawDataset) -> Splits:
     """Carve missing test/val splits with seeds, draw the student subsets, normalize, fingerprint."""
     pool, extras = raw.train, []
     if raw.test is None:
         n_test = resolve_size(spec.test_size if spec.test_size is not None else DEFAULT_TEST_FRACTION, len(pool.y))
         rest, test_idx = split_indices(len(pool.y), n_test, spec.split_seed + 2, name="data.test_size")
-        test = Part(pool.x[test_idx], pool.y[test_idx])
-        pool = Part(pool.x[rest], pool.y[rest])
+        test = Part(take(pool.x, test_idx), pool.y[test_idx])
+        pool = Part(take(pool.x, rest), pool.y[rest])
         extras += ["test_size", n_test]
     else:
         test = raw.test
     if raw.val is None:
         n_val = resolve_size(spec.val_size, len(pool.y))
         train_idx, val_idx = split_indices(len(pool.y), n_val, spec.split_seed)
-        train, val = Part(pool.x[train_idx], pool.y[train_idx]), Part(pool.x[val_idx], pool.y[val_idx])
+        train, val = Part(take(pool.x, train_idx), pool.y[train_idx]), Part(take(pool.x, val_idx), pool.y[val_idx])
     else:
         n_val = "folder"
         train, val = pool, raw.val
@@ -884,11 +1067,15 @@ def assemble_splits(spec: DataSpec, raw: RawDataset) -> Splits:
     if spec.mean is not None and spec.std is not None:
         mean, std = torch.tensor(spec.mean, dtype=torch.float32), torch.tensor(spec.std, dtype=torch.float32)
         extras += ["mean", list(spec.mean), "std", list(spec.std)]
+    elif isinstance(train.x, ImageStore):
+        mean, std = sampled_channel_stats(train.x, spec.split_seed, spec.memory_budget_mb)
     else:
         mean, std = channel_stats(train.x)
     c = train.x.shape[1]
 
-    def normalize(x: Tensor) -> Tensor:
+    def normalize(x: Tensor | ImageStore) -> Tensor | ImageStore:
+        if isinstance(x, ImageStore):
+            return x.normalized(mean, std)
         return x.float().div_(255).sub_(mean.view(1, c, 1, 1)).div_(std.view(1, c, 1, 1))
 
     if spec.source != "idx":
@@ -911,11 +1098,12 @@ def assemble_splits(spec: DataSpec, raw: RawDataset) -> Splits:
         class_names=list(raw.class_names),
         skipped=list(raw.skipped),
         cache_hit=raw.cache_hit,
+        streaming=raw.streaming,
     )
 
 
 def load_splits(spec: DataSpec, *, cache_dir: Path | str | None = None) -> Splits:
-    """Read the dataset named by ``spec`` and return normalized in-memory splits.
+    """Read the dataset named by ``spec`` and return normalized splits (in memory, or streamed ``ImageStore``s).
 
     ``cache_dir``: folder of the decoded-image cache (default ``$KDSEARCH_CACHE/data`` or
     ``~/.cache/kdsearch/data``); pass ``cache_root(spec) / "data"`` to follow ``runtime.cache_dir``.
@@ -926,6 +1114,7 @@ def load_splits(spec: DataSpec, *, cache_dir: Path | str | None = None) -> Split
         "data: %s %s: %d train / %d val / %d test, %d classes, %d×%d×%d%s",
         spec.source, spec.root, len(splits.train), len(splits.val), len(splits.test), splits.num_classes,
         splits.in_channels, splits.image_size, splits.image_size,
-        "" if splits.cache_hit is None else (", decoded images from cache" if splits.cache_hit else ", decoded now"),
+        ", streamed from disk" if splits.streaming
+        else "" if splits.cache_hit is None else (", decoded images from cache" if splits.cache_hit else ", decoded now"),
     )  # fmt: skip
     return splits

@@ -16,7 +16,7 @@ import optuna
 import torch
 from torch import nn
 
-from .data import Split, Splits
+from .data import Split, Splits, take
 from .errors import KdsearchError
 from .methods import METHODS, build_method
 from .metrics import cost_row
@@ -101,6 +101,8 @@ class StudyData:
 def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device: torch.device) -> StudyData:
     """Gather the student's pool and the teacher's cached outputs once, on ``device``.
 
+    Streamed data (``ImageStore``) is not decoded here: trials decode their batches through the
+    loader workers, while the teacher's logits and features stay computed once per image.
     Teacher features (for cosine/hint) are cached when a study uses such a method in ``cached``
     mode and they fit ``teacher.feature_cache_mb``; otherwise those trials run the teacher live.
     """
@@ -109,7 +111,7 @@ def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device
     labeled[: len(splits.labeled)] = True
     teacher_layer = spec.teacher.feature_layer or default_feature_layer(spec.teacher.arch)
     student_layer = spec.student.feature_layer or default_feature_layer(spec.student.arch)
-    x_pool = splits.train.x[pool].to(device)
+    x_pool = take(splits.train.x, pool).to(device)  # streamed data stays on disk: a lazy ImageStore
     features, how = None, "not needed"
     if "cached" in spec.search.teacher_modes and any(METHODS.get(m).needs_features for m in spec.search.methods):
         probe = teacher_features(teacher.model, teacher_layer, x_pool[:1])
@@ -120,7 +122,7 @@ def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device
             how = f"teacher runs live ({mb:.0f} MB of features > teacher.feature_cache_mb = {spec.teacher.feature_cache_mb:g})"
     distill = TrainSet(x_pool, splits.train.y[pool], labeled, teacher.train_logits[pool], features).to(device)
     labeled_only = TrainSet(
-        splits.train.x[splits.labeled], splits.train.y[splits.labeled], torch.ones(len(splits.labeled), dtype=torch.bool)
+        take(splits.train.x, splits.labeled), splits.train.y[splits.labeled], torch.ones(len(splits.labeled), dtype=torch.bool)
     ).to(device)
     steps = steps_per_epoch(len(pool), spec.student.batch_size)
     return StudyData(spec, splits, device, teacher, distill, labeled_only, splits.val.to(device), steps,

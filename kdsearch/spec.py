@@ -32,6 +32,8 @@ class DataSpec(_Section):
     a CSV naming each file's label and partition, e.g. MHIST). Fields that only one source
     reads are errors with another source (unless left at their default).
     Sizes (``val_size``, ``test_size``) are a count (int >= 1) or a fraction (float in (0, 1)).
+    ``image_folder``/``csv`` data above ``memory_budget_mb`` streams from disk through a DataLoader
+    with ``loader_workers`` workers (``stream``); the teacher's outputs are still computed once per image.
     """
 
     source: Literal["idx", "cifar10", "image_folder", "csv"] = "idx"
@@ -55,7 +57,19 @@ class DataSpec(_Section):
     channels: Literal[1, 3] | None = Field(None, description="1 (grayscale) or 3 (RGB) (default: native; 3 for image_folder, csv)")
     mean: list[float] | None = Field(None, description="per-channel mean on the [0, 1] scale (default: training split's)")
     std: list[float] | None = Field(None, description="per-channel std on the [0, 1] scale (default: training split's)")
-    memory_budget_mb: int = Field(2048, ge=1, description="largest in-memory float32 size of all splits, in MiB")
+    memory_budget_mb: int = Field(
+        2048, ge=1,
+        description="largest in-memory float32 size of all splits, in MiB; image_folder and csv data above it "
+        "stream from disk (see stream), idx and cifar10 data above it is refused",
+    )  # fmt: skip
+    stream: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="image_folder, csv: 'auto' streams images from disk through a DataLoader when the splits "
+        "exceed memory_budget_mb, 'always' streams whatever the size, 'never' refuses data above the budget",
+    )
+    loader_workers: int = Field(
+        2, ge=0, le=64, description="image_folder, csv: DataLoader worker processes decoding streamed images (0: in-process)"
+    )
     skip_unreadable: bool = Field(False, description="image_folder, csv: skip corrupt images instead of stopping")
     download: bool = Field(False, description="cifar10: download with torchvision when root holds no batches")
     csv_file: Path = Field(Path("annotations.csv"), description="csv: the CSV, relative to root (or absolute)")
@@ -87,6 +101,8 @@ class DataSpec(_Section):
             "download": ("cifar10",),
             "test_size": ("image_folder", "csv"),
             "skip_unreadable": ("image_folder", "csv"),
+            "stream": ("image_folder", "csv"),
+            "loader_workers": ("image_folder", "csv"),
             "csv_file": ("csv",),
             "image_dir": ("csv",),
             "file_column": ("csv",),

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import Split
+from .data import ImageStore, Split
 from .methods import DistillBatch, Method
 from .models import FeatureTap
 from .metrics import accuracy, auc
@@ -24,14 +24,14 @@ from .metrics import accuracy, auc
 
 @dataclass
 class TrainSet:
-    """The images a student trains on, resident on one device.
+    """The images a student trains on, resident on one device (or streamed from disk: ``x`` an ``ImageStore``).
 
     ``labeled`` marks the rows whose labels the loss may use; ``teacher_logits`` and
     ``teacher_features`` are cached teacher outputs for the same rows (None when the method
     needs none, or when the teacher runs live).
     """
 
-    x: Tensor
+    x: Tensor | ImageStore
     y: Tensor
     labeled: Tensor
     teacher_logits: Tensor | None = None
@@ -50,6 +50,8 @@ class TrainSet:
 
 def channels_last(x: Tensor) -> Tensor:
     """Image batches in channels-last memory order (2-3x faster convolutions on CPU here); other tensors as they are."""
+    if isinstance(x, ImageStore):  # its batches are made channels-last as they are decoded
+        return x
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
@@ -132,7 +134,7 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 @torch.inference_mode()
 def predict(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
-    """Logits of ``model`` on ``x`` in eval mode, as float32 on x's device."""
+    """Logits of ``model`` on ``x`` (a tensor, or an ``ImageStore`` decoded chunk by chunk) in eval mode, as float32 on x's device."""
     model.eval().to(memory_format=torch.channels_last)
     with _autocast(x.device):
         return torch.cat([model(channels_last(chunk)).float() for chunk in x.split(batch_size)])
@@ -218,10 +220,15 @@ def fit(
     try:
         for epoch in range(1, epochs + 1):
             model.train()
-            idx = batch_indices(len(train), batch_size, steps, generator).to(device)
+            idx = batch_indices(len(train), batch_size, steps, generator)
+            if isinstance(train.x, ImageStore):  # decoded ahead by the loader workers, in the same seeded order
+                images = (channels_last(x) for x in train.x.batches(idx))
+            else:
+                images = None
+            idx = idx.to(device)
             total = torch.zeros((), device=device)
             for rows in idx:
-                x = train.x[rows]
+                x = train.x[rows] if images is None else next(images)
                 if augment is not None:
                     x = channels_last(augment_batch(x, augment, aug_generator))
                 with _autocast(device):
@@ -247,6 +254,8 @@ def fit(
                 total += loss.detach()
                 if on_step is not None:
                     on_step()
+            if images is not None:
+                images.close()  # stops the loader workers
             acc, roc = evaluate(model, val)
             result = EpochResult(epoch, acc, roc, float(total) / steps)
             history.append(result)
