@@ -353,55 +353,55 @@ class DKD(Method):
         )
 
 
-@METHODS.register("cosine")
-class Cosine(Method):
-    """Hidden-representation matching (seed 004): CE + feature_weight · (1 - cosine) on flattened features."""
+class FeatureMethod(Method):
+    """CE on the labeled rows + ``feature_weight`` × a loss between student and teacher features."""
 
-    name = "cosine"
     space: ClassVar[Mapping[str, ParamRange]] = {
         "feature_weight": ParamRange(0.01, 10.0, log=True),
     }
     needs_features = True
 
-    def loss(
-        self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None
-    ) -> Tensor:
-        hard = masked_cross_entropy(batch.student_logits, batch.labels, batch.labeled)
-        feature = cosine_feature_loss(
-            _need(batch.student_features, "student_features", self.name),
-            _need(batch.teacher_features, "teacher_features", self.name),
-        )
-        return hard + params["feature_weight"] * feature
-
-
-@METHODS.register("hint")
-class Hint(Method):
-    """FitNets (Romero et al. 2015), trained jointly: CE + feature_weight · MSE(regressor(f_s), f_t)."""
-
-    name = "hint"
-    space: ClassVar[Mapping[str, ParamRange]] = {
-        "feature_weight": ParamRange(0.01, 10.0, log=True),
-    }
-    needs_features = True
-
-    def make_regressor(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module:
-        return HintRegressor(student_shape, teacher_shape)
+    def feature_loss(self, student: Tensor, teacher: Tensor, regressor: nn.Module | None) -> Tensor:
+        raise NotImplementedError
 
     def loss(
         self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None
     ) -> Tensor:
-        if regressor is None:
-            raise ValueError(
-                "method 'hint' needs its regressor: build it with make_regressor(student_shape, teacher_shape), "
-                "train it with the student, and pass it as loss(..., regressor=...)"
-            )
         hard = masked_cross_entropy(batch.student_logits, batch.labels, batch.labeled)
-        feature = hint_feature_loss(
+        feature = self.feature_loss(
             _need(batch.student_features, "student_features", self.name),
             _need(batch.teacher_features, "teacher_features", self.name),
             regressor,
         )
         return hard + params["feature_weight"] * feature
+
+
+@METHODS.register("cosine")
+class Cosine(FeatureMethod):
+    """Hidden-representation matching (seed 004): CE + feature_weight · (1 - cosine) on flattened features."""
+
+    name = "cosine"
+
+    def feature_loss(self, student: Tensor, teacher: Tensor, regressor: nn.Module | None) -> Tensor:
+        return cosine_feature_loss(student, teacher)
+
+
+@METHODS.register("hint")
+class Hint(FeatureMethod):
+    """FitNets (Romero et al. 2015), trained jointly: CE + feature_weight · MSE(regressor(f_s), f_t)."""
+
+    name = "hint"
+
+    def make_regressor(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module:
+        return HintRegressor(student_shape, teacher_shape)
+
+    def feature_loss(self, student: Tensor, teacher: Tensor, regressor: nn.Module | None) -> Tensor:
+        if regressor is None:
+            raise ValueError(
+                "method 'hint' needs its regressor: build it with make_regressor(student_shape, teacher_shape), "
+                "train it with the student, and pass it as loss(..., regressor=...)"
+            )
+        return hint_feature_loss(student, teacher, regressor)
 
 
 def build_method(name: str) -> Method:
