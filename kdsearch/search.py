@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+import numpy as np
 import optuna
 import torch
 from torch import nn
@@ -30,24 +31,63 @@ FINAL_ATTR = "final_comparison"
 TEACHER_ATTR = "teacher"
 
 
-def make_sampler(spec: StudySpec, rank: int = 0) -> optuna.samplers.BaseSampler:
-    """TPE over the conditional space: ``multivariate`` models params jointly, ``group`` per method."""
+def make_sampler(spec: StudySpec, rank: int = 0, *, resumed_at: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE over the conditional space: ``multivariate`` models params jointly, ``group`` per method.
+
+    The seed is ``search.sampler_seed + rank`` for a new study; a process that joins a study
+    already holding ``resumed_at`` trials gets a seed derived from all three, so a resumed run
+    does not replay the random start-up trials of the first one.
+    """
+    seed = spec.search.sampler_seed + rank
+    if resumed_at:
+        seed = int(np.random.SeedSequence([spec.search.sampler_seed, rank, resumed_at]).generate_state(1)[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=spec.search.sampler_seed + rank, multivariate=True, group=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     s = spec.search
     if s.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_epochs)
+        # epochs are reported as steps 1, 2, ...; Optuna may prune once step >= n_warmup_steps
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_epochs + 1
+        )
     if s.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.student.epochs)
     return optuna.pruners.NopPruner()
 
 
+# Spec fields that may differ between the runs of one study: they do not change what a trial measures.
+RESUME_MAY_CHANGE = {
+    "data.root", "data.loader_workers", "data.memory_budget_mb", "data.stream",
+    "search.trials", "search.sampler_seed", "teacher.feature_cache_mb",
+}  # fmt: skip
+RESUME_SECTIONS = ("data", "teacher", "student", "search", "methods")
+
+
+def spec_changes(stored: dict, new: dict) -> list[str]:
+    """``field: old → new`` for each field that determines trial results and differs between two spec dicts."""
+    changes: list[str] = []
+
+    def walk(a: object, b: object, where: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{where}.{key}" if where else key)
+        elif a != b and where not in RESUME_MAY_CHANGE:
+            changes.append(f"{where}: {a!r} → {b!r}")
+
+    for section in RESUME_SECTIONS:
+        walk(stored.get(section), new.get(section), section)
+    return changes
+
+
 def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str, rank: int = 0) -> optuna.Study:
-    """Create the spec's study, or load it when it exists (a rerun adds trials to it)."""
+    """Create the spec's study, or load it when it exists (a rerun adds trials to it).
+
+    A rerun must keep every setting that determines what a trial measures (data, teacher,
+    student, search space, objective): otherwise it is a KdsearchError naming what changed.
+    """
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
@@ -56,8 +96,20 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str, ra
         pruner=make_pruner(spec),
         load_if_exists=True,
     )
+    new = spec.model_dump(mode="json")
     if SPEC_ATTR not in study.user_attrs:
-        study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
+        study.set_user_attr(SPEC_ATTR, new)
+        return study
+    changes = spec_changes(study.user_attrs[SPEC_ATTR], new)
+    if changes:
+        more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
+        raise KdsearchError(
+            f"study {spec.name!r} already exists in this storage with other settings ({'; '.join(changes[:5])}{more}); "
+            "trials run under different settings cannot be compared. Start a new study with --study NEW_NAME, "
+            "or run this one with the settings it was created with"
+        )
+    if study.trials:
+        study.sampler = make_sampler(spec, rank, resumed_at=len(study.trials))
     return study
 
 

@@ -198,7 +198,9 @@ class SearchSpec(_Section):
     objective: Literal["accuracy", "auc"] = "accuracy"
     pruner: Literal["median", "hyperband", "none"] = "median"
     pruner_startup_trials: int = Field(5, ge=0)
-    pruner_warmup_epochs: int = Field(1, ge=0)
+    pruner_warmup_epochs: int = Field(
+        0, ge=0, description="median pruner: epochs every trial runs before it may be pruned (0: prunable after epoch 1)"
+    )
     sampler_seed: int = 0
     trial_seed: int = Field(0, description="trial n trains with seed trial_seed + n")
     teacher_modes: list[Literal["cached", "consistent"]] = Field(

@@ -30,8 +30,12 @@ WORKER_ATTR = "worker"  # user attr: host, pid, process start time and rank of t
 
 
 def join_study(name: str, storage: optuna.storages.BaseStorage, spec: StudySpec, rank: int = 0) -> optuna.Study:
-    """Load an existing study with this worker's sampler (seed ``search.sampler_seed + rank``) and pruner."""
-    return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec, rank), pruner=make_pruner(spec))
+    """Load an existing study with this worker's sampler (seeded from ``search.sampler_seed``, rank and
+    the trials already there, see ``make_sampler``) and the spec's pruner."""
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec, rank), pruner=make_pruner(spec))
+    if study.trials:
+        study.sampler = make_sampler(spec, rank, resumed_at=len(study.trials))
+    return study
 
 
 def finished_count(study: optuna.Study) -> int:

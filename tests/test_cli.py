@@ -145,3 +145,43 @@ def test_ctrl_c_keeps_finished_trials_and_says_how_to_resume(write_spec, tmp_pat
     found = states(storage)
     assert found.count("COMPLETE") >= 2
     assert "RUNNING" not in found  # the interrupted trial was marked, not left dangling
+
+
+def test_resume_with_changed_settings_is_refused_and_names_the_fields(write_spec, tmp_path):
+    spec = write_spec()
+    assert invoke("run", "--spec", str(spec), "--trials", "1").exit_code == 0
+    changed = runner.invoke(app, ["run", "--spec", str(spec), "--trials", "1", "--set", 'search.methods=["kd","dkd"]',
+                                  "--set", "search.objective=auc"])  # fmt: skip
+    assert changed.exit_code == 2, changed.output
+    assert "already exists in this storage with other settings" in changed.output
+    assert "search.methods: ['kd'] → ['kd', 'dkd']" in changed.output and "search.objective" in changed.output
+    assert "Traceback" not in changed.output
+    # a new study name is the way to change them
+    assert invoke("run", "--spec", str(spec), "--trials", "1", "--study", "other", "--set", 'search.methods=["kd","dkd"]').exit_code == 0
+
+
+def test_resumed_run_does_not_replay_the_first_runs_params(write_spec, tmp_path):
+    spec = write_spec()
+    assert invoke("run", "--spec", str(spec), "--trials", "2").exit_code == 0
+    assert invoke("run", "--spec", str(spec), "--trials", "2").exit_code == 0
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}").trials
+    first, second = [t.params for t in trials[:2]], [t.params for t in trials[2:]]
+    assert first != second and all(p not in first for p in second)
+
+
+def test_warmup_epochs_protect_that_many_epochs():
+    from kdsearch.search import make_pruner
+    from kdsearch.spec import spec_from_dict
+
+    study = optuna.create_study(
+        direction="maximize",
+        pruner=make_pruner(spec_from_dict({"search": {"pruner_startup_trials": 1, "pruner_warmup_epochs": 1}})),
+    )
+    good = study.ask()
+    good.report(0.9, 1), good.report(0.9, 2)
+    study.tell(good, 0.9)
+    weak = study.ask()
+    weak.report(0.1, 1)
+    assert not weak.should_prune()  # epoch 1 is the warm-up
+    weak.report(0.1, 2)
+    assert weak.should_prune()
