@@ -117,16 +117,12 @@ def load_study_spec(
 
 def _prepare(spec):
     """Data and teacher, with a progress bar while the teacher trains."""
-    import torch
-
     from .data import load_splits
     from .teacher import cache_root, prepare_teacher, teacher_steps
     from .train import configure_threads, resolve_device
 
     configure_threads(spec.runtime.threads)
-    device = resolve_device(spec.runtime.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise KdsearchError(f"runtime.device = {spec.runtime.device!r} but no CUDA device is visible; use --device cpu")
+    device = resolve_device(spec.runtime.device)  # KdsearchError for a device this machine lacks
     splits = load_splits(spec.data, cache_dir=cache_root(spec) / "data")
     if splits.skipped:
         typer.echo(f"data: skipped {len(splits.skipped)} unreadable image(s) (data.skip_unreadable = true)")
@@ -161,9 +157,9 @@ def _prepare(spec):
 
 def _final_and_report(study, data, teacher, report_path: Path) -> None:
     from .report import summary_text, write_report
-    from .search import best_trials_per_method, final_comparison
+    from .search import final_candidates, final_comparison
 
-    n_runs = (len(best_trials_per_method(study)) + 1) * data.spec.final.seeds
+    n_runs = len(final_candidates(study)) * data.spec.final.seeds
     bar = tqdm(total=n_runs, desc="final comparison on test", unit="run", leave=False)
     try:
         final_comparison(data, study, teacher, on_run=lambda label, seed: bar.update())

@@ -18,6 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 
+from .errors import KdsearchError
 from .search import FINAL_ATTR, SPEC_ATTR, load_study, study_spec
 from .storage import open_storage
 
@@ -94,7 +95,11 @@ class DashboardServer:
         import optuna_dashboard
 
         self.app = optuna_dashboard.wsgi(storage, artifact_store=store)
-        self._server = make_server(host, port, self.app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+        try:
+            self._server = make_server(host, port, self.app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+        except OSError as err:
+            raise KdsearchError(f"cannot serve the dashboard on {host}:{port}: {err.strerror or err}; "
+                                "pick another --port (0: any free one)") from None  # fmt: skip
         self.host = host
         self.port = self._server.server_port
         self._thread: threading.Thread | None = None

@@ -163,8 +163,12 @@ class ImageStore:
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),  # worker seeds from its own generator: the global RNG (dropout) is untouched
         )  # fmt: skip
-        for x in loader:
-            yield x.to(self.device, non_blocking=True)
+        try:
+            for x in loader:
+                yield x.to(self.device, non_blocking=True)
+        except KdsearchError as err:  # torch wraps a worker's error with its traceback: keep the message alone
+            message = str(err).strip().splitlines()[-1].split("KdsearchError: ", 1)[-1]
+            raise KdsearchError(message) from None
 
     def split(self, batch_size: int) -> "Iterator[Tensor]":
         """Consecutive decoded chunks of ``batch_size`` rows, like ``Tensor.split``."""
@@ -700,14 +704,13 @@ def decode_images(paths: Sequence[Path], size: int, channels: int) -> tuple[np.n
     return _parallel_fill(len(paths), channels, size, lambda i: decode_image(paths[i], size, channels))
 
 
-def _probe_image(path: Path) -> np.ndarray:
+def _probe_image(path: Path) -> None:
     with Image.open(path) as img:
-        img.verify()
-    return np.zeros(0, dtype=np.uint8)
+        img.load()  # a full decode: verify() alone passes truncated JPEGs that fail later, mid-trial
 
 
 def probe_images(paths: Sequence[Path]) -> list[tuple[int, str]]:
-    """(index, reason) of the files PIL cannot open (header and structure checks, no decoding) — for streaming."""
+    """(index, reason) of the files PIL cannot decode (each decoded once, nothing kept) — for streaming."""
     bad: list[tuple[int, str]] = []
 
     def one(i: int) -> None:

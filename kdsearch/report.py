@@ -509,14 +509,18 @@ def _is_scratch(student: Mapping) -> bool:
 
 
 def final_stats(final: Mapping) -> list[StudentStats]:
-    """Mean ± sample std per student and each distilled student's difference to scratch in percentage points.
+    """Mean ± sample std per student and each distilled student's difference to scratch in percentage points
+    (against the scratch student of the same teacher mode).
 
     Students are ordered like the methods everywhere else (kd, lskd, dkd, cosine, hint, …, scratch last).
     """
-    scratch = next((s for s in final["students"] if _is_scratch(s)), None)
-    base = None
-    if scratch and scratch["runs"]:
-        base = {m: statistics.fmean(r[m] for r in scratch["runs"]) for m in ("accuracy", "auc")}
+    # each distilled student against the scratch student trained with the same teacher mode
+    # (a 'consistent' winner saw augmented batches, so its baseline is the augmented scratch)
+    bases: dict[str, dict[str, float]] = {}
+    for student in final["students"]:
+        if _is_scratch(student) and student["runs"]:
+            mode = student.get("teacher_mode", "cached")
+            bases.setdefault(mode, {m: statistics.fmean(r[m] for r in student["runs"]) for m in ("accuracy", "auc")})
     out = []
     for s in final["students"]:
         if not s["runs"]:
@@ -524,6 +528,7 @@ def final_stats(final: Mapping) -> list[StudentStats]:
         acc = tuple(r["accuracy"] for r in s["runs"])
         roc = tuple(r["auc"] for r in s["runs"])
         (am, asd), (um, usd) = mean_std(acc), mean_std(roc)
+        base = bases.get(s.get("teacher_mode", "cached"), bases.get("cached"))
         vs = base is not None and not _is_scratch(s)
         out.append(
             StudentStats(

@@ -314,6 +314,17 @@ def cost_table(data: StudyData, teacher: Teacher, student: nn.Module) -> dict[st
     }
 
 
+def final_candidates(study: optuna.Study) -> list[tuple[str, str, dict[str, float], int | None, str]]:
+    """(label, method, params, trial number, teacher mode) of each student the final comparison retrains:
+    the best trial of each method, scratch, and an augmented scratch when a winner used ``consistent``."""
+    best = best_trials_per_method(study)
+    candidates = [(f"best {m}", m, params_of(t)[1], t.number, teacher_mode_of(t)) for m, t in sorted(best.items())]
+    candidates.append(("scratch", "scratch", {}, None, "cached"))
+    if any(c[4] == "consistent" for c in candidates):
+        candidates.append(("scratch (augmented)", "scratch", {}, None, "consistent"))
+    return candidates
+
+
 def final_comparison(
     data: StudyData,
     study: optuna.Study,
@@ -332,10 +343,7 @@ def final_comparison(
     f = data.spec.final
     seeds = list(range(f.first_seed, f.first_seed + f.seeds))
     test = data.splits.test.to(data.device)
-    candidates = [(f"best {m}", m, params_of(t)[1], t.number, teacher_mode_of(t)) for m, t in sorted(best.items())]
-    candidates.append(("scratch", "scratch", {}, None, "cached"))
-    if any(c[4] == "consistent" for c in candidates):
-        candidates.append(("scratch (augmented)", "scratch", {}, None, "consistent"))
+    candidates = final_candidates(study)
     students = []
     for label, method, params, number, mode in candidates:
         runs = []

@@ -339,7 +339,9 @@ def load_spec(path: Path | str) -> StudySpec:
             f"study file {path} not found; pass an existing TOML file (the ready ones are in studies/)"
         )
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise KdsearchError(f"cannot read study file {path}: {err}; pass a readable UTF-8 TOML file") from None
     except tomllib.TOMLDecodeError as err:
         raise KdsearchError(f"{path} is not valid TOML: {err}; fix the line it names") from None
     return spec_from_dict(raw, source=str(path))

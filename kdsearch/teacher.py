@@ -8,6 +8,8 @@ and the file is written to a temporary name and renamed, so nobody reads half a 
 from __future__ import annotations
 
 import hashlib
+import logging
+import pickle
 import json
 import os
 import tempfile
@@ -27,6 +29,7 @@ from .spec import StudySpec
 from .train import Augment, EpochResult, TrainSet, channels_last, evaluate, fit, predict, steps_per_epoch
 
 CACHE_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -149,10 +152,14 @@ def prepare_teacher(
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.is_file():
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-            model = build_model(spec.teacher.arch, splits.num_classes, splits.in_channels, splits.image_size)
-            model.load_state_dict(entry["state_dict"])
-            return Teacher(model.to(device).eval(), entry["train_logits"], entry["metrics"], True, path)
+            try:
+                entry = torch.load(path, map_location="cpu", weights_only=True)
+                model = build_model(spec.teacher.arch, splits.num_classes, splits.in_channels, splits.image_size)
+                model.load_state_dict(entry["state_dict"])
+                return Teacher(model.to(device).eval(), entry["train_logits"], entry["metrics"], True, path)
+            except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as err:  # damaged, or the model changed
+                log.warning("teacher cache %s is unreadable or stale (%s); training the teacher again",
+                            path, str(err).splitlines()[0])  # fmt: skip
         model = train_teacher(spec, splits, device, on_step=on_step, on_epoch=on_epoch)
         val_acc, val_auc = evaluate(model, splits.val.to(device))
         test_acc, test_auc = evaluate(model, splits.test.to(device))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import ImageStore, Split
+from .errors import KdsearchError
 from .methods import DistillBatch, Method
 from .models import FeatureTap
 from .metrics import accuracy, auc
@@ -100,10 +101,23 @@ class EpochResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' → cuda when available, else cpu; anything else as given."""
+    """'auto' → cuda when available, else cpu; 'cpu', 'cuda', 'cuda:N' as given, checked against this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise KdsearchError(f"runtime.device = {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise KdsearchError(
+                f"runtime.device = {name!r} but this machine has {count} visible CUDA device(s); use --device cpu"
+                + (f" or cuda:0..cuda:{count - 1}" if count else "")
+            )
+    elif device.type != "cpu":
+        raise KdsearchError(f"runtime.device = {name!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return device
 
 
 def configure_threads(threads: int) -> int:

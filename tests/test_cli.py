@@ -185,3 +185,18 @@ def test_warmup_epochs_protect_that_many_epochs():
     assert not weak.should_prune()  # epoch 1 is the warm-up
     weak.report(0.1, 2)
     assert weak.should_prune()
+
+
+@pytest.mark.parametrize(("device", "message"), [("gpu", "is not a device"), ("cuda:7", "visible CUDA device")])
+def test_unknown_or_missing_device_is_one_clear_line(write_spec, device, message):
+    result = runner.invoke(app, ["run", "--spec", str(write_spec()), "--trials", "1", "--device", device])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_damaged_teacher_cache_is_retrained_not_a_traceback(write_spec, tmp_path):
+    spec = write_spec(cache=tmp_path / "cache")
+    assert invoke("teacher", "--spec", str(spec)).exit_code == 0
+    (cached,) = (tmp_path / "cache" / "teachers").glob("*.pt")
+    cached.write_bytes(b"garbage")
+    again = invoke("teacher", "--spec", str(spec))
+    assert again.exit_code == 0 and "trained and cached" in again.output

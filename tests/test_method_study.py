@@ -64,10 +64,16 @@ def test_teacher_mode_is_searched_and_consistent_mode_adds_an_augmented_scratch(
     study.enqueue_trial({"teacher_mode": "cached"})
     study.optimize(make_objective(data), n_trials=2)
     assert {t.params["teacher_mode"] for t in study.trials} == {"cached", "consistent"}
+
+
+def test_a_consistent_winner_is_compared_with_an_equally_augmented_scratch(write_spec):
+    spec, splits, teacher = _study_setup(write_spec(), methods=["kd"], teacher_modes=["consistent"])
+    data = prepare_study_data(spec, splits, teacher, torch.device("cpu"))
+    study = create_study(spec, optuna.storages.InMemoryStorage())
+    study.optimize(make_objective(data), n_trials=1)
     final = final_comparison(data, study, teacher)
     modes = {s["label"]: s["teacher_mode"] for s in final["students"]}
-    if modes["best kd"] == "consistent":
-        assert modes["scratch (augmented)"] == "consistent"
+    assert modes == {"best kd": "consistent", "scratch": "cached", "scratch (augmented)": "consistent"}
 
 
 def test_augmentation_shifts_and_flips_within_the_image():

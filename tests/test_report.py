@@ -380,3 +380,22 @@ def test_cost_table_lists_teacher_and_student_in_report_and_summary():
     lines = dict(cost_lines(final))
     assert lines["student (light_nn)"].startswith("parameters 206,010, size (MB) 0.83, FLOPs / image 1,234,567")
     assert cost_table({}) == "" and cost_lines({}) == []
+
+
+def test_consistent_winner_is_measured_against_the_augmented_scratch():
+    from kdsearch.report import final_stats
+
+    def runs(acc):
+        return [{"seed": 1, "accuracy": acc, "auc": 0.9}, {"seed": 2, "accuracy": acc, "auc": 0.9}]
+
+    final = {"students": [
+        {"label": "best kd", "method": "kd", "params": {}, "trial": 3, "teacher_mode": "consistent", "runs": runs(0.85)},
+        {"label": "best dkd", "method": "dkd", "params": {}, "trial": 4, "teacher_mode": "cached", "runs": runs(0.84)},
+        {"label": "scratch", "method": "scratch", "params": {}, "trial": None, "teacher_mode": "cached", "runs": runs(0.80)},
+        {"label": "scratch (augmented)", "method": "scratch", "params": {}, "trial": None, "teacher_mode": "consistent",
+         "runs": runs(0.82)},
+    ]}  # fmt: skip
+    by_label = {s.label: s for s in final_stats(final)}
+    assert by_label["best kd"].accuracy_vs_scratch_pp == pytest.approx(3.0)
+    assert by_label["best dkd"].accuracy_vs_scratch_pp == pytest.approx(4.0)
+    assert by_label["scratch (augmented)"].accuracy_vs_scratch_pp is None

@@ -134,3 +134,21 @@ def test_streamed_study_runs_end_to_end_through_the_cli(tmp_path):
     final = study.user_attrs["final_comparison"]
     assert final["students"][-1]["label"].startswith("scratch") and final["split"] == "test"
     assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_truncated_jpeg_is_found_before_streaming_starts(tmp_path):
+    """A JPEG cut short passes PIL's verify(); streaming still finds it at load time (skipped or listed)."""
+    import io
+
+    from PIL import Image as PILImage
+
+    from kdsearch.data import probe_images
+
+    buf = io.BytesIO()
+    PILImage.new("RGB", (64, 64), (120, 30, 200)).save(buf, format="JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    good = tmp_path / "good.png"
+    PILImage.new("RGB", (8, 8)).save(good)
+    bad = probe_images([good, path])
+    assert [i for i, _ in bad] == [1]
