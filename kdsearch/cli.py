@@ -472,16 +472,7 @@ def report(
         spec, _ = load_study_spec(spec_path, study=study_name)
         storage = spec.resolved_storage()
     study = load_study(study_name, open_storage(storage))
-    spec = study_spec(study)
-    if data_root is not None or device:
-        raw = spec.model_dump(mode="json")
-        if data_root is not None:
-            raw["data"]["root"] = str(data_root)
-        if device:
-            raw["runtime"]["device"] = device
-        from .spec import spec_from_dict
-
-        spec = spec_from_dict(raw)
+    spec = with_runtime(study_spec(study), data_root=data_root, device=device)
     out = output or spec.resolved_output_dir() / "report.html"
     if FINAL_ATTR not in study.user_attrs:
         typer.echo("no final comparison stored yet: running it now")

@@ -754,10 +754,15 @@ def conform_images(x: np.ndarray, size: int, channels: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def data_cache_dir() -> Path:
-    """Default folder of decoded-image caches: ``$KDSEARCH_CACHE/data``, else ``~/.cache/kdsearch/data``."""
+def default_cache_root() -> Path:
+    """kdsearch's cache folder: ``$KDSEARCH_CACHE``, else ``~/.cache/kdsearch``."""
     env = os.environ.get("KDSEARCH_CACHE")
-    return (Path(env) if env else Path.home() / ".cache" / "kdsearch") / "data"
+    return Path(env) if env else Path.home() / ".cache" / "kdsearch"
+
+
+def data_cache_dir() -> Path:
+    """Default folder of decoded-image caches: ``<default_cache_root()>/data``."""
+    return default_cache_root() / "data"
 
 
 def decode_cache_key(files: Sequence[Path], settings: dict) -> str:
@@ -786,17 +791,22 @@ def _read_cache(path: Path, n: int) -> tuple[Tensor, list[tuple[int, str]]] | No
         return None
 
 
+def save_atomic(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _write_cache(path: Path, images: Tensor, bad: list[tuple[int, str]]) -> bool:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({"version": DATA_CACHE_VERSION, "images": images, "bad": [list(b) for b in bad]}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_atomic({"version": DATA_CACHE_VERSION, "images": images, "bad": [list(b) for b in bad]}, path)
         return True
     except OSError as err:
         log.warning("data: cannot write the decoded-image cache %s (%s); the next run decodes again", path, err)
@@ -882,6 +892,11 @@ def _conform_parts(
 
 def load_idx(spec: DataSpec, cache_dir: Path | None = None) -> RawDataset:
     root = Path(spec.root)
+    if spec.download and not (root / "train-images-idx3-ubyte.gz").is_file() and not (root / "FashionMNIST").is_dir():
+        log.info("data: downloading Fashion-MNIST into %s", root)
+        root = download_fashion_mnist(root)
+    elif spec.download:
+        root = root / "FashionMNIST" / "raw" if (root / "FashionMNIST" / "raw").is_dir() else root
     train_img, train_lab, test_img, test_lab = read_idx_dataset(root)
     if spec.train_limit:
         train_img, train_lab = train_img[: spec.train_limit], train_lab[: spec.train_limit]

@@ -254,7 +254,16 @@ def load_checkpoint(model: nn.Module, path: Path, *, role: str, arch: str, ignor
 
     A mismatch is a KdsearchError that shows the first missing, unexpected and mis-shaped keys.
     """
-    state = {k: v for k, v in read_checkpoint(Path(path), role=role).items() if not k.startswith(ignore)}
+    return load_state(model, read_checkpoint(Path(path), role=role), role=role, arch=arch, ignore=ignore, source=path)
+
+
+def load_state(
+    model: nn.Module, state: dict[str, torch.Tensor], *, role: str, arch: str, ignore: tuple[str, ...] = (),
+    source: object = "the checkpoint",
+) -> nn.Module:  # fmt: skip
+    """``load_checkpoint`` for a state_dict already read (e.g. once per study rather than per trial)."""
+    path = source
+    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(ignore)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

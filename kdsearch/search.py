@@ -21,7 +21,7 @@ from .data import Split, Splits, take
 from .errors import KdsearchError
 from .methods import METHODS, build_method
 from .metrics import cost_row
-from .models import build_model, default_feature_layer, load_checkpoint
+from .models import build_model, default_feature_layer, load_state, read_checkpoint
 from .spec import StudySpec, spec_from_dict
 from .teacher import Teacher, feature_cache_mb, teacher_features
 from .train import Augment, EpochResult, LiveTeacher, TrainSet, evaluate, fit, steps_per_epoch
@@ -148,6 +148,7 @@ class StudyData:
     teacher_layer: str
     student_layer: str
     features: str  # how feature methods get teacher features: "cached (N MB)", "live (...)" or "not needed"
+    student_init: dict[str, torch.Tensor] | None = None  # student.checkpoint, read once for every trial
 
 
 def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device: torch.device) -> StudyData:
@@ -177,8 +178,9 @@ def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device
         take(splits.train.x, splits.labeled), splits.train.y[splits.labeled], torch.ones(len(splits.labeled), dtype=torch.bool)
     ).to(device)
     steps = steps_per_epoch(len(pool), spec.student.batch_size)
+    init = None if spec.student.checkpoint is None else read_checkpoint(Path(spec.student.checkpoint), role="student")
     return StudyData(spec, splits, device, teacher, distill, labeled_only, splits.val.to(device), steps,
-                     teacher_layer, student_layer, how)  # fmt: skip
+                     teacher_layer, student_layer, how, init)  # fmt: skip
 
 
 def trial_params(trial: optuna.trial.BaseTrial, spec: StudySpec) -> tuple[str, dict[str, float]]:
@@ -227,9 +229,9 @@ def train_student(
     spec, splits = data.spec, data.splits
     torch.manual_seed(seed)
     model = build_model(spec.student.arch, splits.num_classes, splits.in_channels, splits.image_size)
-    if spec.student.checkpoint is not None:
-        load_checkpoint(model, Path(spec.student.checkpoint), role="student", arch=spec.student.arch,
-                        ignore=tuple(spec.student.checkpoint_ignore))  # fmt: skip
+    if data.student_init is not None:
+        load_state(model, data.student_init, role="student", arch=spec.student.arch,
+                   ignore=tuple(spec.student.checkpoint_ignore), source=spec.student.checkpoint)  # fmt: skip
     model = model.to(data.device)
     impl = build_method(method)
     consistent = teacher_mode == "consistent"

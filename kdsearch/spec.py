@@ -71,7 +71,7 @@ class DataSpec(_Section):
         2, ge=0, le=64, description="image_folder, csv: DataLoader worker processes decoding streamed images (0: in-process)"
     )
     skip_unreadable: bool = Field(False, description="image_folder, csv: skip corrupt images instead of stopping")
-    download: bool = Field(False, description="cifar10: download with torchvision when root holds no batches")
+    download: bool = Field(False, description="idx (Fashion-MNIST), cifar10: download with torchvision when root holds no files (needs internet)")
     csv_file: Path = Field(Path("annotations.csv"), description="csv: the CSV, relative to root (or absolute)")
     image_dir: Path = Field(Path("images"), description="csv: the image folder, relative to root (or absolute)")
     file_column: str = Field("Image Name", min_length=1, description="csv: column with the image file name")
@@ -98,7 +98,7 @@ class DataSpec(_Section):
         only_for = {  # field: the sources that read it
             "train_limit": ("idx", "cifar10"),
             "test_limit": ("idx", "cifar10"),
-            "download": ("cifar10",),
+            "download": ("idx", "cifar10"),
             "test_size": ("image_folder", "csv"),
             "skip_unreadable": ("image_folder", "csv"),
             "stream": ("image_folder", "csv"),

@@ -11,8 +11,6 @@ import hashlib
 import logging
 import pickle
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,7 +19,7 @@ import torch
 from filelock import FileLock
 from torch import Tensor, nn
 
-from .data import Splits
+from .data import Splits, default_cache_root, save_atomic
 from .methods import build_method
 from .errors import KdsearchError
 from .models import FeatureTap, build_model, load_checkpoint
@@ -45,10 +43,7 @@ class Teacher:
 
 def cache_root(spec: StudySpec) -> Path:
     """The cache folder: ``runtime.cache_dir``, else ``$KDSEARCH_CACHE``, else ``~/.cache/kdsearch``."""
-    if spec.runtime.cache_dir is not None:
-        return Path(spec.runtime.cache_dir)
-    env = os.environ.get("KDSEARCH_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "kdsearch"
+    return Path(spec.runtime.cache_dir) if spec.runtime.cache_dir is not None else default_cache_root()
 
 
 def teacher_key(spec: StudySpec, splits: Splits) -> str:
@@ -76,18 +71,6 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def train_teacher(
@@ -166,7 +149,7 @@ def prepare_teacher(
         metrics = {"val_accuracy": val_acc, "val_auc": val_auc, "test_accuracy": test_acc, "test_auc": test_auc}
         train_logits = predict(model, splits.train.x.to(device)).cpu()
         state = {k: v.cpu() for k, v in model.state_dict().items()}
-        _atomic_save({"state_dict": state, "train_logits": train_logits, "metrics": metrics}, path)
+        save_atomic({"state_dict": state, "train_logits": train_logits, "metrics": metrics}, path)
         return Teacher(model.eval(), train_logits, metrics, False, path)
 
 

@@ -471,7 +471,7 @@ def test_sizes_and_all_labeled():
     [
         ({"file_column": "name"}, "data: file_column is only read with source = 'csv' (source is 'idx')"),
         ({"source": "image_folder", "root": "/d", "train_limit": 5}, "train_limit is only read with source = 'idx' or 'cifar10'"),
-        ({"download": True}, "download is only read with source = 'cifar10'"),
+        ({"source": "image_folder", "root": "/d", "download": True}, "download is only read with source = 'idx' or 'cifar10'"),
         ({"test_size": 0.2}, "test_size is only read with source = 'image_folder' or 'csv'"),
         ({"source": "csv"}, "root: source = 'csv' needs root"),
         ({"val_size": 1.0}, "data.val_size: 1.0 is not a fraction in (0, 1)"),
