@@ -56,8 +56,6 @@ from torch import Tensor, nn
 
 from .registry import Registry
 
-# Added to z/T at the target class before a softmax to take that class out (as DKD's code does).
-_MASK_OFFSET = 1000.0
 # Keeps the z-score finite for a row whose logits are all equal.
 _STD_EPS = 1e-7
 
@@ -165,9 +163,15 @@ def tckd_term(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, te
 
 def nckd_term(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float) -> Tensor:
     """``T**2 * KL(p̂_t || p̂_s)``, rows averaged; ``p̂`` = softmax at T over the non-target classes."""
-    offset = _MASK_OFFSET * F.one_hot(target, student_logits.shape[-1]).to(student_logits.dtype)
-    log_p_student = F.log_softmax(student_logits / temperature - offset, dim=-1)
-    log_p_teacher = F.log_softmax(teacher_logits / temperature - offset, dim=-1)
+    target_mask = F.one_hot(target, student_logits.shape[-1]).bool()
+
+    def non_target_log_probs(logits: Tensor) -> Tensor:
+        # a huge finite negative takes the target class out whatever the logits' scale (no -inf: no NaN in the KL)
+        scaled = logits / temperature
+        return F.log_softmax(scaled.masked_fill(target_mask, torch.finfo(scaled.dtype).min / 4), dim=-1)
+
+    log_p_student = non_target_log_probs(student_logits)
+    log_p_teacher = non_target_log_probs(teacher_logits)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
 

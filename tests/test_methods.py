@@ -334,3 +334,17 @@ def test_each_trial_samples_only_its_methods_params():
         expected = {"method"} | {f"{method}_{p}" for p in spec.method_space(method)}
         assert set(trial.params) == expected, f"trial {trial.number} ({method})"
     assert seen == set(ALL_METHODS)
+
+
+def test_nckd_ignores_the_target_class_even_for_huge_logits():
+    """The target class is masked out of NCKD at any logit scale: finite, and blind to the target logit."""
+    from kdsearch.methods import nckd_term
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(4, 5) * 800, torch.randn(4, 5) * 800
+    target = torch.tensor([0, 1, 2, 3])
+    base = nckd_term(student, teacher, target, temperature=0.5)
+    bumped = teacher.clone()
+    bumped[torch.arange(4), target] += 5000
+    assert torch.isfinite(base)
+    assert torch.allclose(nckd_term(student, bumped, target, temperature=0.5), base, rtol=1e-4, atol=1e-4)
