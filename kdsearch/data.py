@@ -198,6 +198,14 @@ class Split:
     def to(self, device: torch.device | str) -> "Split":
         return Split(self.x.to(device), self.y.to(device))
 
+    def in_memory(self, device: torch.device | str, budget_mb: float) -> "Split":
+        """This split on ``device``; a streamed one is decoded once into a tensor when it fits ``budget_mb``
+        (so evaluating it every epoch reads no file), else it stays streamed."""
+        split = self.to(device)
+        if not isinstance(split.x, ImageStore) or split.x.shape.numel() * 4 > budget_mb * 2**20:
+            return split
+        return Split(torch.cat(list(split.x.split(1024))), split.y)
+
 
 @dataclass
 class Splits:

@@ -179,7 +179,8 @@ def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device
     ).to(device)
     steps = steps_per_epoch(len(pool), spec.student.batch_size)
     init = None if spec.student.checkpoint is None else read_checkpoint(Path(spec.student.checkpoint), role="student")
-    return StudyData(spec, splits, device, teacher, distill, labeled_only, splits.val.to(device), steps,
+    val = splits.val.in_memory(device, spec.data.memory_budget_mb / 2)  # streamed data: decode val once if it fits
+    return StudyData(spec, splits, device, teacher, distill, labeled_only, val, steps,
                      teacher_layer, student_layer, how, init)  # fmt: skip
 
 
@@ -344,7 +345,7 @@ def final_comparison(
         raise KdsearchError(f"study {study.study_name!r} has no completed trial yet; run some trials first")
     f = data.spec.final
     seeds = list(range(f.first_seed, f.first_seed + f.seeds))
-    test = data.splits.test.to(data.device)
+    test = data.splits.test.in_memory(data.device, data.spec.data.memory_budget_mb / 2)
     candidates = final_candidates(study)
     students = []
     for label, method, params, number, mode in candidates:

@@ -96,6 +96,9 @@ def test_teacher_runs_once_per_image_and_trials_never_run_it(cats_dogs, tmp_path
     assert seen["eval"] == scored and seen["train"] > 0
     data = prepare_study_data(spec, splits, teacher, torch.device("cpu"))
     assert isinstance(data.distill_set.x, ImageStore) and data.distill_set.teacher_features is not None
+    # the validation split fits the budget: decoded once, so per-epoch scoring reads no file
+    assert isinstance(splits.val.x, ImageStore) and isinstance(data.val.x, torch.Tensor)
+    assert torch.equal(data.val.x, torch.cat(list(splits.val.x.split(4))))
     pool = len(splits.labeled) + len(splits.unlabeled)
     after_prepare = seen["eval"]
     assert after_prepare - scored <= pool + 1  # the features: once per pool image (+ a one-image shape probe)
@@ -152,3 +155,11 @@ def test_truncated_jpeg_is_found_before_streaming_starts(tmp_path):
     PILImage.new("RGB", (8, 8)).save(good)
     bad = probe_images([good, path])
     assert [i for i, _ in bad] == [1]
+
+
+def test_a_streamed_split_too_big_for_the_budget_stays_streamed(cats_dogs, tmp_path):
+    spec = spec_from_dict({"data": {"source": "image_folder", "root": str(cats_dogs), "image_size": 16, "val_size": 6,
+                                    "test_size": 6, "labeled": 10, "unlabeled": 0, "stream": "always"}})  # fmt: skip
+    splits = load_splits(spec.data, cache_dir=tmp_path / "cache")
+    assert isinstance(splits.val.in_memory("cpu", budget_mb=1e-6).x, ImageStore)
+    assert isinstance(splits.val.in_memory("cpu", budget_mb=64).x, torch.Tensor)
