@@ -94,12 +94,18 @@ def masked_cross_entropy(logits: Tensor, labels: Tensor, labeled: Tensor) -> Ten
     return (per_row * weights).sum() / weights.sum().clamp_min(1.0)
 
 
-def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """``T**2 * KL(softmax(t/T) || softmax(s/T))``, averaged over rows."""
-    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
-    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+def scaled_kl(log_p_student: Tensor, log_p_teacher: Tensor, temperature: float) -> Tensor:
+    """``T**2 * KL(p_teacher || p_student)`` from log-probabilities, averaged over rows."""
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
+
+
+def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """``T**2 * KL(softmax(t/T) || softmax(s/T))``, averaged over rows."""
+    return scaled_kl(
+        F.log_softmax(student_logits / temperature, dim=-1), F.log_softmax(teacher_logits / temperature, dim=-1),
+        temperature,
+    )
 
 
 def kd_loss(
@@ -155,10 +161,7 @@ def tckd_term(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, te
         log_p_other = log_p.masked_fill(target_mask, float("-inf")).logsumexp(dim=-1)
         return torch.stack([log_p_target, log_p_other], dim=-1)
 
-    kl = F.kl_div(
-        binary_log_probs(student_logits), binary_log_probs(teacher_logits), reduction="batchmean", log_target=True
-    )
-    return kl * temperature**2
+    return scaled_kl(binary_log_probs(student_logits), binary_log_probs(teacher_logits), temperature)
 
 
 def nckd_term(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float) -> Tensor:
@@ -170,10 +173,7 @@ def nckd_term(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, te
         scaled = logits / temperature
         return F.log_softmax(scaled.masked_fill(target_mask, torch.finfo(scaled.dtype).min / 4), dim=-1)
 
-    log_p_student = non_target_log_probs(student_logits)
-    log_p_teacher = non_target_log_probs(teacher_logits)
-    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
-    return kl * temperature**2
+    return scaled_kl(non_target_log_probs(student_logits), non_target_log_probs(teacher_logits), temperature)
 
 
 def dkd_loss(

@@ -45,33 +45,10 @@ def _chromium() -> str:
     return path
 
 
-def _tiny_study(tmp_path: Path) -> Path:
+def _tiny_study(tmp_path: Path, write_spec) -> Path:
     """Run a 3-trial study on a small slice of Fashion-MNIST; return its report.html."""
-    spec = tmp_path / "tiny.toml"
-    spec.write_text(
-        f"""
-name = "tiny"
-output_dir = "{tmp_path / "run"}"
-[data]
-train_limit = 1500
-test_limit = 300
-val_size = 300
-labeled = 200
-unlabeled = 600
-[teacher]
-epochs = 1
-[student]
-epochs = 2
-[search]
-trials = 3
-pruner = "none"
-[final]
-seeds = 2
-[runtime]
-threads = 1  # faster than all cores when the machine is shared
-cache_dir = "{tmp_path / "cache"}"
-"""
-    )
+    # one torch thread: faster than all cores when the machine is shared
+    spec = write_spec(cache=tmp_path / "cache", extra="threads = 1\n")  # appended to [runtime]
     threads, verbosity = torch.get_num_threads(), optuna.logging.get_verbosity()
     try:
         result = CliRunner().invoke(app, ["run", "--spec", str(spec), "--trials", "3"])
@@ -86,14 +63,14 @@ cache_dir = "{tmp_path / "cache"}"
     return report
 
 
-def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+def test_report_renders_in_headless_chromium(tmp_path: Path, write_spec) -> None:
     chromium = _chromium()
     try:
         from playwright.sync_api import TimeoutError as PlaywrightTimeoutError, sync_playwright
     except ImportError:
         pytest.fail("the Python package playwright is missing; run `make test` (it installs the test extras)")
 
-    report = _tiny_study(tmp_path)
+    report = _tiny_study(tmp_path, write_spec)
     shot = tmp_path / "report.png"
     page_errors: list[str] = []
     console_errors: list[str] = []
