@@ -12,7 +12,7 @@ import typer
 from tqdm import tqdm
 
 from .errors import KdsearchError
-from .signals import StopSignals
+from .signals import StopSignals, interruptible, shielded
 
 app = typer.Typer(
     add_completion=False,
@@ -232,10 +232,22 @@ def run(
             bar.set_postfix(last=trial.state.name.lower())
 
     resume = f"kdsearch run --spec {path} --storage {url} --trials N"
+    objective = make_objective(data)
+
+    def interruptible_objective(trial: optuna.Trial) -> float:
+        with interruptible():  # only training is interrupted; Optuna's storage writes are shielded
+            return objective(trial)
+
+    def stop_if_requested(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if stop.requested:
+            study.stop()
+
     try:
-        study.optimize(make_objective(data), n_trials=n, callbacks=[on_trial])
-        bar.close()
-        _final_and_report(study, data, teacher, spec.resolved_output_dir() / "report.html")
+        with StopSignals() as stop:
+            with shielded():
+                study.optimize(interruptible_objective, n_trials=n, callbacks=[on_trial, stop_if_requested])
+            bar.close()
+            _final_and_report(study, data, teacher, spec.resolved_output_dir() / "report.html")
     except KeyboardInterrupt:
         bar.close()
         done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
@@ -338,16 +350,16 @@ def worker(
 
     No final comparison or report: run `kdsearch report` when the study is done (or use `run --workers N`).
     """
-    with StopSignals() as stop:
+    with StopSignals():
         try:
-            _worker(stop, study_name, storage, spec_path, trials, rank, device, threads, data_root, overrides)
+            _worker(study_name, storage, spec_path, trials, rank, device, threads, data_root, overrides)
         except KeyboardInterrupt:
             typer.echo(f"worker {rank}: interrupted; its running trial (if any) is marked FAILED, finished ones are kept",
                        err=True)  # fmt: skip
             raise typer.Exit(130) from None
 
 
-def _worker(stop: StopSignals, study_name, storage, spec_path, trials, rank, device, threads, data_root, overrides) -> None:
+def _worker(study_name, storage, spec_path, trials, rank, device, threads, data_root, overrides) -> None:
     import optuna
 
     from .search import TEACHER_ATTR, create_study, load_study, make_objective, prepare_study_data, study_spec
@@ -396,7 +408,7 @@ def _worker(stop: StopSignals, study_name, storage, spec_path, trials, rank, dev
 
     ran = work_on_study(
         study, store, url, make_objective(data), total, max_retry=spec.runtime.max_retry, rank=rank,
-        callbacks=(on_trial,), poll_s=1.0, on_wait=on_wait, stop_requested=lambda: stop.requested,
+        callbacks=(on_trial,), poll_s=1.0, on_wait=on_wait,
     )  # fmt: skip
     typer.echo(
         f"worker {rank}: done, ran {ran} trials; the study holds {finished_count(study)} finished trials.\n"

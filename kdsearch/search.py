@@ -24,6 +24,7 @@ from .metrics import cost_row
 from .models import build_model, default_feature_layer, load_state, read_checkpoint
 from .spec import StudySpec, spec_from_dict
 from .teacher import Teacher, feature_cache_mb, teacher_features
+from .signals import shielded
 from .train import Augment, EpochResult, LiveTeacher, TrainSet, evaluate, fit, steps_per_epoch
 
 SPEC_ATTR = "spec"
@@ -284,12 +285,14 @@ def make_objective(data: StudyData, *, train: TrainFn | None = None) -> Callable
         start = time.perf_counter()
 
         def on_epoch(r: EpochResult) -> None:
-            trial.set_user_attr("epochs_run", r.epoch)
-            trial.set_user_attr("accuracy", r.accuracy)
-            trial.set_user_attr("auc", r.auc)
-            trial.set_user_attr("wall_time_s", time.perf_counter() - start)
-            trial.report(getattr(r, objective), r.epoch)
-            if trial.should_prune():
+            with shielded():  # a Ctrl-C here waits until the writes are done (signals.py)
+                trial.set_user_attr("epochs_run", r.epoch)
+                trial.set_user_attr("accuracy", r.accuracy)
+                trial.set_user_attr("auc", r.auc)
+                trial.set_user_attr("wall_time_s", time.perf_counter() - start)
+                trial.report(getattr(r, objective), r.epoch)
+                prune = trial.should_prune()
+            if prune:
                 raise optuna.TrialPruned(f"pruned after epoch {r.epoch}")
 
         history = train(method, params, seed, on_epoch, mode)

@@ -1,33 +1,102 @@
-"""Ctrl-C and TERM as a stop request: ``StopSignals``, for the processes of ``run --workers`` and ``worker``.
+"""Ctrl-C and TERM as a stop request: ``StopSignals``, for the processes of ``run`` and ``worker``.
 
-Standard library only, so a command installs it before it imports torch and Optuna.
+Standard library only, so a command installs it before it imports torch and Optuna. Storage
+writes run ``shielded()``: a signal that arrives while Optuna creates a trial or records its
+end is remembered and raised at the next ``interruptible()`` block (the trial's training), so
+no trial is left RUNNING by a Ctrl-C that landed between two database writes.
 """
 
 from __future__ import annotations
 
 import signal
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 
 class StopSignals:
-    """While active, SIGINT and SIGTERM raise KeyboardInterrupt and are remembered in ``requested``.
+    """While active, SIGINT and SIGTERM set ``requested`` and, outside ``shielded()``, raise KeyboardInterrupt.
 
-    Remembered because Python swallows a KeyboardInterrupt raised inside a finalizer ("Exception
-    ignored in ..."), so loops poll ``requested`` too. Installed explicitly, so a process started in
-    the background (SIGINT inherited as ignored) still stops on SIGINT, and TERM ends a trial as FAILED.
+    ``requested`` is remembered because Python swallows a KeyboardInterrupt raised inside a
+    finalizer ("Exception ignored in ..."), so loops poll it too. Installed explicitly, so a
+    process started in the background (SIGINT inherited as ignored) still stops on SIGINT, and
+    TERM ends a trial as FAILED.
     """
 
     def __init__(self) -> None:
         self.requested = False
+        self._shield = 0
+        self._pending = False
         self._previous: dict = {}
+        self._outer: Optional[StopSignals] = None
 
     def _handler(self, signum, frame) -> None:
         self.requested = True
-        raise KeyboardInterrupt
+        self._pending = bool(self._shield)
+        if not self._shield:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def shielded(self) -> Iterator[None]:
+        """A signal during the block only sets ``requested``; it raises when the outermost shield ends
+        normally, or on entry to the next ``interruptible()`` block."""
+        self._shield += 1
+        try:
+            yield
+        finally:
+            self._shield -= 1
+        if not self._shield and self._pending:  # reached only when the block ended without an exception
+            self._pending = False
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Signals interrupt again inside the block, even within ``shielded()``; one that came
+        while shielded raises KeyboardInterrupt on entry."""
+        saved, self._shield = self._shield, 0
+        try:
+            if self.requested:
+                self._pending = False
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self._shield = saved
 
     def __enter__(self) -> "StopSignals":
+        global _active
         self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._outer, _active = _active, self
         return self
 
     def __exit__(self, *exc) -> None:
+        global _active
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        _active = self._outer
+
+
+_active: Optional[StopSignals] = None
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """``StopSignals.shielded`` of the active instance; nothing when none is installed."""
+    if _active is None:
+        yield
+    else:
+        with _active.shielded():
+            yield
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """``StopSignals.interruptible`` of the active instance; nothing when none is installed."""
+    if _active is None:
+        yield
+    else:
+        with _active.interruptible():
+            yield
+
+
+def stop_requested() -> bool:
+    """Whether the active instance has seen SIGINT or TERM (False when none is installed)."""
+    return _active is not None and _active.requested

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 import optuna
 
 from .search import make_pruner, make_sampler
+from .signals import interruptible, shielded, stop_requested
 from .spec import StudySpec
 from .storage import has_heartbeat, retry_callback
 
@@ -169,7 +170,6 @@ def run_worker(
     callbacks: tuple = (),
     poll_s: float = 2.0,
     on_wait: Callable[[int], None] | None = None,
-    stop_requested: Callable[[], bool] | None = None,
 ) -> int:
     """Run trials in this process until the study holds ``total`` finished (COMPLETE + PRUNED) trials.
 
@@ -177,21 +177,49 @@ def run_worker(
     processes when the storage has no heartbeats), then start a trial only when a retry is
     waiting or finished + running < ``total``; otherwise wait for the running ones, since one may
     still die and come back as a retry. ``MaxTrialsCallback`` also stops after the last one.
-    ``stop_requested`` is checked between trials: a Ctrl-C whose KeyboardInterrupt Python swallowed
-    (raised inside a finalizer) still stops the worker, after its trial. Returns how many trials ran.
+    Under ``StopSignals`` (signals.py) only the objective is interruptible: Optuna's own storage
+    writes (create the trial, record its end) run shielded, and a Ctrl-C that lands there stops the
+    worker after them. The stop request is also checked between trials, so one whose
+    KeyboardInterrupt Python swallowed (raised inside a finalizer) still stops the worker. On the way
+    out, a trial of this process still RUNNING is marked FAILED. Returns how many trials ran.
     """
-    stop = optuna.study.MaxTrialsCallback(total, states=FINISHED_STATES)
     me = worker_identity(rank)
+    try:
+        return _run_trials(study, objective, total, slot, me, heartbeat=heartbeat, max_retry=max_retry,
+                           callbacks=callbacks, poll_s=poll_s, on_wait=on_wait)  # fmt: skip
+    except BaseException:
+        with shielded():
+            fail_own_running_trials(study, me)
+        raise
+
+
+def fail_own_running_trials(study: optuna.Study, me: dict) -> list[int]:
+    """FAIL the trials that this process (``me``, ``worker_identity``) left RUNNING; their numbers."""
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get(WORKER_ATTR) == me:
+            try:
+                study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+                failed.append(t.number)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+    return failed
+
+
+def _run_trials(study, objective, total, slot, me, *, heartbeat, max_retry, callbacks, poll_s, on_wait) -> int:
+    """``run_worker``'s loop (see there)."""
+    stop = optuna.study.MaxTrialsCallback(total, states=FINISHED_STATES)
 
     def objective_(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, me)
         slot.release()  # the trial exists and counts as RUNNING: the next worker may decide
-        return objective(trial)
+        with interruptible():  # a stop requested while Optuna created the trial raises here: FAILED
+            return objective(trial)
 
     state = optuna.trial.TrialState
     ran = 0
     while True:
-        if stop_requested is not None and stop_requested():
+        if stop_requested():
             raise KeyboardInterrupt
         with slot:
             with warnings.catch_warnings():
@@ -207,7 +235,8 @@ def run_worker(
             if finished >= total:
                 return ran
             if counts.get(state.WAITING, 0) or finished + counts.get(state.RUNNING, 0) < total:
-                study.optimize(objective_, n_trials=1, callbacks=[stop, *callbacks])
+                with shielded():
+                    study.optimize(objective_, n_trials=1, callbacks=[stop, *callbacks])
                 ran += 1
                 continue
         if on_wait is not None:
@@ -227,7 +256,6 @@ def work_on_study(
     callbacks: tuple = (),
     poll_s: float = 2.0,
     on_wait: Callable[[int], None] | None = None,
-    stop_requested: Callable[[], bool] | None = None,
 ) -> int:
     """``run_worker`` with the trial slot and the dead-trial check that the storage at ``url`` supports.
 
@@ -240,7 +268,6 @@ def work_on_study(
         return run_worker(
             study, objective, total, TrialSlot(url, storage, study.study_name), heartbeat=has_heartbeat(storage),
             max_retry=max_retry, rank=rank, callbacks=callbacks, poll_s=poll_s, on_wait=on_wait,
-            stop_requested=stop_requested,
         )  # fmt: skip
 
 

@@ -1,0 +1,100 @@
+"""Ctrl-C never leaves a trial RUNNING: Optuna's storage writes are shielded, only training is interrupted.
+
+The signal is sent to this process from inside the storage (the exact moments the CI race hit),
+so each case is deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from kdsearch.signals import StopSignals, interruptible, shielded
+from kdsearch.workers import TrialSlot, run_worker
+
+
+def ctrl_c() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_signal_inside_shielded_is_raised_when_the_block_ends():
+    reached_end_of_block = False
+    with StopSignals() as stop:
+        with pytest.raises(KeyboardInterrupt):
+            with shielded():
+                ctrl_c()
+                reached_end_of_block = True
+        assert stop.requested
+    assert reached_end_of_block
+
+
+def test_interruptible_raises_on_entry_after_a_shielded_signal_and_the_shield_then_stays_quiet():
+    with StopSignals():
+        with pytest.raises(KeyboardInterrupt):
+            with shielded():
+                ctrl_c()
+                with interruptible():
+                    raise AssertionError("entered an interruptible block after a stop request")
+        # the KeyboardInterrupt left the shield with an exception: no second one on its way out
+
+
+def test_without_stop_signals_the_helpers_do_nothing():
+    with shielded(), interruptible():
+        pass
+
+
+class SignalingStorage(optuna.storages.InMemoryStorage):
+    """Sends Ctrl-C to this process right after one chosen storage write."""
+
+    def __init__(self, when: str) -> None:
+        super().__init__()
+        self.when = when
+
+    def create_new_trial(self, study_id, template_trial=None):
+        trial_id = super().create_new_trial(study_id, template_trial)
+        if self.when == "create":
+            ctrl_c()
+        return trial_id
+
+    def set_trial_state_values(self, trial_id, state, values=None):
+        done = super().set_trial_state_values(trial_id, state, values)
+        if self.when == "finish" and state.is_finished():
+            self.when = ""
+            ctrl_c()
+        return done
+
+
+def objective_sending(when: str):
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if when == "objective":
+            ctrl_c()
+        return x
+
+    return objective
+
+
+@pytest.mark.parametrize("when", ["create", "objective", "finish"])
+def test_ctrl_c_at_any_moment_of_a_trial_leaves_nothing_running(when):
+    storage = SignalingStorage(when if when != "objective" else "")
+    study = optuna.create_study(storage=storage, study_name="s")
+    with StopSignals():
+        with pytest.raises(KeyboardInterrupt):
+            run_worker(study, objective_sending(when), 5, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01)
+    states = [t.state for t in study.trials]
+    assert len(states) == 1 and TrialState.RUNNING not in states
+    # interrupted while training (or just created): FAILED; interrupted while recording the end: kept
+    assert states == [TrialState.COMPLETE if when == "finish" else TrialState.FAIL]
+
+
+def test_without_a_stop_request_the_worker_runs_every_trial():
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+    with StopSignals() as stop:
+        ran = run_worker(study, objective_sending(""), 4, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01)
+    assert ran == 4 and not stop.requested
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
