@@ -12,7 +12,7 @@ import typer
 from tqdm import tqdm
 
 from .errors import KdsearchError
-from .signals import StopSignals, interruptible, shielded
+from .signals import StopSignals, interruptible, shielded, stop_with_parent
 
 app = typer.Typer(
     add_completion=False,
@@ -345,6 +345,9 @@ def worker(
     threads: Optional[int] = ThreadsOpt,
     data_root: Optional[Path] = DataRootOpt,
     overrides: Optional[list[str]] = SetOpt,
+    parent_pid: Optional[int] = typer.Option(
+        None, "--parent-pid", hidden=True, help="Stop (as on Ctrl-C) when this process, the worker's parent, dies."
+    ),
 ) -> None:
     """Join a study (this or another machine) and run trials until it holds --trials finished ones.
 
@@ -352,6 +355,8 @@ def worker(
     """
     with StopSignals():
         try:
+            if parent_pid is not None:
+                stop_with_parent(parent_pid)
             _worker(study_name, storage, spec_path, trials, rank, device, threads, data_root, overrides)
         except KeyboardInterrupt:
             typer.echo(f"worker {rank}: interrupted; its running trial (if any) is marked FAILED, finished ones are kept",

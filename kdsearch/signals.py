@@ -8,7 +8,9 @@ no trial is left RUNNING by a Ctrl-C that landed between two database writes.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -100,3 +102,18 @@ def interruptible() -> Iterator[None]:
 def stop_requested() -> bool:
     """Whether the active instance has seen SIGINT or TERM (False when none is installed)."""
     return _active is not None and _active.requested
+
+
+def stop_with_parent(parent_pid: int) -> None:
+    """Have Linux send this process SIGTERM when its parent ``parent_pid`` dies (even by kill -9), so
+    a worker of ``run --workers`` stops like on Ctrl-C instead of running on orphaned; TERM now
+    if the parent is already gone. Other systems: nothing (stop such workers by hand)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
+        return
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -317,11 +317,12 @@ def worker_command(
     debug: bool = False,
 ) -> list[str]:
     """The ``kdsearch worker`` command line of local worker ``rank``: join ``spec.name`` in ``url``
-    (or create it from the spec file at ``path``) and run trials until it holds ``total`` finished ones."""
+    (or create it from the spec file at ``path``) and run trials until it holds ``total`` finished ones,
+    stopping like on Ctrl-C if this process dies (``--parent-pid``)."""
     return [sys.executable, "-m", "kdsearch.cli", *(["--debug"] if debug else []), "worker",
             "--spec", str(path), "--study", spec.name, "--storage", url, "--data-root", str(spec.data.root),
             "--device", device, "--threads", str(threads), "--trials", str(total), "--rank", str(rank),
-            *(arg for o in overrides for arg in ("--set", o))]  # fmt: skip
+            "--parent-pid", str(os.getpid()), *(arg for o in overrides for arg in ("--set", o))]  # fmt: skip
 
 
 def start_workers(

@@ -153,6 +153,65 @@ def test_ctrl_c_reaches_every_worker_of_run(write_spec, tmp_path):
         assert "interrupted" in log.read_text().strip().splitlines()[-1], log.read_text()[-1000:]
 
 
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie may wait for a reaper that never comes in a container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+def test_workers_stop_when_run_is_killed_with_sigkill(write_spec, tmp_path):
+    """kill -9 on `run --workers 2` (no chance to forward anything): the workers notice their parent
+    died, stop as on Ctrl-C, and leave no trial RUNNING instead of running on as orphans."""
+    spec = write_spec(epochs=4, extra=FAST)
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    proc = subprocess.Popen([*KDSEARCH, "run", "--spec", str(spec), "--workers", "2", "--trials", "500"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)  # fmt: skip
+    workers: list[int] = []
+    try:
+        deadline, store = time.time() + 120, None
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            try:
+                store = store or open_storage(storage)
+                if len(optuna.load_study(study_name="tiny", storage=store).get_trials(states=FINISHED)) >= 2:
+                    break
+            except Exception:  # study not created yet
+                continue
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.time() + 60
+        while time.time() < deadline and any(_running(w) for w in workers):
+            time.sleep(0.3)
+        assert not any(_running(w) for w in workers), "the workers outlived their killed parent"
+    finally:
+        wait_all([proc], timeout=1)
+        for w in workers:
+            if _running(w):
+                os.kill(w, signal.SIGKILL)
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=open_storage(storage)).trials]
+    assert TrialState.RUNNING not in states and states.count(TrialState.COMPLETE) >= 2
+    for log in (tmp_path / "run" / "workers").glob("worker-*.log"):
+        assert "interrupted" in log.read_text().strip().splitlines()[-1], log.read_text()[-1000:]
+
+
 # --- PostgreSQL: a private server in a temp dir --------------------------------------------------
 
 
