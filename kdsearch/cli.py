@@ -353,15 +353,16 @@ def worker(
 
     No final comparison or report: run `kdsearch report` when the study is done (or use `run --workers N`).
     """
-    with StopSignals():
+    with StopSignals() as stop:
         try:
             if parent_pid is not None:
                 stop_with_parent(parent_pid)
             _worker(study_name, storage, spec_path, trials, rank, device, threads, data_root, overrides)
         except KeyboardInterrupt:
-            typer.echo(f"worker {rank}: interrupted; its running trial (if any) is marked FAILED, finished ones are kept",
-                       err=True)  # fmt: skip
-            raise typer.Exit(130) from None
+            with stop.shielded():  # a repeated signal does not cut the message short
+                typer.echo(f"worker {rank}: interrupted; its running trial (if any) is marked FAILED, finished ones "
+                           "are kept", err=True)  # fmt: skip
+                raise typer.Exit(130) from None
 
 
 def _worker(study_name, storage, spec_path, trials, rank, device, threads, data_root, overrides) -> None:
@@ -447,7 +448,8 @@ def dashboard(
         typer.echo(note)
     typer.echo(f"dashboard: {server.url}  (storage {storage}; Ctrl-C to stop)")
     try:
-        server.serve_forever()
+        with StopSignals():  # also when started in the background (SIGINT inherited as ignored), and on TERM
+            server.serve_forever()
     except KeyboardInterrupt:
         typer.echo("dashboard stopped")
     finally:

@@ -375,8 +375,8 @@ def failed_workers(procs: list[tuple[int, subprocess.Popen, Path]]) -> list[tupl
     return [(rank, p.returncode, log) for rank, p, log in procs if p.returncode != 0]
 
 
-def stop_workers(procs: list, patience_s: float = 60.0) -> None:
-    """SIGINT to each running worker, again every 5 s (in case one swallowed it), SIGKILL after ``patience_s``."""
+def stop_workers(procs: list, patience_s: float = 60.0, resend_s: float = 15.0) -> None:
+    """SIGINT to each running worker, again every ``resend_s`` (in case one swallowed it), SIGKILL after ``patience_s``."""
     deadline = time.time() + patience_s
     try:
         while time.time() < deadline:
@@ -385,9 +385,10 @@ def stop_workers(procs: list, patience_s: float = 60.0) -> None:
                 return
             for p in alive:
                 p.send_signal(signal.SIGINT)
+            resend = min(deadline, time.time() + resend_s)
             for p in alive:
                 try:
-                    p.wait(timeout=max(0.1, min(5.0, deadline - time.time())) / len(alive))
+                    p.wait(timeout=max(0.1, resend - time.time()))
                 except subprocess.TimeoutExpired:
                     pass
     except KeyboardInterrupt:  # a second Ctrl-C: no more patience

@@ -135,7 +135,7 @@ def test_ctrl_c_keeps_finished_trials_and_says_how_to_resume(write_spec, tmp_pat
             try:
                 if states(storage).count("COMPLETE") >= 2:
                     break
-            except KeyError:  # study not created yet
+            except Exception:  # study not created yet, or the file read mid-write
                 pass
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
