@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from contextlib import contextmanager
-from typing import Iterator, Optional
+from contextlib import contextmanager, nullcontext
+from typing import ContextManager, Iterator, Optional
 
 
 class StopSignals:
@@ -79,24 +79,14 @@ class StopSignals:
 _active: Optional[StopSignals] = None
 
 
-@contextmanager
-def shielded() -> Iterator[None]:
+def shielded() -> ContextManager[None]:
     """``StopSignals.shielded`` of the active instance; nothing when none is installed."""
-    if _active is None:
-        yield
-    else:
-        with _active.shielded():
-            yield
+    return _active.shielded() if _active is not None else nullcontext()
 
 
-@contextmanager
-def interruptible() -> Iterator[None]:
+def interruptible() -> ContextManager[None]:
     """``StopSignals.interruptible`` of the active instance; nothing when none is installed."""
-    if _active is None:
-        yield
-    else:
-        with _active.interruptible():
-            yield
+    return _active.interruptible() if _active is not None else nullcontext()
 
 
 def stop_requested() -> bool:

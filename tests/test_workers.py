@@ -126,6 +126,19 @@ def test_4_workers_on_journal_storage(write_spec, tmp_path):
     assert FINAL_ATTR in optuna.load_study(study_name="tiny", storage=open_storage(storage)).user_attrs
 
 
+def wait_for_finished(storage: str, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll until study "tiny" in ``storage`` holds ``n`` finished trials (or ``proc`` exits, or time runs out)."""
+    deadline, store = time.time() + timeout, None
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        try:
+            store = store or open_storage(storage)
+            if len(optuna.load_study(study_name="tiny", storage=store).get_trials(states=FINISHED)) >= n:
+                return
+        except Exception:  # study not created yet, or the file read mid-write
+            continue
+
+
 def test_ctrl_c_reaches_every_worker_of_run(write_spec, tmp_path):
     """Ctrl-C on `run --workers 2` is forwarded once to each worker: both stop, their running trials
     are FAILED (none left RUNNING), finished trials are kept, and the command says how to resume."""
@@ -136,15 +149,7 @@ def test_ctrl_c_reaches_every_worker_of_run(write_spec, tmp_path):
         proc = subprocess.Popen([*KDSEARCH, "run", "--spec", str(spec), "--workers", "2", "--trials", "500"],
                                 stdout=subprocess.DEVNULL, stderr=err_file, env=ENV)  # fmt: skip
     try:
-        deadline, store = time.time() + 120, None
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.3)
-            try:
-                store = store or open_storage(storage)
-                if len(optuna.load_study(study_name="tiny", storage=store).get_trials(states=FINISHED)) >= 4:
-                    break
-            except Exception:  # study not created yet
-                continue
+        wait_for_finished(storage, 4, proc)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=90)
     finally:
@@ -188,15 +193,7 @@ def test_workers_stop_when_run_is_killed_with_sigkill(write_spec, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)  # fmt: skip
     workers: list[int] = []
     try:
-        deadline, store = time.time() + 120, None
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.3)
-            try:
-                store = store or open_storage(storage)
-                if len(optuna.load_study(study_name="tiny", storage=store).get_trials(states=FINISHED)) >= 2:
-                    break
-            except Exception:  # study not created yet
-                continue
+        wait_for_finished(storage, 2, proc)
         workers = _children(proc.pid)
         assert len(workers) == 2, workers
         proc.send_signal(signal.SIGKILL)
