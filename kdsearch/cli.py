@@ -12,7 +12,7 @@ import typer
 from tqdm import tqdm
 
 from .errors import KdsearchError
-from .signals import StopSignals, interruptible, shielded, stop_with_parent
+from .signals import StopSignals, shielded, stop_with_parent
 
 app = typer.Typer(
     add_completion=False,
@@ -232,11 +232,6 @@ def run(
             bar.set_postfix(last=trial.state.name.lower())
 
     resume = f"kdsearch run --spec {path} --storage {url} --trials N"
-    objective = make_objective(data)
-
-    def interruptible_objective(trial: optuna.Trial) -> float:
-        with interruptible():  # only training is interrupted; Optuna's storage writes are shielded
-            return objective(trial)
 
     def stop_if_requested(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if stop.requested:
@@ -244,8 +239,8 @@ def run(
 
     try:
         with StopSignals() as stop:
-            with shielded():
-                study.optimize(interruptible_objective, n_trials=n, callbacks=[on_trial, stop_if_requested])
+            with shielded():  # Optuna's storage writes finish; a Ctrl-C interrupts the training (signals.py)
+                study.optimize(make_objective(data), n_trials=n, callbacks=[on_trial, stop_if_requested])
             bar.close()
             _final_and_report(study, data, teacher, spec.resolved_output_dir() / "report.html")
     except KeyboardInterrupt:

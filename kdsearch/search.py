@@ -23,8 +23,8 @@ from .methods import METHODS, build_method
 from .metrics import cost_row
 from .models import build_model, default_feature_layer, load_state, read_checkpoint
 from .spec import StudySpec, spec_from_dict
+from .signals import interruptible, shielded
 from .teacher import Teacher, feature_cache_mb, teacher_features
-from .signals import shielded
 from .train import Augment, EpochResult, LiveTeacher, TrainSet, evaluate, fit, steps_per_epoch
 
 SPEC_ATTR = "spec"
@@ -295,7 +295,8 @@ def make_objective(data: StudyData, *, train: TrainFn | None = None) -> Callable
             if prune:
                 raise optuna.TrialPruned(f"pruned after epoch {r.epoch}")
 
-        history = train(method, params, seed, on_epoch, mode)
+        with interruptible():  # only training is: Optuna's storage writes around it may run shielded
+            history = train(method, params, seed, on_epoch, mode)
         return getattr(history[-1], objective)
 
     return run

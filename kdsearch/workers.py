@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 import optuna
 
 from .search import make_pruner, make_sampler
-from .signals import interruptible, shielded, stop_requested
+from .signals import shielded, stop_requested
 from .spec import StudySpec
 from .storage import has_heartbeat, retry_callback
 
@@ -177,9 +177,10 @@ def run_worker(
     processes when the storage has no heartbeats), then start a trial only when a retry is
     waiting or finished + running < ``total``; otherwise wait for the running ones, since one may
     still die and come back as a retry. ``MaxTrialsCallback`` also stops after the last one.
-    Under ``StopSignals`` (signals.py) only the objective is interruptible: Optuna's own storage
-    writes (create the trial, record its end) run shielded, and a Ctrl-C that lands there stops the
-    worker after them. The stop request is also checked between trials, so one whose
+    Under ``StopSignals`` (signals.py) trials run shielded: only what the objective marks
+    ``interruptible()`` (``make_objective``: the training) is interrupted, so Optuna's own storage
+    writes (create the trial, record its end) finish, and a Ctrl-C that lands there stops the
+    worker right after them (a stop requested before the training starts FAILs the trial). The stop request is also checked between trials, so one whose
     KeyboardInterrupt Python swallowed (raised inside a finalizer) still stops the worker. On the way
     out, a trial of this process still RUNNING is marked FAILED. Returns how many trials ran.
     """
@@ -189,7 +190,10 @@ def run_worker(
                            callbacks=callbacks, poll_s=poll_s, on_wait=on_wait)  # fmt: skip
     except BaseException:
         with shielded():
-            fail_own_running_trials(study, me)
+            try:
+                fail_own_running_trials(study, me)
+            except Exception:  # the storage itself failed: the heartbeat check of a living worker will FAIL it
+                pass
         raise
 
 
@@ -213,8 +217,7 @@ def _run_trials(study, objective, total, slot, me, *, heartbeat, max_retry, call
     def objective_(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, me)
         slot.release()  # the trial exists and counts as RUNNING: the next worker may decide
-        with interruptible():  # a stop requested while Optuna created the trial raises here: FAILED
-            return objective(trial)
+        return objective(trial)
 
     state = optuna.trial.TrialState
     ran = 0

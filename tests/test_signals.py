@@ -69,10 +69,13 @@ class SignalingStorage(optuna.storages.InMemoryStorage):
 
 
 def objective_sending(when: str):
+    """Like ``make_objective``'s: sampling shielded, the "training" interruptible."""
+
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", 0, 1)
-        if when == "objective":
-            ctrl_c()
+        with interruptible():
+            if when == "objective":
+                ctrl_c()
         return x
 
     return objective
