@@ -2,7 +2,8 @@
 
 Sources (``data.source``):
 
-* ``idx``: the MNIST file layout (Fashion-MNIST, the default study).
+* ``idx``: the MNIST file layout (Fashion-MNIST, the default study); ``data.download = "mnist"``
+  or ``"fashion_mnist"`` fetches one with torchvision.
 * ``cifar10``: the CIFAR-10 python-pickle batches (``data_batch_1..5``, ``test_batch``,
   optional ``batches.meta``); ``data.download = true`` fetches them with torchvision.
 * ``image_folder``: ``root/<class>/*.png|jpg|jpeg|bmp|webp``, or ``root/train|val|test/<class>/…``.
@@ -372,17 +373,58 @@ def find_idx_file(root: Path, stem: str) -> Path:
     raise KdsearchError(
         f"dataset file {stem}[.gz] not found in {root}. For Fashion-MNIST run "
         "`sudo apt-get install dataset-fashion-mnist` (installs /usr/share/datasets/fashion-mnist), "
-        "or pass --data-root DIR (data.root in the spec) for a folder holding the four IDX files"
+        "or pass --data-root DIR (data.root in the spec) for a folder holding the four IDX files, "
+        'or set data.download = "mnist" or "fashion_mnist" to fetch them with torchvision (needs internet)'
     )
 
 
-def download_fashion_mnist(root: Path) -> Path:
-    """For users with internet: fetch Fashion-MNIST with torchvision into ``root``; returns the IDX folder."""
-    from torchvision.datasets import FashionMNIST
+IDX_DOWNLOADS = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}  # data.download value: torchvision dataset class
 
-    FashionMNIST(str(root), train=True, download=True)
-    FashionMNIST(str(root), train=False, download=True)
-    return root / "FashionMNIST" / "raw"
+
+def has_idx_files(folder: Path) -> bool:
+    """Whether ``folder`` (or its ``raw/``) holds all four IDX files."""
+    try:
+        return all(find_idx_file(folder, stem) for stem in IDX_FILES.values())
+    except KdsearchError:
+        return False
+
+
+def fetch_with_torchvision(class_name: str, root: Path, what: str) -> None:
+    """Download torchvision's dataset ``class_name`` (train and test) into ``root``; a failure (no
+    internet, a checksum, a full disk) is one KdsearchError naming ``what`` to put there instead."""
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, class_name)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        cls(str(root), train=True, download=True)
+        cls(str(root), train=False, download=True)
+    except Exception as err:  # torchvision raises RuntimeError, URLError, OSError, ...
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise KdsearchError(
+            f"could not download {class_name} into {root} ({reason}); check the internet connection, "
+            f"or put {what} in {root} yourself and set data.download = false"
+        ) from None
+
+
+def download_idx(root: Path, dataset: str) -> Path:
+    """For users with internet: fetch ``dataset`` (a key of ``IDX_DOWNLOADS``) with torchvision into
+    ``root``; returns the IDX folder, ``root/<torchvision class>/raw``."""
+    fetch_with_torchvision(IDX_DOWNLOADS[dataset], root, "the four IDX files (train-images-idx3-ubyte.gz, ...)")
+    return root / IDX_DOWNLOADS[dataset] / "raw"
+
+
+def idx_folder(root: Path, download: bool | str) -> Path:
+    """The folder holding the IDX files: ``root``, else (with ``download``) torchvision's folder under
+    it, fetched first when missing. ``download = true`` means Fashion-MNIST, the default data."""
+    if not download or has_idx_files(root):
+        return root
+    dataset = "fashion_mnist" if download is True else str(download)
+    fetched = root / IDX_DOWNLOADS[dataset] / "raw"
+    if has_idx_files(fetched):
+        return fetched
+    log.info("data: downloading %s into %s", dataset, root)
+    return download_idx(root, dataset)
 
 
 def read_idx_dataset(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -470,10 +512,7 @@ def read_cifar10_names(folder: Path) -> list[str]:
 
 def download_cifar10(root: Path) -> Path:
     """For users with internet: fetch CIFAR-10 with torchvision into ``root``; returns the batches folder."""
-    from torchvision.datasets import CIFAR10
-
-    CIFAR10(str(root), train=True, download=True)
-    CIFAR10(str(root), train=False, download=True)
+    fetch_with_torchvision("CIFAR10", root, "the extracted cifar-10-python.tar.gz batches")
     return root / CIFAR10_FOLDER
 
 
@@ -899,12 +938,7 @@ def _conform_parts(
 
 
 def load_idx(spec: DataSpec, cache_dir: Path | None = None) -> RawDataset:
-    root = Path(spec.root)
-    if spec.download and not (root / "train-images-idx3-ubyte.gz").is_file() and not (root / "FashionMNIST").is_dir():
-        log.info("data: downloading Fashion-MNIST into %s", root)
-        root = download_fashion_mnist(root)
-    elif spec.download:
-        root = root / "FashionMNIST" / "raw" if (root / "FashionMNIST" / "raw").is_dir() else root
+    root = idx_folder(Path(spec.root), spec.download)
     train_img, train_lab, test_img, test_lab = read_idx_dataset(root)
     if spec.train_limit:
         train_img, train_lab = train_img[: spec.train_limit], train_lab[: spec.train_limit]

@@ -71,7 +71,11 @@ class DataSpec(_Section):
         2, ge=0, le=64, description="image_folder, csv: DataLoader worker processes decoding streamed images (0: in-process)"
     )
     skip_unreadable: bool = Field(False, description="image_folder, csv: skip corrupt images instead of stopping")
-    download: bool = Field(False, description="idx (Fashion-MNIST), cifar10: download with torchvision when root holds no files (needs internet)")
+    download: bool | Literal["fashion_mnist", "mnist"] = Field(
+        False,
+        description="download with torchvision into root when it holds no files (needs internet): cifar10: true; "
+        "idx: \"fashion_mnist\" (or true) or \"mnist\"",
+    )
     csv_file: Path = Field(Path("annotations.csv"), description="csv: the CSV, relative to root (or absolute)")
     image_dir: Path = Field(Path("images"), description="csv: the image folder, relative to root (or absolute)")
     file_column: str = Field("Image Name", min_length=1, description="csv: column with the image file name")
@@ -117,6 +121,8 @@ class DataSpec(_Section):
                 raise ValueError(
                     f"{name} is only read with source = {users} (source is {self.source!r}); remove it or change source"
                 )
+        if isinstance(self.download, str) and self.source != "idx":
+            raise ValueError(f"download = {self.download!r} names an IDX dataset; with source = {self.source!r} use true")
         if self.source != "idx" and "root" not in self.model_fields_set:
             raise ValueError(f"root: source = {self.source!r} needs root, the dataset folder; set data.root or --data-root")
         if self.source == "csv" and self.partition_column and self.test_size is not None:

@@ -31,6 +31,8 @@ from kdsearch.data import (
 from kdsearch.errors import KdsearchError
 from kdsearch.spec import DataSpec, spec_from_dict
 
+from conftest import write_idx
+
 COLORS = {"cat": (200, 40, 40), "dog": (40, 60, 220), "HP": (230, 200, 30), "SSA": (20, 160, 90)}
 
 
@@ -444,6 +446,54 @@ def test_cifar10_download_flag_uses_torchvision_only_when_asked(tmp_path, monkey
     assert len(calls) == 1  # already there: no second download
 
 
+@pytest.mark.parametrize(("download", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST"), (True, "FashionMNIST")])
+def test_idx_download_fetches_the_named_dataset_once(tmp_path, monkeypatch, download, folder):
+    """data.download names the IDX dataset; torchvision's class of that name fetches it into root/<class>/raw
+    (faked here: no network), a second load finds it there, and files already in root are used as they are."""
+    import torchvision.datasets
+
+    calls = []
+
+    def fake_dataset(name: str):
+        def fetch(root: str, train: bool, download: bool) -> None:
+            calls.append((name, train))
+            raw = Path(root) / name / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng(0)
+            for part, n in (("train", 60), ("t10k", 20)) if train else ():
+                labels = rng.integers(0, 3, n)
+                write_idx(raw / f"{part}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+                write_idx(raw / f"{part}-labels-idx1-ubyte.gz", labels)
+
+        return fetch
+
+    for name in ("MNIST", "FashionMNIST"):
+        monkeypatch.setattr(torchvision.datasets, name, fake_dataset(name))
+    spec = DataSpec(source="idx", root=tmp_path, download=download, val_size=10, labeled=20, unlabeled=0)
+    splits = load_splits(spec, cache_dir=tmp_path / "cache")
+    assert {name for name, _ in calls} == {folder} and len(splits.test) == 20
+    load_splits(spec)
+    assert len(calls) == 2  # train and test once; the second load found the files
+    assert (tmp_path / folder / "raw" / "train-images-idx3-ubyte.gz").is_file()
+
+
+def test_a_failed_download_is_one_message(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(root: str, train: bool, download: bool) -> None:
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(KdsearchError, match=r"could not download MNIST into .* \(<urlopen error .*\); check the internet"):
+        load_splits(DataSpec(source="idx", root=tmp_path / "mnist", download="mnist"))
+
+
+def test_idx_download_is_skipped_when_root_holds_the_files(idx_dataset, monkeypatch):
+    monkeypatch.setattr(data_module, "download_idx", lambda root, dataset: pytest.fail("downloaded although present"))
+    splits = load_splits(DataSpec(source="idx", root=idx_dataset, download="mnist", val_size=20, labeled=50, unlabeled=0))
+    assert len(splits.test) == 100
+
+
 # ------------------------------------------------------------------------------------------
 # idx with the new options, sizes, spec validation
 # ------------------------------------------------------------------------------------------
@@ -472,6 +522,8 @@ def test_sizes_and_all_labeled():
         ({"file_column": "name"}, "data: file_column is only read with source = 'csv' (source is 'idx')"),
         ({"source": "image_folder", "root": "/d", "train_limit": 5}, "train_limit is only read with source = 'idx' or 'cifar10'"),
         ({"source": "image_folder", "root": "/d", "download": True}, "download is only read with source = 'idx' or 'cifar10'"),
+        ({"source": "cifar10", "root": "/d", "download": "mnist"}, "download = 'mnist' names an IDX dataset"),
+        ({"download": "emnist"}, "Input should be 'fashion_mnist' or 'mnist'"),
         ({"test_size": 0.2}, "test_size is only read with source = 'image_folder' or 'csv'"),
         ({"source": "csv"}, "root: source = 'csv' needs root"),
         ({"val_size": 1.0}, "data.val_size: 1.0 is not a fraction in (0, 1)"),
