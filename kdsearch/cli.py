@@ -26,7 +26,8 @@ F = TypeVar("F", bound=Callable)
 
 
 def friendly(command: F) -> F:
-    """Turn a KdsearchError into one line on stderr and exit code 2 (the traceback only with --debug)."""
+    """Turn a KdsearchError into one line on stderr and exit code 2 (the traceback only with --debug), and a
+    Ctrl-C that no command handled itself (e.g. during teacher training) into one line and exit code 130."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -37,6 +38,12 @@ def friendly(command: F) -> F:
                 raise
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            if STATE["debug"]:
+                raise
+            typer.echo("\ninterrupted: caches and trials are written whole or not at all; run the command again "
+                       "to go on", err=True)  # fmt: skip
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 

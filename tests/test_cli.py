@@ -147,6 +147,30 @@ def test_ctrl_c_keeps_finished_trials_and_says_how_to_resume(write_spec, tmp_pat
     assert "RUNNING" not in found  # the interrupted trial was marked, not left dangling
 
 
+def test_ctrl_c_while_the_teacher_trains_is_one_line_and_caches_nothing(write_spec, tmp_path):
+    """Ctrl-C before any trial (here: teacher training) exits 130 with one line, no traceback, no half cache."""
+    cache = tmp_path / "fresh-cache"
+    spec = write_spec(cache=cache)
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen([*KDSEARCH, "run", "--spec", str(spec), "--set", "teacher.epochs=200"], stderr=err_file,
+                                stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while "teacher bn_cnn" not in err_path.read_text() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(1.0)  # well inside its 200 epochs
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = err_path.read_text()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err and "Aborted" not in err, err
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.suffix == ".pt"], "a teacher checkpoint was cached"
+
+
 def test_resume_with_changed_settings_is_refused_and_names_the_fields(write_spec, tmp_path):
     spec = write_spec()
     assert invoke("run", "--spec", str(spec), "--trials", "1").exit_code == 0
