@@ -210,11 +210,26 @@ def fail_own_running_trials(study: optuna.Study, me: dict) -> list[int]:
     return failed
 
 
+def _taken_over(study: optuna.Study, trial_id: int) -> bool:
+    """True when another worker FAILED this worker's running trial (no heartbeat within the grace period,
+    e.g. this process was frozen): Optuna then refuses to record its end. Says so on stderr."""
+    trial = study._storage.get_trial(trial_id)
+    if trial.state != optuna.trial.TrialState.FAIL:
+        return False
+    print(f"warning: trial {trial.number} was marked FAILED by another worker while it ran here (no heartbeat "
+          "within runtime.grace_period, was this process paused?); it is retried with the same params; going on",
+          file=sys.stderr)  # fmt: skip
+    return True
+
+
 def _run_trials(study, objective, total, slot, me, *, heartbeat, max_retry, callbacks, poll_s, on_wait) -> int:
     """``run_worker``'s loop (see there)."""
     stop = optuna.study.MaxTrialsCallback(total, states=FINISHED_STATES)
 
+    current: list[int] = []  # the storage id of this worker's latest trial
+
     def objective_(trial: optuna.Trial) -> float:
+        current[:] = [trial._trial_id]
         trial.set_user_attr(WORKER_ATTR, me)
         slot.release()  # the trial exists and counts as RUNNING: the next worker may decide
         return objective(trial)
@@ -238,8 +253,12 @@ def _run_trials(study, objective, total, slot, me, *, heartbeat, max_retry, call
             if finished >= total:
                 return ran
             if counts.get(state.WAITING, 0) or finished + counts.get(state.RUNNING, 0) < total:
-                with shielded():
-                    study.optimize(objective_, n_trials=1, callbacks=[stop, *callbacks])
+                try:
+                    with shielded():
+                        study.optimize(objective_, n_trials=1, callbacks=[stop, *callbacks])
+                except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                    if not current or not _taken_over(study, current[0]):
+                        raise
                 ran += 1
                 continue
         if on_wait is not None:

@@ -1,6 +1,7 @@
-"""Ctrl-C never leaves a trial RUNNING: Optuna's storage writes are shielded, only training is interrupted.
+"""The worker loop in one process: Ctrl-C never leaves a trial RUNNING (Optuna's storage writes are
+shielded, only training is interrupted), and a trial taken over by another worker does not stop it.
 
-The signal is sent to this process from inside the storage (the exact moments the CI race hit),
+The signal is sent to this process from inside the storage (the exact moments a CI race hit),
 so each case is deterministic.
 """
 
@@ -101,3 +102,22 @@ def test_without_a_stop_request_the_worker_runs_every_trial():
         ran = run_worker(study, objective_sending(""), 4, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01)
     assert ran == 4 and not stop.requested
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+
+
+def test_a_trial_failed_by_another_worker_meanwhile_does_not_stop_this_worker(capsys):
+    """Another worker FAILs this worker's trial mid-run (its heartbeat looked stale): Optuna refuses to
+    record the end; the worker says so and goes on to the total instead of crashing."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number == 1:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # as fail_stale_trials would
+            trial.report(x, 1)  # raises UpdateFinishedTrialError, as the real on_epoch would
+        return x
+
+    ran = run_worker(study, objective, 3, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01)
+    assert ran == 4
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "trial 1 was marked FAILED by another worker" in capsys.readouterr().err
