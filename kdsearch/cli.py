@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
@@ -122,12 +124,38 @@ def load_study_spec(
     return spec_from_dict(raw, source=f"{path} with --set" if overrides else str(path)), path
 
 
+def writable_dir(path: Path, what: str) -> Path:
+    """``path``, created when missing; a KdsearchError naming ``what`` (the setting) when no file can be written there."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".kdsearch-probe-"):
+            pass
+    except OSError as err:
+        raise KdsearchError(f"{what} {path} is not a writable folder ({err.strerror or err}); choose another") from None
+    return path
+
+
+def resume_command(path: Path, url: str, *, study: Optional[str], output_dir: Optional[Path], data_root: Optional[Path],
+                   overrides: Optional[list[str]], workers: int = 1) -> str:  # fmt: skip
+    """The ``kdsearch run`` line that adds trials to this study with the very settings of this run."""
+    parts = ["kdsearch", "run", "--spec", str(path), "--storage", url]
+    for flag, value in (("--study", study), ("--output-dir", output_dir), ("--data-root", data_root)):
+        if value is not None:
+            parts += [flag, str(value)]
+    for override in overrides or []:
+        parts += ["--set", override]
+    if workers != 1:
+        parts += ["--workers", str(workers)]
+    return shlex.join(parts) + " --trials N"
+
+
 def _prepare(spec):
     """Data and teacher, with a progress bar while the teacher trains."""
     from .data import load_splits
     from .teacher import cache_root, prepare_teacher, teacher_steps
     from .train import configure_threads, resolve_device
 
+    writable_dir(cache_root(spec), "the cache folder (runtime.cache_dir, else $KDSEARCH_CACHE or ~/.cache/kdsearch)")
     configure_threads(spec.runtime.threads)
     device = resolve_device(spec.runtime.device)  # KdsearchError for a device this machine lacks
     splits = load_splits(spec.data, cache_dir=cache_root(spec) / "data")
@@ -212,17 +240,20 @@ def run(
 
     if threads is not None and workers == 1:
         spec = with_runtime(spec, threads=threads)
+    writable_dir(spec.resolved_output_dir(), "the output folder (--output-dir, output_dir in the spec)")
     store = spec_storage(spec, url)  # with heartbeats: a trial of a killed run is retried by the next run
+    study = create_study(spec, store)  # a resume with other settings is refused before the teacher is built
     splits, teacher, dev = _prepare(spec)
-    study = create_study(spec, store)
     study.set_user_attr(TEACHER_ATTR, teacher.metrics)
     already = len(study.trials)
     if already:
         typer.echo(f"study {spec.name!r}: resuming, {already} trials already in {url}")
     n_workers = worker_count(workers, dev)
     if n_workers > 1:
+        resume = resume_command(path, url, study=study_name, output_dir=output_dir, data_root=data_root,
+                                overrides=overrides, workers=n_workers)  # fmt: skip
         _run_workers(spec, path, url, study, splits, teacher, dev, n_workers, trials or spec.search.trials, threads,
-                     overrides or [])  # fmt: skip
+                     overrides or [], resume)  # fmt: skip
         return
     data = prepare_study_data(spec, splits, teacher, dev)
     if data.features != "not needed":
@@ -238,7 +269,7 @@ def run(
         except ValueError:
             bar.set_postfix(last=trial.state.name.lower())
 
-    resume = f"kdsearch run --spec {path} --storage {url} --trials N"
+    resume = resume_command(path, url, study=study_name, output_dir=output_dir, data_root=data_root, overrides=overrides)
 
     def stop_if_requested(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if stop.requested:
@@ -281,7 +312,8 @@ def with_runtime(spec, *, data_root: Optional[Path] = None, device: Optional[str
     return spec_from_dict(raw, source="spec with --set" if overrides else "spec")
 
 
-def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, trials: int, threads, overrides) -> None:
+def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, trials: int, threads, overrides,
+                 resume: str) -> None:  # fmt: skip
     """``run --workers N``: N ``kdsearch worker`` processes, one progress bar, then final comparison and report here."""
     from .search import prepare_study_data
     from .workers import failed_workers, finished_count, start_workers, stop_workers, wait_for_workers, worker_plan
@@ -310,7 +342,7 @@ def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, tri
             stop_workers([p for _, p, _ in procs])
             typer.echo(
                 f"{finished_count(study)} finished trials are kept in {url}.\n"
-                f"resume with: kdsearch run --spec {path} --storage {url} --workers {workers} --trials N",
+                f"resume with: {resume}",
                 err=True,
             )
             raise typer.Exit(130) from None
@@ -324,7 +356,7 @@ def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, tri
     if done < total:
         typer.echo(f"warning: the study holds {done} of {total} finished trials", err=True)
     _final_and_report(study, prepare_study_data(spec, splits, teacher, dev), teacher, spec.resolved_output_dir() / "report.html")
-    typer.echo(f"storage: {url}\nadd trials with: kdsearch run --spec {path} --storage {url} --workers {workers} --trials N")
+    typer.echo(f"storage: {url}\nadd trials with: {resume}")
     if failed and done < total:
         raise typer.Exit(1)
 

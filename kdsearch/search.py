@@ -19,9 +19,9 @@ from torch import nn
 
 from .data import Split, Splits, take
 from .errors import KdsearchError
-from .methods import METHODS, build_method
+from .methods import METHODS, DistillBatch, build_method
 from .metrics import cost_row
-from .models import build_model, default_feature_layer, load_state, read_checkpoint
+from .models import FeatureTap, build_model, default_feature_layer, load_state, read_checkpoint
 from .spec import StudySpec, spec_from_dict
 from .signals import interruptible, shielded
 from .teacher import Teacher, feature_cache_mb, teacher_features
@@ -87,7 +87,9 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str, ra
     """Create the spec's study, or load it when it exists (a rerun adds trials to it).
 
     A rerun must keep every setting that determines what a trial measures (data, teacher,
-    student, search space, objective): otherwise it is a KdsearchError naming what changed.
+    student, search space, objective): otherwise it is a KdsearchError naming what changed. While
+    the study holds no finished trial (e.g. every one failed on a setting since fixed) it takes the
+    new settings. A study of the same name that kdsearch did not make is refused.
     """
     study = optuna.create_study(
         study_name=spec.name,
@@ -99,9 +101,17 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str, ra
     )
     new = spec.model_dump(mode="json")
     if SPEC_ATTR not in study.user_attrs:
+        if study.trials or study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
+            raise KdsearchError(
+                f"a study named {spec.name!r} that kdsearch did not make already exists in this storage; "
+                "pick another name with --study NAME (or another --storage)"
+            )
         study.set_user_attr(SPEC_ATTR, new)
         return study
     changes = spec_changes(study.user_attrs[SPEC_ATTR], new)
+    if changes and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)):
+        study.set_user_attr(SPEC_ATTR, new)  # nothing finished to compare with: the new settings hold
+        changes = []
     if changes:
         more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
         raise KdsearchError(
@@ -181,8 +191,51 @@ def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device
     steps = steps_per_epoch(len(pool), spec.student.batch_size)
     init = None if spec.student.checkpoint is None else read_checkpoint(Path(spec.student.checkpoint), role="student")
     val = splits.val.in_memory(device, spec.data.memory_budget_mb / 2)  # streamed data: decode val once if it fits
-    return StudyData(spec, splits, device, teacher, distill, labeled_only, val, steps,
+    data = StudyData(spec, splits, device, teacher, distill, labeled_only, val, steps,
                      teacher_layer, student_layer, how, init)  # fmt: skip
+    check_student(data)
+    return data
+
+
+def check_student(data: StudyData) -> None:
+    """Fail before the first trial on what every trial would fail on: a KdsearchError when the student's
+    checkpoint does not fit it, or when a feature method's loss cannot pair the student's and the
+    teacher's feature layers (tried on two images at the low end of the method's ranges)."""
+    spec = data.spec
+    model = build_model(spec.student.arch, data.splits.num_classes, data.splits.in_channels, data.splits.image_size)
+    if data.student_init is not None:
+        load_state(model, data.student_init, role="student", arch=spec.student.arch,
+                   ignore=tuple(spec.student.checkpoint_ignore), source=spec.student.checkpoint)  # fmt: skip
+    methods = [m for m in spec.search.methods if METHODS.get(m).needs_features]
+    if not methods:
+        return
+    model = model.to(data.device).eval()
+    rows = torch.arange(min(2, len(data.distill_set)), device=data.device)
+    x = data.distill_set.x[rows]  # an ImageStore decodes these two
+    train = data.distill_set
+    student_tap = FeatureTap(model, data.student_layer, role="student")
+    try:
+        with torch.no_grad():
+            cached = train.teacher_features
+            t_features = cached[rows] if cached is not None else teacher_features(data.teacher.model, data.teacher_layer, x)
+            batch = DistillBatch(model(x).float(), train.y[rows], train.labeled[rows], train.teacher_logits[rows],
+                                 student_tap.output.float(), t_features.float())  # fmt: skip
+            for method in methods:
+                impl = build_method(method)
+                params = {name: r.low for name, r in spec.method_space(method).items()}
+                try:
+                    regressor = impl.make_regressor(tuple(batch.student_features.shape[1:]),
+                                                    tuple(batch.teacher_features.shape[1:]))  # fmt: skip
+                    impl.loss(batch, params, regressor=None if regressor is None else regressor.to(data.device))
+                except (ValueError, RuntimeError) as err:
+                    raise KdsearchError(
+                        f"method {method!r} cannot pair student.feature_layer {data.student_layer!r} (output "
+                        f"{tuple(batch.student_features.shape[1:])}) with teacher.feature_layer {data.teacher_layer!r} "
+                        f"(output {tuple(batch.teacher_features.shape[1:])}): {err}. Pick other layers, "
+                        "or drop the method from search.methods"
+                    ) from None
+    finally:
+        student_tap.remove()
 
 
 def trial_params(trial: optuna.trial.BaseTrial, spec: StudySpec) -> tuple[str, dict[str, float]]:

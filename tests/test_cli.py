@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -102,6 +103,8 @@ def test_hyperband_pruner_is_accepted(write_spec, tmp_path):
         ([], "[methods.kd]\nalpha = [0.0, 2.0]\n", "methods.kd.alpha"),
         ([], "[methods.lolkd]\nalpha = [0.0, 1.0]\n", "unknown method"),
         ([], "junk = = 1\n", "is not valid TOML"),
+        (["--set", 'runtime.cache_dir="/proc/kdsearch-cache"'], "", "the cache folder (runtime.cache_dir"),
+        (["--output-dir", "/proc/version"], "", "the output folder (--output-dir, output_dir in the spec) /proc/version is not"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_line(write_spec, extra_args, spec_extra, message):
@@ -112,6 +115,42 @@ def test_bad_input_exits_2_with_one_clear_line(write_spec, extra_args, spec_extr
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_setting_every_trial_would_fail_on_stops_the_run_before_the_first_trial(write_spec, tmp_path):
+    """hint between two 1-D layers: one line before any trial; the fixed spec then runs in the same study."""
+    spec = str(write_spec())
+    hint = ["--set", 'search.methods=["hint"]', "--set", 'student.feature_layer="classifier"',
+            "--set", 'teacher.feature_layer="classifier"']  # fmt: skip
+    result = runner.invoke(app, ["run", "--spec", spec, "--trials", "1", *hint])
+    assert result.exit_code == 2, result.output
+    assert "method 'hint' cannot pair student.feature_layer 'classifier'" in result.output
+    assert "Traceback" not in result.output
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    assert states(storage) == []  # no trial was started, so none is lost or left FAILED
+    fixed = runner.invoke(app, ["run", "--spec", spec, "--trials", "1", "--set", 'search.methods=["hint"]'])
+    assert fixed.exit_code == 0, fixed.output  # nothing finished yet: the study takes the fixed settings
+    assert states(storage) == ["COMPLETE"]
+
+
+def test_a_foreign_study_of_the_same_name_is_refused(write_spec, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    (tmp_path / "run").mkdir()
+    optuna.create_study(study_name="tiny", storage=storage, direction="minimize")
+    result = runner.invoke(app, ["run", "--spec", str(write_spec()), "--trials", "1"])
+    assert result.exit_code == 2 and "a study named 'tiny' that kdsearch did not make" in result.output, result.output
+
+
+def test_the_printed_resume_command_keeps_the_runs_overrides(write_spec, tmp_path):
+    spec = str(write_spec(epochs=1))
+    first = invoke("run", "--spec", spec, "--trials", "1", "--set", "student.lr=0.002")
+    assert first.exit_code == 0, first.output
+    line = next(l for l in first.output.splitlines() if l.startswith("add trials with: "))
+    args = shlex.split(line.removeprefix("add trials with: "))
+    assert args[:2] == ["kdsearch", "run"] and args[-2:] == ["--trials", "N"] and "student.lr=0.002" in args
+    again = invoke(*args[1:-1], "1")
+    assert again.exit_code == 0, again.output  # the same settings: accepted, one trial added
+    assert len(states(f"sqlite:///{tmp_path / 'run' / 'study.db'}")) == 2
 
 
 def test_real_process_error_has_no_traceback(tmp_path):
