@@ -56,10 +56,16 @@ def _global(debug: bool = typer.Option(False, "--debug", help="Show full traceba
 
 
 class _DropInterruptTracebacks(logging.Filter):
-    """Optuna logs a FAILED trial with its traceback; for Ctrl-C that is noise, we print how to resume."""
+    """Optuna logs a FAILED trial with its traceback; for Ctrl-C that is noise (we print how to resume),
+    and for a KdsearchError the one-line message says it all (the traceback only with --debug)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, KeyboardInterrupt):
+            return False
+        if isinstance(error, KdsearchError) and not STATE["debug"]:
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def quiet_optuna() -> None:
@@ -403,7 +409,7 @@ def _worker(study_name, storage, spec_path, trials, rank, device, threads, data_
     import optuna
 
     from .search import TEACHER_ATTR, create_study, load_study, make_objective, prepare_study_data, study_spec
-    from .storage import open_storage, spec_storage
+    from .storage import open_existing_storage, spec_storage
     from .workers import finished_count, join_study, work_on_study
 
     quiet_optuna()
@@ -421,7 +427,7 @@ def _worker(study_name, storage, spec_path, trials, rank, device, threads, data_
                 "or --spec PATH to create the study"
             )
         url = storage
-        found = load_study(study_name, open_storage(url))
+        found = load_study(study_name, open_existing_storage(url))
         spec = with_runtime(study_spec(found), data_root=data_root, device=device, threads=threads, overrides=overrides)
         store = spec_storage(spec, url)
         study = join_study(found.study_name, store, spec, rank)
@@ -518,15 +524,18 @@ def report(
 
     from .report import summary_text, write_report
     from .search import FINAL_ATTR, load_study, prepare_study_data, study_spec
-    from .storage import open_storage
+    from .storage import open_existing_storage
 
     quiet_optuna()
     if storage is None:
         spec, _ = load_study_spec(spec_path, study=study_name)
         storage = spec.resolved_storage()
-    study = load_study(study_name, open_storage(storage))
+    study = load_study(study_name, open_existing_storage(storage))
     spec = with_runtime(study_spec(study), data_root=data_root, device=device)
     out = output or spec.resolved_output_dir() / "report.html"
+    if out.is_dir():
+        raise KdsearchError(f"--output {out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
+    writable_dir(out.parent, "the report's folder")
     if FINAL_ATTR not in study.user_attrs:
         typer.echo("no final comparison stored yet: running it now")
         splits, teacher_, dev = _prepare(spec)

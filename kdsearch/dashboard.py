@@ -28,7 +28,10 @@ ARTIFACT_DIR = "artifacts"
 def artifact_store(output_dir: Path) -> FileSystemArtifactStore:
     """The study's artifact store: files under ``<output_dir>/artifacts``."""
     path = Path(output_dir) / ARTIFACT_DIR
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise KdsearchError(f"cannot create the artifact folder {path} ({err.strerror or err}); pass another --output-dir") from None
     return FileSystemArtifactStore(str(path))
 
 

@@ -37,6 +37,7 @@ import pickle
 import struct
 import tempfile
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -348,7 +349,7 @@ def read_idx(path: Path) -> np.ndarray:
     """Parse one IDX file (optionally gzipped) into an array; KdsearchError if it is not a valid one."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise KdsearchError(f"cannot read {path}: {err}; re-install or re-download the dataset") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise KdsearchError(f"{path} is not an IDX file (bad magic number); point data.root at the original files")

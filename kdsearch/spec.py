@@ -6,6 +6,7 @@ bad value fails at load time with a message that names the field (``search.objec
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -19,8 +20,18 @@ from .models import MODELS
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
 
+MAX_SEED = 2**31 - 1  # seeds plus trial numbers stay within what numpy and torch accept
+MAX_PARAM = 1e6  # search ranges beyond this overflow the losses (T² of a huge T)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _expand_home(cls, value: object) -> object:
+        """``~/data`` in any path field means the home folder, as in a shell."""
+        return value.expanduser() if isinstance(value, Path) else value
 
 
 class DataSpec(_Section):
@@ -50,7 +61,7 @@ class DataSpec(_Section):
     unlabeled: int = Field(8000, ge=0, description="transfer images the student sees through the teacher only")
     train_limit: int = Field(0, ge=0, description="idx, cifar10: use only the first N training images (0: all)")
     test_limit: int = Field(0, ge=0, description="idx, cifar10: use only the first N test images (0: all)")
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
     image_size: int | None = Field(
         None, ge=4, le=2048, description="resize every image to this square size (default: native; 32 for image_folder, csv)"
     )
@@ -207,8 +218,8 @@ class SearchSpec(_Section):
     pruner_warmup_epochs: int = Field(
         0, ge=0, description="median pruner: epochs every trial runs before it may be pruned (0: prunable after epoch 1)"
     )
-    sampler_seed: int = 0
-    trial_seed: int = Field(0, description="trial n trains with seed trial_seed + n")
+    sampler_seed: int = Field(0, ge=0, le=MAX_SEED)
+    trial_seed: int = Field(0, ge=0, le=MAX_SEED, description="trial n trains with seed trial_seed + n")
     teacher_modes: list[Literal["cached", "consistent"]] = Field(
         ["cached"],
         description="'cached': teacher outputs computed once on un-augmented images (fast); 'consistent': "
@@ -241,7 +252,7 @@ class FinalSpec(_Section):
     """The final, honest comparison on the test split."""
 
     seeds: int = Field(3, ge=1, description="retrain best and scratch students with this many seeds")
-    first_seed: int = 1000
+    first_seed: int = Field(1000, ge=0, le=MAX_SEED)
 
 
 class RuntimeSpec(_Section):
@@ -287,6 +298,8 @@ class StudySpec(_Section):
                 where = f"methods.{method}.{param}"
                 if param not in space:
                     raise ValueError(f"{where}: {method} has no parameter {param!r}; it has {', '.join(space)}")
+                if not (math.isfinite(low) and math.isfinite(high) and max(abs(low), abs(high)) <= MAX_PARAM):
+                    raise ValueError(f"{where}: the range [{low}, {high}] must be finite, within ±{MAX_PARAM:g}")
                 if not low < high:
                     raise ValueError(f"{where}: the range [{low}, {high}] must have low < high")
                 if param == "alpha" and not (0.0 <= low and high <= 1.0):

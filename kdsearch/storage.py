@@ -12,6 +12,19 @@ from .errors import KdsearchError
 from .spec import StudySpec
 
 
+def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
+    """``open_storage`` for commands that read a study (report, dashboard, worker without a spec): a
+    SQLite or journal file that does not exist is a KdsearchError instead of a new empty database."""
+    for prefix, cut in (("sqlite:///", "sqlite:///"), ("journal:///", "journal://")):
+        path = url.removeprefix(cut)
+        if url.startswith(prefix) and path not in ("", ":memory:") and not Path(path).is_file():
+            raise KdsearchError(
+                f"no study storage at {path}: run `kdsearch run` first, or point --storage at the study's "
+                "database (--spec for a study file, from the folder it was run in)"
+            )
+    return open_storage(url)
+
+
 def open_storage(
     url: str, *, heartbeat_interval: int = 0, grace_period: int = 30, max_retry: int = 2
 ) -> optuna.storages.BaseStorage:

@@ -140,9 +140,10 @@ def prepare_teacher(
                 model = build_model(spec.teacher.arch, splits.num_classes, splits.in_channels, splits.image_size)
                 model.load_state_dict(entry["state_dict"])
                 return Teacher(model.to(device).eval(), entry["train_logits"], entry["metrics"], True, path)
-            except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as err:  # damaged, or the model changed
-                log.warning("teacher cache %s is unreadable or stale (%s); training the teacher again",
-                            path, str(err).splitlines()[0])  # fmt: skip
+            except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+                # damaged (empty, truncated, not a dict), or the model changed
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                log.warning("teacher cache %s is unreadable or stale (%s); training the teacher again", path, reason)
         model = train_teacher(spec, splits, device, on_step=on_step, on_epoch=on_epoch)
         val_acc, val_auc = evaluate(model, splits.val.to(device))
         test_acc, test_auc = evaluate(model, splits.test.to(device))

@@ -260,6 +260,22 @@ def test_damaged_teacher_cache_is_retrained_not_a_traceback(write_spec, tmp_path
     spec = write_spec(cache=tmp_path / "cache")
     assert invoke("teacher", "--spec", str(spec)).exit_code == 0
     (cached,) = (tmp_path / "cache" / "teachers").glob("*.pt")
-    cached.write_bytes(b"garbage")
-    again = invoke("teacher", "--spec", str(spec))
-    assert again.exit_code == 0 and "trained and cached" in again.output
+    import torch
+
+    for damage in (lambda: cached.write_bytes(b"garbage"), lambda: cached.write_bytes(b""),
+                   lambda: torch.save([1, 2], cached)):  # fmt: skip
+        damage()
+        again = invoke("teacher", "--spec", str(spec))
+        assert again.exit_code == 0 and "trained and cached" in again.output
+
+
+def test_report_needs_an_existing_study_and_a_file_to_write(write_spec, tmp_path):
+    missing = runner.invoke(app, ["report", "--storage", f"sqlite:///{tmp_path / 'nowhere' / 'study.db'}"])
+    assert missing.exit_code == 2 and "no study storage at" in missing.output, missing.output
+    assert not (tmp_path / "nowhere").exists()  # no empty database made on the way
+    assert invoke("run", "--spec", str(write_spec(epochs=1)), "--trials", "1").exit_code == 0
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    into_dir = runner.invoke(app, ["report", "--storage", storage, "--output", str(tmp_path)])
+    assert into_dir.exit_code == 2 and "is a folder" in into_dir.output, into_dir.output
+    assert invoke("report", "--storage", storage, "--output", str(tmp_path / "r.html")).exit_code == 0
+    assert (tmp_path / "r.html").is_file()

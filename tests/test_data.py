@@ -65,3 +65,8 @@ def test_truncated_and_foreign_files_are_reported(idx_dataset):
     path.write_bytes(gzip.compress(b"\x89PNG...."))
     with pytest.raises(KdsearchError, match="not an IDX file"):
         read_idx(path)
+    packed = bytearray(gzip.compress(raw))
+    packed[len(packed) // 2 : len(packed) // 2 + 64] = bytes(64)  # damaged inside the deflate stream
+    path.write_bytes(bytes(packed))
+    with pytest.raises(KdsearchError, match="cannot read"):
+        read_idx(path)
