@@ -279,3 +279,20 @@ def test_report_needs_an_existing_study_and_a_file_to_write(write_spec, tmp_path
     assert into_dir.exit_code == 2 and "is a folder" in into_dir.output, into_dir.output
     assert invoke("report", "--storage", storage, "--output", str(tmp_path / "r.html")).exit_code == 0
     assert (tmp_path / "r.html").is_file()
+
+
+def test_optuna_log_keeps_the_line_of_a_failed_trial_but_not_its_traceback():
+    import logging
+
+    from kdsearch.cli import _DropInterruptTracebacks
+    from kdsearch.errors import KdsearchError
+
+    def record(error: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("optuna", logging.WARNING, __file__, 1, "Trial 3 failed", None, (type(error), error, None))
+
+    keep = _DropInterruptTracebacks()
+    failed = record(KdsearchError("student.checkpoint does not fit"))
+    assert keep.filter(failed) and failed.exc_info is None  # the line stays, the traceback goes
+    other = record(ValueError("a bug"))
+    assert keep.filter(other) and other.exc_info is not None  # a real bug keeps its traceback
+    assert not keep.filter(record(KeyboardInterrupt()))
