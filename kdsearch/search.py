@@ -108,20 +108,28 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str, ra
             )
         study.set_user_attr(SPEC_ATTR, new)
         return study
-    changes = spec_changes(study.user_attrs[SPEC_ATTR], new)
-    if changes and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)):
-        study.set_user_attr(SPEC_ATTR, new)  # nothing finished to compare with: the new settings hold
-        changes = []
-    if changes:
-        more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
-        raise KdsearchError(
-            f"study {spec.name!r} already exists in this storage with other settings ({'; '.join(changes[:5])}{more}); "
-            "trials run under different settings cannot be compared. Start a new study with --study NEW_NAME, "
-            "or run this one with the settings it was created with"
-        )
+    check_same_settings(study, spec)
     if study.trials:
         study.sampler = make_sampler(spec, rank, resumed_at=len(study.trials))
     return study
+
+
+def check_same_settings(study: optuna.Study, spec: StudySpec) -> None:
+    """KdsearchError naming what changed when ``spec`` differs from the study's stored spec in a setting
+    that determines trial results; while the study holds no finished trial, it takes ``spec`` instead."""
+    new = spec.model_dump(mode="json")
+    changes = spec_changes(study.user_attrs.get(SPEC_ATTR, {}), new)
+    if not changes:
+        return
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)):
+        study.set_user_attr(SPEC_ATTR, new)  # nothing finished to compare with: the new settings hold
+        return
+    more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
+    raise KdsearchError(
+        f"study {study.study_name!r} already exists in this storage with other settings ({'; '.join(changes[:5])}{more}); "
+        "trials run under different settings cannot be compared. Start a new study with --study NEW_NAME, "
+        "or run this one with the settings it was created with"
+    )
 
 
 def load_study(name: str | None, storage: optuna.storages.BaseStorage) -> optuna.Study:

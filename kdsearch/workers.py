@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import optuna
 
-from .search import make_pruner, make_sampler
+from .search import check_same_settings, make_pruner, make_sampler
 from .signals import shielded, stop_requested
 from .spec import StudySpec
 from .storage import has_heartbeat, retry_callback
@@ -32,8 +32,10 @@ WORKER_ATTR = "worker"  # user attr: host, pid, process start time and rank of t
 
 def join_study(name: str, storage: optuna.storages.BaseStorage, spec: StudySpec, rank: int = 0) -> optuna.Study:
     """Load an existing study with this worker's sampler (seeded from ``search.sampler_seed``, rank and
-    the trials already there, see ``make_sampler``) and the spec's pruner."""
+    the trials already there, see ``make_sampler``) and the spec's pruner; a spec whose ``--set`` changed
+    a setting that determines trial results is refused (``check_same_settings``)."""
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec, rank), pruner=make_pruner(spec))
+    check_same_settings(study, spec)
     if study.trials:
         study.sampler = make_sampler(spec, rank, resumed_at=len(study.trials))
     return study

@@ -296,3 +296,14 @@ def test_optuna_log_keeps_the_line_of_a_failed_trial_but_not_its_traceback():
     other = record(ValueError("a bug"))
     assert keep.filter(other) and other.exc_info is not None  # a real bug keeps its traceback
     assert not keep.filter(record(KeyboardInterrupt()))
+
+
+def test_a_worker_joining_by_name_may_not_change_what_trials_measure(write_spec, tmp_path, fashion_root):
+    assert invoke("run", "--spec", str(write_spec(epochs=1)), "--trials", "1").exit_code == 0
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    changed = runner.invoke(app, ["worker", "--storage", storage, "--study", "tiny", "--trials", "2", "--set", "student.lr=0.5"])
+    assert changed.exit_code == 2, changed.output
+    assert "already exists in this storage with other settings (student.lr: 0.001 → 0.5)" in changed.output
+    joined = invoke("worker", "--storage", storage, "--study", "tiny", "--trials", "2", "--data-root", str(fashion_root))
+    assert joined.exit_code == 0, joined.output  # where the data lives may differ between machines
+    assert states(storage) == ["COMPLETE", "COMPLETE"]
