@@ -46,8 +46,26 @@ def friendly(command: F) -> F:
             typer.echo("\ninterrupted: caches and trials are written whole or not at all; run the command again "
                        "to go on", err=True)  # fmt: skip
             raise typer.Exit(130) from None
+        except (MemoryError, RuntimeError) as err:
+            if STATE["debug"] or not out_of_memory(err):
+                raise
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            typer.echo(
+                f"error: out of memory ({first}); lower data.image_size, the teacher's or student's batch_size, or "
+                "data.memory_budget_mb (streams image folders from disk), or use a machine with more memory; "
+                "finished trials are kept",
+                err=True,
+            )
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is the host or the GPU running out of memory (torch raises RuntimeErrors for both)."""
+    text = str(err).lower()
+    return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+            or "out of memory" in text or "can't allocate memory" in text)  # fmt: skip
 
 
 @app.callback()

@@ -432,9 +432,24 @@ def read_idx_dataset(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     """(train images, train labels, test images, test labels) from an MNIST-layout folder."""
     arrays = {key: read_idx(find_idx_file(root, stem)) for key, stem in IDX_FILES.items()}
     for part in ("train", "test"):
-        n_img, n_lab = len(arrays[f"{part}_images"]), len(arrays[f"{part}_labels"])
-        if n_img != n_lab:
-            raise KdsearchError(f"{root}: {part} has {n_img} images but {n_lab} labels; the files do not belong together")
+        images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        where = f"{root}: the {part} files"
+        if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1:
+            raise KdsearchError(
+                f"{where} hold images of shape {images.shape} ({images.dtype}) and labels of shape {labels.shape}; "
+                "expected N×H×W uint8 images and N labels (are the images and labels files swapped?)"
+            )
+        if len(images) != len(labels):
+            raise KdsearchError(f"{where}: {len(images)} images but {len(labels)} labels; the files do not belong together")
+        if len(images) == 0:
+            raise KdsearchError(f"{where} hold no images")
+        if labels.min() < 0:
+            raise KdsearchError(f"{where}: labels must be class numbers 0, 1, …; found {int(labels.min())}")
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise KdsearchError(
+            f"{root}: train images are {arrays['train_images'].shape[1:]} pixels but test images "
+            f"{arrays['test_images'].shape[1:]}; the files do not belong together"
+        )
     return arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"]
 
 

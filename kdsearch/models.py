@@ -275,9 +275,11 @@ def load_state(
             if items:
                 more = f" and {len(items) - 5} more" if len(items) > 5 else ""
                 parts.append(f"{label}: {', '.join(items[:5])}{more}")
+        head = next(reversed([k for k, v in own.items() if v.dim() == 2]), "fc.weight")  # the last linear layer
+        head = head.rsplit(".", 1)[0] + "."
         raise KdsearchError(
             f"{role}.checkpoint {path} does not fit {role}.arch = {arch!r} ({'; '.join(parts)}). Check the "
-            f"architecture and class count, or skip a replaced head with {role}.checkpoint_ignore = ['fc.']"
+            f"architecture and class count, or skip a replaced head with {role}.checkpoint_ignore = [{head!r}]"
         )
     model.load_state_dict(state, strict=not ignore)
     return model

@@ -307,3 +307,25 @@ def test_a_worker_joining_by_name_may_not_change_what_trials_measure(write_spec,
     joined = invoke("worker", "--storage", storage, "--study", "tiny", "--trials", "2", "--data-root", str(fashion_root))
     assert joined.exit_code == 0, joined.output  # where the data lives may differ between machines
     assert states(storage) == ["COMPLETE", "COMPLETE"]
+
+
+def test_out_of_memory_is_one_line_with_what_to_lower(capsys):
+    import typer
+
+    from kdsearch.cli import friendly
+
+    def allocate() -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 68719476736 bytes.")  # fmt: skip
+
+    with pytest.raises(typer.Exit) as exit_:
+        friendly(allocate)()
+    assert exit_.value.exit_code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory (") and "data.image_size" in err and "batch_size" in err
+
+    def bug() -> None:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="mat1"):  # other runtime errors are bugs: they keep their traceback
+        friendly(bug)()

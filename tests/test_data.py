@@ -70,3 +70,26 @@ def test_truncated_and_foreign_files_are_reported(idx_dataset):
     path.write_bytes(bytes(packed))
     with pytest.raises(KdsearchError, match="cannot read"):
         read_idx(path)
+
+
+def test_idx_files_that_do_not_fit_together_are_named(idx_dataset):
+    import numpy as np
+
+    from conftest import write_idx
+    from kdsearch.data import read_idx_dataset
+
+    train_images, train_labels = idx_dataset / "train-images-idx3-ubyte.gz", idx_dataset / "train-labels-idx1-ubyte.gz"
+    images, labels = train_images.read_bytes(), train_labels.read_bytes()
+    train_images.write_bytes(labels)
+    train_labels.write_bytes(images)
+    with pytest.raises(KdsearchError, match="are the images and labels files swapped"):
+        read_idx_dataset(idx_dataset)
+    train_images.write_bytes(images)
+    train_labels.write_bytes(labels)
+    write_idx(idx_dataset / "t10k-images-idx3-ubyte.gz", np.zeros((100, 14, 14)))
+    with pytest.raises(KdsearchError, match=r"train images are \(28, 28\) pixels but test images \(14, 14\)"):
+        read_idx_dataset(idx_dataset)
+    write_idx(idx_dataset / "t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28)))
+    write_idx(idx_dataset / "t10k-labels-idx1-ubyte.gz", np.zeros(0))
+    with pytest.raises(KdsearchError, match="the test files hold no images"):
+        read_idx_dataset(idx_dataset)

@@ -63,7 +63,11 @@ def test_checkpoint_mismatch_shows_the_first_keys(tmp_path):
     torch.save(build_model("resnet18", 1000, 3, 32).state_dict(), path)
     with pytest.raises(KdsearchError, match=r"does not fit teacher.arch = 'resnet18' \(shape \(file vs model\): fc.weight"):
         load_checkpoint(build_model("resnet18", 10, 3, 32), path, role="teacher", arch="resnet18")
+    with pytest.raises(KdsearchError, match=r"checkpoint_ignore = \['fc\.'\]"):  # the hint names the model's own head
+        load_checkpoint(build_model("resnet18", 10, 3, 32), path, role="teacher", arch="resnet18")
     with pytest.raises(KdsearchError, match="missing: .*unexpected: "):
+        load_checkpoint(build_model("light_nn", 10, 1, 28), path, role="teacher", arch="light_nn")
+    with pytest.raises(KdsearchError, match=r"checkpoint_ignore = \['classifier\.3\.'\]"):
         load_checkpoint(build_model("light_nn", 10, 1, 28), path, role="teacher", arch="light_nn")
     # a replaced head is skipped on request: an ImageNet-style checkpoint into a 10-class model
     model = load_checkpoint(build_model("resnet18", 10, 3, 32), path, role="teacher", arch="resnet18", ignore=("fc.",))
