@@ -238,8 +238,9 @@ def read_checkpoint(path: Path, *, role: str) -> dict[str, torch.Tensor]:
                 obj = torch.jit.load(str(path), map_location="cpu").state_dict()
         except Exception:
             raise KdsearchError(
-                f"{role}.checkpoint {path} is neither a PyTorch state_dict nor a TorchScript file (corrupt or "
-                "another format); save it with torch.save(model.state_dict(), path)"
+                f"{role}.checkpoint {path} is neither a PyTorch state_dict nor a TorchScript file (corrupt, another "
+                "format, or a whole pickled model from torch.save(model), which is not loaded since unpickling can run "
+                "code); save it with torch.save(model.state_dict(), path)"
             ) from None
     for wrapper in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):

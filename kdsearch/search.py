@@ -23,6 +23,7 @@ from .methods import METHODS, DistillBatch, build_method
 from .metrics import cost_row
 from .models import FeatureTap, build_model, default_feature_layer, load_state, read_checkpoint
 from .spec import StudySpec, spec_from_dict
+from .storage import storage_contents
 from .signals import interruptible, shielded
 from .teacher import Teacher, feature_cache_mb, teacher_features
 from .train import Augment, EpochResult, LiveTeacher, TrainSet, evaluate, fit, steps_per_epoch
@@ -91,14 +92,15 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str, ra
     the study holds no finished trial (e.g. every one failed on a setting since fixed) it takes the
     new settings. A study of the same name that kdsearch did not make is refused.
     """
-    study = optuna.create_study(
-        study_name=spec.name,
-        storage=storage,
-        direction="maximize",
-        sampler=make_sampler(spec, rank),
-        pruner=make_pruner(spec),
-        load_if_exists=True,
-    )
+    with storage_contents():
+        study = optuna.create_study(
+            study_name=spec.name,
+            storage=storage,
+            direction="maximize",
+            sampler=make_sampler(spec, rank),
+            pruner=make_pruner(spec),
+            load_if_exists=True,
+        )
     new = spec.model_dump(mode="json")
     if SPEC_ATTR not in study.user_attrs:
         if study.trials or study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
@@ -134,7 +136,8 @@ def check_same_settings(study: optuna.Study, spec: StudySpec) -> None:
 
 def load_study(name: str | None, storage: optuna.storages.BaseStorage) -> optuna.Study:
     """Load a study by name (or the only one in the storage), with a clear error when absent."""
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    with storage_contents():
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name is None:
         if len(names) != 1:
             listing = ", ".join(names) or "none"

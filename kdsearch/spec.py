@@ -358,7 +358,7 @@ def load_spec(path: Path | str) -> StudySpec:
             f"study file {path} not found; pass an existing TOML file (the ready ones are in studies/)"
         )
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark from some editors
     except (OSError, UnicodeDecodeError) as err:
         raise KdsearchError(f"cannot read study file {path}: {err}; pass a readable UTF-8 TOML file") from None
     except tomllib.TOMLDecodeError as err:

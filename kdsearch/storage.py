@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 
@@ -23,6 +25,20 @@ def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
                 "database (--spec for a study file, from the folder it was run in)"
             )
     return open_storage(url)
+
+
+@contextmanager
+def storage_contents() -> Iterator[None]:
+    """Reading studies from a storage whose file holds something else (a journal file with a garbage
+    line, an SQLite database of another application) raises a KdsearchError, not Optuna's internals."""
+    try:
+        yield
+    except (ValueError, optuna.exceptions.StorageInternalError) as err:  # json.JSONDecodeError is a ValueError
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise KdsearchError(
+            f"the storage holds data that is not an Optuna study database ({type(err).__name__}: {reason}); "
+            "point --storage at kdsearch's own database or at a new file"
+        ) from None
 
 
 def open_storage(

@@ -329,3 +329,19 @@ def test_out_of_memory_is_one_line_with_what_to_lower(capsys):
 
     with pytest.raises(RuntimeError, match="mat1"):  # other runtime errors are bugs: they keep their traceback
         friendly(bug)()
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_storage_file_of_something_else_is_one_line(write_spec, tmp_path, kind):
+    import sqlite3
+
+    path = tmp_path / ("journal.log" if kind == "journal" else "other.db")
+    if kind == "journal":
+        path.write_text("this is not a journal line\n")
+    else:  # another application's database that happens to have a table named like Optuna's
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE studies (id TEXT, owner TEXT)")
+    url = f"journal:///{path}" if kind == "journal" else f"sqlite:///{path}"
+    result = runner.invoke(app, ["run", "--spec", str(write_spec()), "--storage", url, "--trials", "1"])
+    assert result.exit_code == 2, result.output
+    assert "the storage holds data that is not an Optuna study database" in result.output, result.output
