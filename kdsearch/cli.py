@@ -204,7 +204,14 @@ def _prepare(spec):
         )
     finally:
         bar.close()
-    how = "loaded from cache (no retraining)" if teacher.from_cache else "trained and cached"
+    if teacher.from_cache:
+        how = "loaded from cache (no retraining)"
+    elif spec.teacher.checkpoint is not None:
+        tuned = spec.teacher.fine_tune_epochs
+        how = f"loaded from {spec.teacher.checkpoint}, " + (f"fine-tuned {tuned} epoch{'s' * (tuned != 1)}" if tuned else "not fine-tuned")
+        how += ", scored and cached"
+    else:
+        how = "trained and cached"
     m = teacher.metrics
     typer.echo(f"teacher {spec.teacher.arch}: {how} at {teacher.path}")
     typer.echo(
@@ -339,6 +346,8 @@ def with_runtime(spec, *, data_root: Optional[Path] = None, device: Optional[str
 def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, trials: int, threads, overrides,
                  resume: str) -> None:  # fmt: skip
     """``run --workers N``: N ``kdsearch worker`` processes, one progress bar, then final comparison and report here."""
+    import optuna
+
     from .search import prepare_study_data
     from .workers import failed_workers, finished_count, start_workers, stop_workers, wait_for_workers, worker_plan
 
@@ -377,6 +386,8 @@ def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, tri
         tail = "\n  ".join(log.read_text(errors="replace").strip().splitlines()[-4:])
         typer.echo(f"worker {rank} exited with code {rc}; the end of {log}:\n  {tail}", err=True)
     done = finished_count(study)
+    if failed and len(failed) == len(procs) and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        raise KdsearchError(f"every worker failed before a trial completed (see above); the study holds {done} finished trials")
     if done < total:
         typer.echo(f"warning: the study holds {done} of {total} finished trials", err=True)
     _final_and_report(study, prepare_study_data(spec, splits, teacher, dev), teacher, spec.resolved_output_dir() / "report.html")

@@ -275,7 +275,7 @@ class RuntimeSpec(_Section):
 class StudySpec(_Section):
     """One study: data, teacher, student, search space, final comparison, runtime."""
 
-    name: str = "fashion_mnist"
+    name: str = Field("fashion_mnist", description="the study's name (also the folder runs/<name>)")
     output_dir: Path | None = Field(None, description="default: runs/<name>")
     storage: str | None = Field(None, description="Optuna storage URL (default: SQLite in output_dir)")
     data: DataSpec = DataSpec()
@@ -287,6 +287,13 @@ class StudySpec(_Section):
     )
     final: FinalSpec = FinalSpec()
     runtime: RuntimeSpec = RuntimeSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not value.strip() or "/" in value or "\\" in value or value in (".", ".."):
+            raise ValueError(f"{value!r} cannot name a study: it also names the folder runs/<name>, so no slashes")
+        return value
 
     @model_validator(mode="after")
     def _check_ranges(self) -> "StudySpec":

@@ -48,6 +48,7 @@ def test_range_override_replaces_the_default():
         ({"methods": {"kd": {"temperature": [1e300, 1e301]}}}, "must be finite, within ±1e+06"),
         ({"search": {"sampler_seed": -1}}, "search.sampler_seed: Input should be greater than or equal to 0"),
         ({"data": {"split_seed": 2**40}}, "data.split_seed: Input should be less than or equal to 2147483647"),
+        ({"name": "../../elsewhere"}, "name: '../../elsewhere' cannot name a study"),
     ],
 )
 def test_bad_field_is_named_in_the_error(raw, message):

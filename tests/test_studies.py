@@ -91,5 +91,6 @@ def test_study_runs_two_trials_on_small_local_files(study, tmp_path):
         assert spec.search.objective == "auc" and len(final["seeds"]) == 1
         assert study_db.best_trial.value == study_db.best_trial.user_attrs["auc"]
         assert all(0 <= t.user_attrs["auc"] <= 1 for t in complete)
+        assert "resnet50.pt, fine-tuned 1 epoch, scored and cached" in result.output  # not "trained"
     if study == "cats_vs_dogs.toml":
         assert "skipped 1 unreadable image" in result.output

@@ -162,6 +162,20 @@ def test_ctrl_c_reaches_every_worker_of_run(write_spec, tmp_path):
         assert "interrupted" in log.read_text().strip().splitlines()[-1], log.read_text()[-1000:]
 
 
+def test_when_every_worker_fails_run_says_so_and_why(write_spec, tmp_path):
+    """Each worker stops on a setting every trial would fail on; the parent shows their error lines and
+    ends with one line of its own (exit 2) instead of a final comparison over nothing."""
+    spec = write_spec(epochs=1, extra=FAST)
+    proc = subprocess.run([*KDSEARCH, "run", "--spec", str(spec), "--workers", "2", "--trials", "4",
+                           "--set", 'search.methods=["hint"]', "--set", 'student.feature_layer="classifier"',
+                           "--set", 'teacher.feature_layer="classifier"'],
+                          capture_output=True, text=True, env=ENV, timeout=240)  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("method 'hint' cannot pair") == 2  # each worker's last log line, shown by the parent
+    assert "error: every worker failed before a trial completed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def _children(pid: int) -> list[int]:
     """The pids whose parent is ``pid`` (Linux /proc)."""
     found = []
