@@ -13,7 +13,7 @@ from typing import Callable, Optional, TypeVar
 import typer
 from tqdm import tqdm
 
-from .errors import KdsearchError
+from .errors import KdsearchError, first_line, out_of_memory
 from .signals import StopSignals, shielded, stop_with_parent
 
 app = typer.Typer(
@@ -49,9 +49,8 @@ def friendly(command: F) -> F:
         except (MemoryError, RuntimeError) as err:
             if STATE["debug"] or not out_of_memory(err):
                 raise
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             typer.echo(
-                f"error: out of memory ({first}); lower data.image_size, the teacher's or student's batch_size, or "
+                f"error: out of memory ({first_line(err)}); lower data.image_size, the teacher's or student's batch_size, or "
                 "data.memory_budget_mb (streams image folders from disk), or use a machine with more memory; "
                 "finished trials are kept",
                 err=True,
@@ -59,13 +58,6 @@ def friendly(command: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` is the host or the GPU running out of memory (torch raises RuntimeErrors for both)."""
-    text = str(err).lower()
-    return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
-            or "out of memory" in text or "can't allocate memory" in text)  # fmt: skip
 
 
 @app.callback()
@@ -161,7 +153,8 @@ def writable_dir(path: Path, what: str) -> Path:
 
 def resume_command(path: Path, url: str, *, study: Optional[str], output_dir: Optional[Path], data_root: Optional[Path],
                    overrides: Optional[list[str]], workers: int = 1) -> str:  # fmt: skip
-    """The ``kdsearch run`` line that adds trials to this study with the very settings of this run."""
+    """The ``kdsearch run`` line that adds trials to this study with the settings of this run (the spec and
+    every option that changes it; ``--device`` and ``--threads`` may differ)."""
     parts = ["kdsearch", "run", "--spec", str(path), "--storage", url]
     for flag, value in (("--study", study), ("--output-dir", output_dir), ("--data-root", data_root)):
         if value is not None:

@@ -49,7 +49,7 @@ from PIL import Image
 from torch import Tensor
 
 from .errors import KdsearchError
-from .spec import DataSpec
+from .spec import DEFAULT_FASHION_MNIST_ROOT, DataSpec
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ def fetch_with_torchvision(class_name: str, root: Path, what: str) -> None:
         cls(str(root), train=True, download=True)
         cls(str(root), train=False, download=True)
     except Exception as err:  # torchvision raises RuntimeError, URLError, OSError, ...
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]  # torchvision's reason comes last
         raise KdsearchError(
             f"could not download {class_name} into {root} ({reason}); check the internet connection, "
             f"or put {what} in {root} yourself and set data.download = false"
@@ -416,14 +416,22 @@ def download_idx(root: Path, dataset: str) -> Path:
 
 
 def idx_folder(root: Path, download: bool | str) -> Path:
-    """The folder holding the IDX files: ``root``, else (with ``download``) torchvision's folder under
-    it, fetched first when missing. ``download = true`` means Fashion-MNIST, the default data."""
-    if not download or has_idx_files(root):
+    """The folder holding the IDX files. Without ``download``: ``root``. With it: torchvision's folder
+    for that dataset under ``root`` if it is there, else ``root`` when it holds IDX files itself, else
+    the dataset fetched into ``root``. ``download = true`` means Fashion-MNIST, the default data."""
+    if not download:
         return root
     dataset = "fashion_mnist" if download is True else str(download)
     fetched = root / IDX_DOWNLOADS[dataset] / "raw"
     if has_idx_files(fetched):
         return fetched
+    if has_idx_files(root):
+        if dataset == "mnist" and root == Path(DEFAULT_FASHION_MNIST_ROOT):
+            raise KdsearchError(
+                f'data.download = "mnist" but data.root is {root}, which holds Fashion-MNIST; set data.root '
+                "(--data-root) to a folder for MNIST, e.g. data/mnist"
+            )
+        return root
     log.info("data: downloading %s into %s", dataset, root)
     return download_idx(root, dataset)
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .data import Split, Splits, take
-from .errors import KdsearchError
+from .errors import KdsearchError, out_of_memory
 from .methods import METHODS, DistillBatch, build_method
 from .metrics import cost_row
 from .models import FeatureTap, build_model, default_feature_layer, load_state, read_checkpoint
@@ -62,7 +62,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 # Spec fields that may differ between the runs of one study: they do not change what a trial measures.
 RESUME_MAY_CHANGE = {
-    "data.root", "data.loader_workers", "data.memory_budget_mb", "data.stream",
+    "data.root", "data.download", "data.loader_workers", "data.memory_budget_mb", "data.stream",
     "search.trials", "search.sampler_seed", "teacher.feature_cache_mb",
 }  # fmt: skip
 RESUME_SECTIONS = ("data", "teacher", "student", "search", "methods")
@@ -88,9 +88,8 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str, ra
     """Create the spec's study, or load it when it exists (a rerun adds trials to it).
 
     A rerun must keep every setting that determines what a trial measures (data, teacher,
-    student, search space, objective): otherwise it is a KdsearchError naming what changed. While
-    the study holds no finished trial (e.g. every one failed on a setting since fixed) it takes the
-    new settings. A study of the same name that kdsearch did not make is refused.
+    student, search space, objective): otherwise it is a KdsearchError naming what changed
+    (``check_same_settings``). A study of the same name that kdsearch did not make is refused.
     """
     with storage_contents():
         study = optuna.create_study(
@@ -101,14 +100,13 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str, ra
             pruner=make_pruner(spec),
             load_if_exists=True,
         )
-    new = spec.model_dump(mode="json")
     if SPEC_ATTR not in study.user_attrs:
         if study.trials or study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
             raise KdsearchError(
                 f"a study named {spec.name!r} that kdsearch did not make already exists in this storage; "
                 "pick another name with --study NAME (or another --storage)"
             )
-        study.set_user_attr(SPEC_ATTR, new)
+        study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
         return study
     check_same_settings(study, spec)
     if study.trials:
@@ -118,13 +116,15 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str, ra
 
 def check_same_settings(study: optuna.Study, spec: StudySpec) -> None:
     """KdsearchError naming what changed when ``spec`` differs from the study's stored spec in a setting
-    that determines trial results; while the study holds no finished trial, it takes ``spec`` instead."""
+    that determines trial results; while the study holds no finished, running or queued trial (e.g. every
+    one failed on a setting since fixed), it takes ``spec`` instead."""
     new = spec.model_dump(mode="json")
     changes = spec_changes(study.user_attrs.get(SPEC_ATTR, {}), new)
     if not changes:
         return
-    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)):
-        study.set_user_attr(SPEC_ATTR, new)  # nothing finished to compare with: the new settings hold
+    state = optuna.trial.TrialState
+    if not study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.RUNNING, state.WAITING)):
+        study.set_user_attr(SPEC_ATTR, new)  # nothing finished or under way to compare with: the new settings hold
         return
     more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
     raise KdsearchError(
@@ -239,6 +239,8 @@ def check_student(data: StudyData) -> None:
                                                     tuple(batch.teacher_features.shape[1:]))  # fmt: skip
                     impl.loss(batch, params, regressor=None if regressor is None else regressor.to(data.device))
                 except (ValueError, RuntimeError) as err:
+                    if out_of_memory(err):
+                        raise
                     raise KdsearchError(
                         f"method {method!r} cannot pair student.feature_layer {data.student_layer!r} (output "
                         f"{tuple(batch.student_features.shape[1:])}) with teacher.feature_layer {data.teacher_layer!r} "

@@ -10,12 +10,13 @@ from typing import Iterator
 
 import optuna
 
-from .errors import KdsearchError
+from .errors import KdsearchError, first_line
 from .spec import StudySpec
 
 
 def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
-    """``open_storage`` for commands that read a study (report, dashboard, worker without a spec): a
+    """``open_storage`` for commands that read a study (report, a worker without a spec; not the dashboard,
+    which may be opened before the first run): a
     SQLite or journal file that does not exist is a KdsearchError instead of a new empty database."""
     for prefix, cut in (("sqlite:///", "sqlite:///"), ("journal:///", "journal://")):
         path = url.removeprefix(cut)
@@ -34,9 +35,8 @@ def storage_contents() -> Iterator[None]:
     try:
         yield
     except (ValueError, optuna.exceptions.StorageInternalError) as err:  # json.JSONDecodeError is a ValueError
-        reason = (str(err).strip().splitlines() or [""])[0]
         raise KdsearchError(
-            f"the storage holds data that is not an Optuna study database ({type(err).__name__}: {reason}); "
+            f"the storage holds data that is not an Optuna study database ({type(err).__name__}: {first_line(err)}); "
             "point --storage at kdsearch's own database or at a new file"
         ) from None
 
@@ -80,9 +80,8 @@ def open_storage(
     except (ImportError, ModuleNotFoundError) as err:
         raise KdsearchError(f"storage {url!r} needs a driver that is not installed ({err}); install it with pip") from None
     except Exception as err:  # sqlalchemy raises many types for bad URLs and unreachable servers
-        reason = str(err).splitlines()[0]
         raise KdsearchError(
-            f"cannot open storage {url!r}: {reason}; check the URL (sqlite:///path.db, journal:///path.log, "
+            f"cannot open storage {url!r}: {first_line(err)}; check the URL (sqlite:///path.db, journal:///path.log, "
             "postgresql://user:pass@host/db) and that the server is reachable"
         ) from None
 

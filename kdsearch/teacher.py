@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .data import Splits, default_cache_root, save_atomic
 from .methods import build_method
-from .errors import KdsearchError
+from .errors import KdsearchError, first_line
 from .models import FeatureTap, build_model, load_checkpoint
 from .spec import StudySpec
 from .train import Augment, EpochResult, TrainSet, channels_last, evaluate, fit, predict, steps_per_epoch
@@ -142,8 +142,7 @@ def prepare_teacher(
                 return Teacher(model.to(device).eval(), entry["train_logits"], entry["metrics"], True, path)
             except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
                 # damaged (empty, truncated, not a dict), or the model changed
-                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                log.warning("teacher cache %s is unreadable or stale (%s); training the teacher again", path, reason)
+                log.warning("teacher cache %s is unreadable or stale (%s); training the teacher again", path, first_line(err))
         model = train_teacher(spec, splits, device, on_step=on_step, on_epoch=on_epoch)
         val_acc, val_auc = evaluate(model, splits.val.to(device))
         test_acc, test_auc = evaluate(model, splits.test.to(device))

@@ -212,29 +212,24 @@ def fail_own_running_trials(study: optuna.Study, me: dict) -> list[int]:
     return failed
 
 
-def _taken_over(study: optuna.Study, trial_id: int) -> bool:
-    """True when another worker FAILED this worker's running trial (no heartbeat within the grace period,
-    e.g. this process was frozen): Optuna then refuses to record its end. Says so on stderr."""
-    trial = study._storage.get_trial(trial_id)
-    if trial.state != optuna.trial.TrialState.FAIL:
-        return False
-    print(f"warning: trial {trial.number} was marked FAILED by another worker while it ran here (no heartbeat "
-          "within runtime.grace_period, was this process paused?); it is retried with the same params; going on",
-          file=sys.stderr)  # fmt: skip
-    return True
-
-
 def _run_trials(study, objective, total, slot, me, *, heartbeat, max_retry, callbacks, poll_s, on_wait) -> int:
     """``run_worker``'s loop (see there)."""
     stop = optuna.study.MaxTrialsCallback(total, states=FINISHED_STATES)
 
-    current: list[int] = []  # the storage id of this worker's latest trial
+    taken: list[int] = []  # the number of this worker's trial that another worker FAILED meanwhile
 
     def objective_(trial: optuna.Trial) -> float:
-        current[:] = [trial._trial_id]
+        taken.clear()
         trial.set_user_attr(WORKER_ATTR, me)
         slot.release()  # the trial exists and counts as RUNNING: the next worker may decide
-        return objective(trial)
+        try:
+            value = objective(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:  # a write of the running trial was refused
+            taken.append(trial.number)
+            raise
+        if study._storage.get_trial(trial._trial_id).state.is_finished():  # failed elsewhere after the last write
+            taken.append(trial.number)
+        return value
 
     state = optuna.trial.TrialState
     ran = 0
@@ -258,9 +253,12 @@ def _run_trials(study, objective, total, slot, me, *, heartbeat, max_retry, call
                 try:
                     with shielded():
                         study.optimize(objective_, n_trials=1, callbacks=[stop, *callbacks])
-                except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-                    if not current or not _taken_over(study, current[0]):
+                except Exception:  # Optuna then refuses to record the end (ValueError, or its own assertion)
+                    if not taken:
                         raise
+                    print(f"warning: trial {taken[0]} was marked FAILED by another worker while it ran here (no "
+                          "heartbeat within runtime.grace_period: was this process paused?); it may be retried "
+                          "with the same params; going on", file=sys.stderr)  # fmt: skip
                 ran += 1
                 continue
         if on_wait is not None:

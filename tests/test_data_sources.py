@@ -546,3 +546,8 @@ def test_default_data_spec_is_still_fashion_mnist_and_round_trips():
     assert d.source == "idx" and d.val_size == 5000 and d.labeled == 2000 and d.resolved_channels() == 1
     spec = spec_from_dict({"data": {"source": "csv", "root": "/m", "image_size": 224, "val_size": 0.1, "labeled": 0}})
     assert spec_from_dict(spec.model_dump(mode="json")) == spec  # a stored study spec loads back
+
+
+def test_mnist_download_with_the_fashion_mnist_root_is_refused(fashion_root):
+    with pytest.raises(KdsearchError, match=r'data.download = "mnist" but data.root is .* which holds Fashion-MNIST'):
+        load_splits(DataSpec(source="idx", root=fashion_root, download="mnist"))

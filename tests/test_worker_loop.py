@@ -121,3 +121,31 @@ def test_a_trial_failed_by_another_worker_meanwhile_does_not_stop_this_worker(ca
     assert ran == 4
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert "trial 1 was marked FAILED by another worker" in capsys.readouterr().err
+
+
+def test_a_trial_failed_by_another_worker_after_its_last_write_does_not_stop_this_worker(capsys):
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number == 0:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # between the last epoch and the end
+        return x
+
+    assert run_worker(study, objective, 2, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01) == 3
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "trial 0 was marked FAILED by another worker" in capsys.readouterr().err
+
+
+def test_an_error_of_the_trial_itself_stops_the_worker():
+    """Only a takeover is passed over: the objective's own ValueError fails its trial and ends the worker."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+
+    def objective(trial: optuna.Trial) -> float:
+        raise ValueError("only one class present in y_true")
+
+    with pytest.raises(ValueError, match="only one class"):
+        run_worker(study, objective, 3, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01)
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
