@@ -457,7 +457,7 @@ def _worker(study_name, storage, spec_path, trials, rank, device, threads, data_
     total = trials or spec.search.trials
     typer.echo(f"worker {rank}: study {name!r} in {url}: {finished_count(study)} of {total} trials finished")
     splits, teacher_, dev = _prepare(spec)
-    if TEACHER_ATTR not in study.user_attrs:
+    if study.user_attrs.get(TEACHER_ATTR) != teacher_.metrics:  # also after the study adopted new settings
         study.set_user_attr(TEACHER_ATTR, teacher_.metrics)
     data = prepare_study_data(spec, splits, teacher_, dev)
 
