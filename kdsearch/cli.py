@@ -542,7 +542,6 @@ def report(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Rebuild report.html from storage (runs the final comparison first if it is missing)."""
-    import optuna
 
     from .report import summary_text, write_report
     from .search import FINAL_ATTR, load_study, prepare_study_data, study_spec
