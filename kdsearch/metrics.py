@@ -37,15 +37,20 @@ def size_mb(model: nn.Module) -> float:
     return buffer.getbuffer().nbytes / 1e6
 
 
-def flops_per_image(model: nn.Module, sample: Tensor) -> int:
-    """FLOPs of one forward pass on one image, counted by ``torch.utils.flop_counter``."""
+def flops_per_image(model: nn.Module, sample: Tensor) -> float:
+    """FLOPs of one forward pass on one image, counted by ``torch.utils.flop_counter`` (NaN for a model it cannot
+    count, e.g. a ``torch.export`` program with symbolic shapes)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(sample[:1])
-    model.train(was_training)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(sample[:1])
+    except RuntimeError:
+        return float("nan")
+    finally:
+        model.train(was_training)
     return int(counter.get_total_flops())
 
 
@@ -80,8 +85,11 @@ def cost_row(model: nn.Module, sample: Tensor) -> dict[str, float]:
     """
     import copy
 
-    cpu_model = copy.deepcopy(model).cpu().float()
-    x = sample[:1].cpu().float()
+    try:
+        cpu_model = copy.deepcopy(model).cpu().float()
+        x = sample[:1].cpu().float()
+    except RuntimeError:  # e.g. a torch.export program (symbolic shapes) cannot be copied: measure it where it is
+        cpu_model, x = model, sample[:1]
     return {
         "params": count_parameters(cpu_model),
         "size_mb": size_mb(cpu_model),

@@ -1,21 +1,31 @@
-"""Model registry: ``name → builder(num_classes, in_channels, image_size) -> nn.Module``.
+"""Models: the registry (``name → builder(num_classes, in_channels, image_size)``), the user's own.
 
-Adding an architecture is one decorated function, registered with the module path of the
-layer whose output feature-based methods (cosine, hint) read by default. Features are read
-with forward hooks (``FeatureTap``), so no model class is edited to expose them. Builders
-never download weights.
+An ``arch`` is resolved by ``build_model``: a registry name; ``package.module:callable`` (the
+user's code, called with whichever of ``num_classes``, ``in_channels``, ``image_size`` it accepts
+plus ``arch_args``); ``torchscript`` / ``exported`` (a whole teacher read from its checkpoint
+file); or ``python`` (an object handed to the Python API, see ``given_models``).
+
+Adding an architecture to the registry is one decorated function, registered with the module
+path of the layer whose output feature-based methods (cosine, hint) read by default; for other
+models the default is the module just before the last ``nn.Linear`` (``default_feature_layer``).
+Features are read with forward hooks (``FeatureTap``), so no model class is edited to expose
+them. Builders never download weights.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import inspect
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from .errors import KdsearchError
+from .errors import KdsearchError, first_line
+from .imports import import_object
 from .registry import Registry
 
 ModelBuilder = Callable[[int, int, int], nn.Module]
@@ -84,15 +94,194 @@ def light_nn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     return ConvClassifier(features, classifier)
 
 
-def build_model(name: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """A fresh, randomly initialised instance of the registered architecture ``name``."""
-    return MODELS.get(name)(num_classes, in_channels, image_size)
+_GIVEN: dict[str, Callable[[], nn.Module]] = {}  # role → builder of the object handed to the Python API
 
 
+@contextlib.contextmanager
+def given_models(*, teacher: nn.Module | None = None, student: Callable[..., nn.Module] | None = None) -> Iterator[None]:
+    """While open, ``arch = "python"`` builds these: a copy of the ``teacher`` module (used as is, the
+    caller's object is never changed) and a fresh ``student()`` per call (a factory or class)."""
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise KdsearchError(f"teacher= must be a torch.nn.Module (got a {type(teacher).__name__})")
+    if student is not None and (isinstance(student, nn.Module) or not callable(student)):
+        raise KdsearchError(
+            "student= must be a factory that builds a fresh model, e.g. student=lambda: MyStudent(width=32) or "
+            "student=MyStudent, so every trial starts from its own initialisation"
+        )
+    before = dict(_GIVEN)
+    if teacher is not None:
+        _GIVEN["teacher"] = lambda: copy.deepcopy(teacher)
+    if student is not None:
+        _GIVEN["student"] = student
+    try:
+        yield
+    finally:
+        _GIVEN.clear()
+        _GIVEN.update(before)
 
-def default_feature_layer(name: str) -> str:
-    """The module path a feature-based method taps on architecture ``name`` unless the spec says otherwise."""
-    return MODELS.meta(name).get("feature_layer", "")
+
+def given_model(role: str) -> nn.Module | Callable[..., nn.Module] | None:
+    """The object handed to the Python API for ``role`` (None when there is none)."""
+    return _GIVEN.get(role)
+
+
+def _call_builder(builder: Callable[..., Any], what: str, shape: dict[str, int], args: Mapping[str, Any]) -> nn.Module:
+    """``builder(**the shape keywords it accepts, **args)``, checked to return an nn.Module."""
+    try:
+        params = inspect.signature(builder).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs = {k: v for k, v in shape.items() if takes_any or k in params}
+    except (TypeError, ValueError):  # no signature (some builtins): pass the user's arguments only
+        kwargs = {}
+    kwargs.update(args)
+    try:
+        model = builder(**kwargs)
+    except KdsearchError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's constructor may raise anything
+        raise KdsearchError(f"{what} raised {type(err).__name__}: {first_line(err)}") from None
+    if not isinstance(model, nn.Module):
+        raise KdsearchError(f"{what} returned {type(model).__name__!r}, not a torch.nn.Module; return the model")
+    return model
+
+
+def load_whole_model(kind: str, path: Path, *, role: str = "teacher") -> nn.Module:
+    """A whole model from a file: ``torchscript`` (``torch.jit.save``) or ``exported`` (``torch.export.save``, .pt2,
+    unflattened so that its submodules keep their paths and forward hooks work)."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdsearchError(f"{role}.checkpoint {path} not found; point it at the {kind} file of the {role}")
+    try:
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream but users still have such files
+            warnings.simplefilter("ignore")
+            if kind == "torchscript":
+                return torch.jit.load(str(path), map_location="cpu")
+            return torch.export.unflatten(torch.export.load(str(path)))
+    except Exception as err:  # noqa: BLE001 - torch raises many types for foreign or damaged files
+        how = "torch.jit.save(torch.jit.script(model), path)" if kind == "torchscript" else "torch.export.save(torch.export.export(model, (x,)), path)"
+        raise KdsearchError(
+            f"{role}.checkpoint {path} is not a readable {kind} file ({type(err).__name__}: {first_line(err)}); "
+            f"save it with {how}"
+        ) from None
+
+
+def build_model(
+    name: str, num_classes: int, in_channels: int, image_size: int, *, args: Mapping[str, Any] | None = None,
+    checkpoint: Path | str | None = None, role: str = "model",
+) -> nn.Module:  # fmt: skip
+    """A fresh instance of ``name``: a registry name, ``package.module:callable``, ``torchscript`` / ``exported``
+    (the whole model read from ``checkpoint``) or ``python`` (the object handed to the Python API for ``role``)."""
+    from .spec import GIVEN_ARCH, WHOLE_MODEL_ARCHS, is_import_path
+
+    shape = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    if name in MODELS:
+        return MODELS.get(name)(num_classes, in_channels, image_size)
+    if name in WHOLE_MODEL_ARCHS:
+        if checkpoint is None:
+            raise KdsearchError(f"{role}.arch = {name!r} reads the whole model from {role}.checkpoint; set it")
+        return load_whole_model(name, Path(checkpoint), role=role)
+    if name == GIVEN_ARCH:
+        builder = _GIVEN.get(role)
+        if builder is None:
+            raise KdsearchError(
+                f"{role}.arch = 'python' means a model handed to kdsearch.run_study({role}=...); from the command line "
+                "give a known model or 'package.module:callable'"
+            )
+        return _call_builder(builder, f"the {role} factory handed to kdsearch.run_study", shape, {})
+    if is_import_path(name):
+        builder = import_object(name, field=f"{role}.arch")
+        if not callable(builder):
+            raise KdsearchError(f"{role}.arch = {name!r} names {type(builder).__name__!r}, not a class or function")
+        return _call_builder(builder, f"{role}.arch = {name!r}", shape, args or {})
+    return MODELS.get(name)(num_classes, in_channels, image_size)  # unknown: the registry's error lists the names
+
+
+def code_fingerprint(name: str, role: str = "model") -> str:
+    """What identifies the code behind ``name`` beyond its name: the hash of the user's module file for an
+    import path, of the handed object's weights for ``python``; "" for registry names and whole-model files."""
+    import hashlib
+
+    from .spec import GIVEN_ARCH, is_import_path
+
+    if name == GIVEN_ARCH and role == "teacher" and _GIVEN.get(role) is not None:
+        return state_dict_sha256(_GIVEN[role]().state_dict())
+    if name in MODELS or not is_import_path(name):
+        return ""
+    builder = import_object(name, field=f"{role}.arch")
+    try:
+        source = inspect.getsourcefile(builder) or inspect.getsourcefile(inspect.getmodule(builder))  # type: ignore[arg-type]
+        return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16] if source else ""
+    except (TypeError, OSError):
+        return ""
+
+
+def state_dict_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """A hash of a state_dict's names, shapes, dtypes and values."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}\0{tuple(t.shape)}\0{t.dtype}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def default_feature_layer(name: str, model: nn.Module | None = None) -> str:
+    """The module path a feature-based method taps unless the spec says otherwise: the registry's entry for a
+    registered ``name``, else (given the ``model``) the module just before its last ``nn.Linear``."""
+    if name in MODELS:
+        return MODELS.meta(name).get("feature_layer", "")
+    return layer_before_last_linear(model) if model is not None else ""
+
+
+def layer_before_last_linear(model: nn.Module) -> str:
+    """The dotted path of the sibling module just before the one holding ``model``'s last ``nn.Linear``
+    (descending while that Linear sits in the first child); "" when there is none (e.g. no Linear)."""
+    def is_linear(m: nn.Module) -> bool:  # an exported program's layers are plain modules holding the weights
+        weight = dict(m.named_parameters(recurse=False)).get("weight")
+        return isinstance(m, nn.Linear) or (weight is not None and weight.dim() == 2 and not list(m.children()))
+
+    linears = [name for name, m in model.named_modules() if name and is_linear(m)]
+    if not linears:
+        return ""
+    path = linears[-1].split(".")
+    node, prefix = model, []
+    for part in path:
+        names = [n for n, _ in node.named_children()]
+        if part not in names:
+            return ""
+        i = names.index(part)
+        if i > 0:
+            return ".".join(prefix + [names[i - 1]])
+        node, prefix = getattr(node, part), prefix + [part]
+    return ""
+
+
+def check_model_output(model: nn.Module, *, role: str, arch: str, num_classes: int, in_channels: int,
+                       image_size: int) -> None:  # fmt: skip
+    """KdsearchError unless ``model`` maps 2 images of the data's shape to (2, num_classes) logits."""
+    x = torch.zeros(2, in_channels, image_size, image_size)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as err:  # noqa: BLE001 - the user's forward may raise anything
+        raise KdsearchError(
+            f"{role}.arch = {arch!r} fails on a batch of 2 images of {in_channels}×{image_size}×{image_size} "
+            f"({type(err).__name__}: {first_line(err)}); check its input layer against data.channels/data.image_size"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise KdsearchError(
+            f"{role}.arch = {arch!r} returns a {type(out).__name__}; kdsearch needs a tensor of logits (N, {num_classes})"
+        )
+    if tuple(out.shape) != (2, num_classes):
+        raise KdsearchError(
+            f"{role}.arch = {arch!r} gives outputs of shape {tuple(out.shape)} for 2 images; expected (N, {num_classes}) "
+            f"logits for the {num_classes} classes (size its last layer with num_classes)"
+        )
 
 
 class FeatureTap:
@@ -107,6 +296,18 @@ class FeatureTap:
     """
 
     def __init__(self, model: nn.Module, path: str, *, role: str = "model") -> None:
+        if isinstance(model, torch.jit.ScriptModule):
+            raise KdsearchError(
+                f"feature methods (cosine, hint) cannot read a layer of a TorchScript {role}: its layers run inside "
+                f"the compiled graph. Save the {role} as a torch.export program ({role}.arch = 'exported', .pt2), "
+                f"or give its class ({role}.arch = 'package.module:Class' with a state_dict checkpoint), or drop "
+                "the feature methods from search.methods"
+            )
+        if not path:
+            raise KdsearchError(
+                f"the {role} has no nn.Linear to find a default feature layer by; set {role}.feature_layer to the "
+                "dotted path of the module whose output feature methods read"
+            )
         try:
             module = model.get_submodule(path)
         except AttributeError:

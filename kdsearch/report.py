@@ -739,6 +739,9 @@ def summary_rows(study: optuna.Study) -> list[tuple[str, str]]:
                 text += f" (vs scratch: accuracy {_pp(s.accuracy_vs_scratch_pp)}, AUC {_pp(s.auc_vs_scratch_pp)})"
             rows.append((f"{s.label} (test, {n} seeds)", text))
         rows += [(f"cost: {name}", text) for name, text in cost_lines(final)]
+        for method, e in sorted((final.get("exports") or {}).items(), key=lambda kv: method_sort_key(kv[0])):
+            folder = Path(e.get("base", ".")) / e["folder"]
+            rows.append((f"student {method} (files)", f"{folder}  (seed {e.get('seed')}: safetensors, TorchScript, ONNX, card)"))
     return rows
 
 
@@ -766,6 +769,42 @@ tr.ref td{color:#666}
 .caption{color:#555;font-size:.88em;margin:.1em 0 .4em}
 section.figure{margin:.4em 0 .6em}
 """
+
+
+EXPORT_KINDS = (("onnx", "ONNX"), ("torchscript", "TorchScript"), ("safetensors", "safetensors"), ("card", "card"))
+
+
+def students_table(exports: Mapping[str, Mapping], report_dir: Path) -> str:
+    """The exported distilled students (one row per method) with links to their files, relative to the report."""
+    import os
+
+    rows = []
+    for method in sorted(exports, key=method_sort_key):
+        e = exports[method]
+        links = []
+        for kind, label in EXPORT_KINDS:
+            if kind in e.get("files", {}):
+                target = Path(e.get("base", report_dir)) / e["files"][kind]
+                href = os.path.relpath(target, report_dir)
+                size = e.get("sizes", {}).get(kind)
+                shown = f"{label} ({size / 1e6:.2f} MB)" if size is not None and kind != "card" else label
+                links.append(f'<a href="{html.escape(href)}">{html.escape(shown)}</a>')
+        test = e.get("test") or {}
+        diff = e.get("onnx_max_abs_diff")
+        rows.append(
+            f'<tr><td><span class="sw" style="background:{method_colour(method)}"></span>{html.escape(method)}</td>'
+            f'<td class="num">{e.get("seed")}</td><td class="num">{test.get("accuracy", float("nan")):.4f}</td>'
+            f'<td class="num">{test.get("auc", float("nan")):.4f}</td>'
+            f'<td class="num">{"" if diff is None else f"{diff:.1e}"}</td><td>{" · ".join(links)}</td></tr>'
+        )
+    return (
+        '<h2 id="students">Distilled students (files)</h2><p class="caption">For the best trial of each method, the '
+        "retrained student whose test score is closest to the mean over seeds, ready to ship; every seed's weights "
+        "are kept beside it in seeds/. The ONNX file was checked against PyTorch with onnxruntime (max |Δ| of the "
+        "logits). <code>kdsearch export --epochs N</code> retrains one for longer.</p>"
+        '<table class="data"><tr><th>method</th><th>seed</th><th>test accuracy</th><th>test AUC</th>'
+        f"<th>ONNX max |Δ|</th><th>files</th></tr>{''.join(rows)}</table>"
+    )
 
 
 def write_report(study: optuna.Study, path: Path) -> Path:
@@ -806,6 +845,8 @@ def write_report(study: optuna.Study, path: Path) -> Path:
             final_table(final),
             cost_table(final),
         ]
+        if final.get("exports"):
+            blocks.append(students_table(final["exports"], path.parent))
 
     html_parts, n_fig = [], 0
     for block in blocks:

@@ -184,8 +184,8 @@ def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device
     pool = torch.cat([splits.labeled, splits.unlabeled])
     labeled = torch.zeros(len(pool), dtype=torch.bool)
     labeled[: len(splits.labeled)] = True
-    teacher_layer = spec.teacher.feature_layer or default_feature_layer(spec.teacher.arch)
-    student_layer = spec.student.feature_layer or default_feature_layer(spec.student.arch)
+    teacher_layer = spec.teacher.feature_layer or default_feature_layer(spec.teacher.arch, teacher.model)
+    student_layer = spec.student.feature_layer or default_feature_layer(spec.student.arch, build_student_model(spec, splits))
     x_pool = take(splits.train.x, pool).to(device)  # streamed data stays on disk: a lazy ImageStore
     features, how = None, "not needed"
     if "cached" in spec.search.teacher_modes and any(METHODS.get(m).needs_features for m in spec.search.methods):
@@ -208,12 +208,19 @@ def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device
     return data
 
 
+def build_student_model(spec: StudySpec, splits: Splits) -> nn.Module:
+    """A fresh student of the spec's architecture for this data (registry, import path or the API's factory)."""
+    s = spec.student
+    return build_model(s.arch, splits.num_classes, splits.in_channels, splits.image_size, args=s.arch_args,
+                       role="student")  # fmt: skip
+
+
 def check_student(data: StudyData) -> None:
     """Fail before the first trial on what every trial would fail on: a KdsearchError when the student's
     checkpoint does not fit it, or when a feature method's loss cannot pair the student's and the
     teacher's feature layers (tried on two images at the low end of the method's ranges)."""
     spec = data.spec
-    model = build_model(spec.student.arch, data.splits.num_classes, data.splits.in_channels, data.splits.image_size)
+    model = build_student_model(spec, data.splits)
     if data.student_init is not None:
         load_state(model, data.student_init, role="student", arch=spec.student.arch,
                    ignore=tuple(spec.student.checkpoint_ignore), source=spec.student.checkpoint)  # fmt: skip
@@ -296,7 +303,7 @@ def train_student(
     """
     spec, splits = data.spec, data.splits
     torch.manual_seed(seed)
-    model = build_model(spec.student.arch, splits.num_classes, splits.in_channels, splits.image_size)
+    model = build_student_model(spec, splits)
     if data.student_init is not None:
         load_state(model, data.student_init, role="student", arch=spec.student.arch,
                    ignore=tuple(spec.student.checkpoint_ignore), source=spec.student.checkpoint)  # fmt: skip
@@ -404,11 +411,14 @@ def final_comparison(
     teacher: Teacher,
     *,
     on_run: Callable[[str, int], None] | None = None,
+    on_student: Callable[[dict, dict, nn.Module], None] | None = None,
 ) -> dict:
     """Retrain the best trial of each method and a scratch student with K seeds; score on **test**.
 
-    This is the only place that touches the test split. The result is stored on the study
-    (user attr ``final_comparison``) and returned.
+    This is the only place that touches the test split (besides export). The result is stored on the
+    study (user attr ``final_comparison``) and returned. ``on_student(candidate, run, model)`` sees each
+    retrained student (e.g. to keep it as files); ``candidate`` holds label, method, params, trial and
+    teacher mode, ``run`` the seed and its test scores.
     """
     best = best_trials_per_method(study)
     if not best:
@@ -424,6 +434,9 @@ def final_comparison(
             model, _ = train_student(data, method, params, seed, teacher_mode=mode)
             acc, roc = evaluate(model, test)
             runs.append({"seed": seed, "accuracy": acc, "auc": roc})
+            if on_student is not None:
+                on_student({"label": label, "method": method, "params": params, "trial": number, "teacher_mode": mode},
+                           runs[-1], model)  # fmt: skip
             if on_run is not None:
                 on_run(label, seed)
         students.append(

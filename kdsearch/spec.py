@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -40,14 +40,16 @@ class DataSpec(_Section):
     ``source`` picks the reader: ``idx`` (MNIST layout, the default Fashion-MNIST study),
     ``cifar10`` (the python-pickle batches), ``image_folder`` (``root/<class>/*.png|jpg|…``,
     optionally under ``root/train``, ``root/val``, ``root/test``) or ``csv`` (an image folder plus
-    a CSV naming each file's label and partition, e.g. MHIST). Fields that only one source
+    a CSV naming each file's label and partition, e.g. MHIST), ``torchvision`` (a class of
+    ``torchvision.datasets`` named by ``dataset``, read from ``root``) or ``python`` (the datasets
+    returned by the user's function ``factory = "package.module:function"``). Fields that only one source
     reads are errors with another source (unless left at their default).
     Sizes (``val_size``, ``test_size``) are a count (int >= 1) or a fraction (float in (0, 1)).
     ``image_folder``/``csv`` data above ``memory_budget_mb`` streams from disk through a DataLoader
     with ``loader_workers`` workers (``stream``); the teacher's outputs are still computed once per image.
     """
 
-    source: Literal["idx", "cifar10", "image_folder", "csv"] = "idx"
+    source: Literal["idx", "cifar10", "image_folder", "csv", "torchvision", "python"] = "idx"
     root: Path = Field(Path(DEFAULT_FASHION_MNIST_ROOT), description="dataset folder (required for sources other than idx)")
     val_size: int | float = Field(
         5000, description="images held out of the training split for validation: a count, or a fraction in (0, 1)"
@@ -59,8 +61,8 @@ class DataSpec(_Section):
     )
     labeled: int = Field(2000, ge=0, description="training images whose labels the student may use (0: all not unlabeled)")
     unlabeled: int = Field(8000, ge=0, description="transfer images the student sees through the teacher only")
-    train_limit: int = Field(0, ge=0, description="idx, cifar10: use only the first N training images (0: all)")
-    test_limit: int = Field(0, ge=0, description="idx, cifar10: use only the first N test images (0: all)")
+    train_limit: int = Field(0, ge=0, description="idx, cifar10, torchvision, python: use only the first N training images (0: all)")
+    test_limit: int = Field(0, ge=0, description="idx, cifar10, torchvision, python: use only the first N test images (0: all)")
     split_seed: int = Field(0, ge=0, le=MAX_SEED)
     image_size: int | None = Field(
         None, ge=4, le=2048, description="resize every image to this square size (default: native; 32 for image_folder, csv)"
@@ -70,16 +72,16 @@ class DataSpec(_Section):
     std: list[float] | None = Field(None, description="per-channel std on the [0, 1] scale (default: training split's)")
     memory_budget_mb: int = Field(
         2048, ge=1,
-        description="largest in-memory float32 size of all splits, in MiB; image_folder and csv data above it "
-        "stream from disk (see stream), idx and cifar10 data above it is refused",
+        description="largest in-memory float32 size of all splits, in MiB; image_folder, csv, torchvision and "
+        "python data above it streams (see stream), idx and cifar10 data above it is refused",
     )  # fmt: skip
     stream: Literal["auto", "always", "never"] = Field(
         "auto",
-        description="image_folder, csv: 'auto' streams images from disk through a DataLoader when the splits "
+        description="image_folder, csv, torchvision, python: 'auto' streams images through a DataLoader when the splits "
         "exceed memory_budget_mb, 'always' streams whatever the size, 'never' refuses data above the budget",
     )
     loader_workers: int = Field(
-        2, ge=0, le=64, description="image_folder, csv: DataLoader worker processes decoding streamed images (0: in-process)"
+        2, ge=0, le=64, description="image_folder, csv, torchvision, python: DataLoader worker processes decoding streamed images (0: in-process)"
     )
     skip_unreadable: bool = Field(False, description="image_folder, csv: skip corrupt images instead of stopping")
     download: bool | Literal["fashion_mnist", "mnist"] = Field(
@@ -94,6 +96,17 @@ class DataSpec(_Section):
     partition_column: str = Field("Partition", description="csv: column with the split ('' : no column, carve test_size)")
     train_value: str = Field("train", min_length=1, description="csv: partition value of training rows")
     test_value: str = Field("test", min_length=1, description="csv: partition value of test rows")
+    factory: str | None = Field(
+        None,
+        description="python: 'package.module:function' returning the datasets: a dict with 'train' and optionally "
+        "'val', 'test', 'classes', or a tuple (train, test); items are (image, label)",
+    )
+    dataset: str | None = Field(
+        None, description="torchvision: a class of torchvision.datasets taking train= or split=, e.g. 'CIFAR100'"
+    )
+    args: dict[str, Any] = Field(
+        {}, description="python, torchvision: extra keyword arguments for the factory or the dataset class"
+    )
 
     @field_validator("val_size", "test_size")
     @classmethod
@@ -111,13 +124,16 @@ class DataSpec(_Section):
     @model_validator(mode="after")
     def _check_source_fields(self) -> "DataSpec":
         only_for = {  # field: the sources that read it
-            "train_limit": ("idx", "cifar10"),
-            "test_limit": ("idx", "cifar10"),
-            "download": ("idx", "cifar10"),
-            "test_size": ("image_folder", "csv"),
+            "train_limit": ("idx", "cifar10", "torchvision", "python"),
+            "test_limit": ("idx", "cifar10", "torchvision", "python"),
+            "download": ("idx", "cifar10", "torchvision"),
+            "test_size": ("image_folder", "csv", "torchvision", "python"),
             "skip_unreadable": ("image_folder", "csv"),
-            "stream": ("image_folder", "csv"),
-            "loader_workers": ("image_folder", "csv"),
+            "stream": ("image_folder", "csv", "torchvision", "python"),
+            "loader_workers": ("image_folder", "csv", "torchvision", "python"),
+            "factory": ("python",),
+            "dataset": ("torchvision",),
+            "args": ("torchvision", "python"),
             "csv_file": ("csv",),
             "image_dir": ("csv",),
             "file_column": ("csv",),
@@ -134,7 +150,11 @@ class DataSpec(_Section):
                 )
         if isinstance(self.download, str) and self.source != "idx":
             raise ValueError(f"download = {self.download!r} names an IDX dataset; with source = {self.source!r} use true")
-        if self.source != "idx" and "root" not in self.model_fields_set:
+        if self.source == "torchvision" and not self.dataset:
+            raise ValueError('dataset: source = "torchvision" needs dataset, a class of torchvision.datasets, e.g. "CIFAR100"')
+        if self.factory is not None and not is_import_path(self.factory):
+            raise ValueError(f"factory: {self.factory!r} is not an import path; write it as 'package.module:function'")
+        if self.source not in ("idx", "python") and "root" not in self.model_fields_set:
             raise ValueError(f"root: source = {self.source!r} needs root, the dataset folder; set data.root or --data-root")
         if self.source == "csv" and self.partition_column and self.test_size is not None:
             raise ValueError(
@@ -146,9 +166,13 @@ class DataSpec(_Section):
         if (self.mean is None) != (self.std is None):
             raise ValueError("mean and std: give both (per-channel, on the [0, 1] scale) or neither")
         if self.mean is not None and self.std is not None:
-            n = self.resolved_channels()
-            if len(self.mean) != n or len(self.std) != n:
-                raise ValueError(f"mean and std need one value per channel ({n}); got {len(self.mean)} and {len(self.std)}")
+            if self.channels is None and self.source in ("python", "torchvision"):  # the items say: 1 or 3
+                if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
+                    raise ValueError(f"mean and std need one value per channel (1 or 3); got {len(self.mean)} and {len(self.std)}")
+            else:
+                n = self.resolved_channels()
+                if len(self.mean) != n or len(self.std) != n:
+                    raise ValueError(f"mean and std need one value per channel ({n}); got {len(self.mean)} and {len(self.std)}")
             if not all(0.0 <= m <= 1.0 for m in self.mean) or not all(0.0 < s <= 1.0 for s in self.std):
                 raise ValueError(
                     "mean must lie in [0, 1] and std in (0, 1]: they are on the [0, 1] pixel scale "
@@ -163,10 +187,25 @@ class DataSpec(_Section):
         return 1 if self.source == "idx" else 3
 
 
-class ModelSpec(_Section):
-    """An architecture from the registry and how it is trained."""
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` reads as ``package.module:attribute`` (a user's callable), not a registry name."""
+    module, sep, attr = name.partition(":")
+    return bool(sep) and all(p.isidentifier() for p in module.split(".")) and all(p.isidentifier() for p in attr.split("."))
 
-    arch: str
+
+WHOLE_MODEL_ARCHS = ("torchscript", "exported")  # teacher.arch values that take the whole model from teacher.checkpoint
+GIVEN_ARCH = "python"  # arch of a model object handed to the Python API (kdsearch.run_study(teacher=..., student=...))
+
+
+class ModelSpec(_Section):
+    """An architecture (a registry name or the user's ``package.module:callable``) and how it is trained."""
+
+    arch: str = Field(
+        description="a registry name (kdsearch models), or 'package.module:callable' building the user's nn.Module"
+    )
+    arch_args: dict[str, Any] = Field(
+        {}, description="extra keyword arguments for the arch's callable, e.g. { width = 32 } (import paths only)"
+    )
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -181,9 +220,18 @@ class ModelSpec(_Section):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, name: str) -> str:
-        if name not in MODELS:
-            raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS.names())}")
+        if name not in MODELS and not is_import_path(name) and name not in (*WHOLE_MODEL_ARCHS, GIVEN_ARCH):
+            raise ValueError(
+                f"unknown model {name!r}; give a known model ({', '.join(MODELS.names())}) or your own as "
+                "'package.module:callable'"
+            )
         return name
+
+    @model_validator(mode="after")
+    def _args_for_import_paths(self) -> "ModelSpec":
+        if self.arch_args and not is_import_path(self.arch):
+            raise ValueError(f"arch_args: only an import-path arch takes arguments (arch is {self.arch!r})")
+        return self
 
 
 class TeacherSpec(ModelSpec):
@@ -199,12 +247,29 @@ class TeacherSpec(ModelSpec):
         1024, ge=0, description="cache teacher features in memory when they fit; otherwise run the teacher live"
     )
 
+    @model_validator(mode="after")
+    def _whole_model_needs_file(self) -> "TeacherSpec":
+        if self.arch in WHOLE_MODEL_ARCHS and self.checkpoint is None:
+            kind = "a TorchScript file" if self.arch == "torchscript" else "a torch.export program (.pt2)"
+            raise ValueError(f"arch = {self.arch!r} takes the whole model from checkpoint; set checkpoint to {kind}")
+        return self
+
 
 class StudentSpec(ModelSpec):
     arch: str = "light_nn"
     epochs: int = Field(5, ge=1)
     augment_shift: int = Field(2, ge=0, description="'consistent' mode: random shifts of up to N pixels")
     augment_flip: bool = Field(True, description="'consistent' mode: random horizontal flips (false for digits)")
+
+    @field_validator("arch")
+    @classmethod
+    def _trainable_arch(cls, name: str) -> str:
+        if name in WHOLE_MODEL_ARCHS:
+            raise ValueError(
+                f"{name!r} is for a teacher used as it is; a student is built fresh for every trial: give a known "
+                "model or 'package.module:callable'"
+            )
+        return name
 
 
 class SearchSpec(_Section):
@@ -264,6 +329,11 @@ class RuntimeSpec(_Section):
     )
     grace_period: int = Field(30, ge=1, description="a trial without a heartbeat for this long is FAILED and retried")
     max_retry: int = Field(2, ge=0, description="how often a trial whose worker died is re-run with the same params")
+    python_path: list[Path] = Field(
+        [],
+        description="folders searched for import-path models and data factories, besides the study file's folder "
+        "and the working directory (relative ones: to the study file)",
+    )
 
     @model_validator(mode="after")
     def _grace_after_heartbeat(self) -> "RuntimeSpec":
@@ -370,7 +440,17 @@ def load_spec(path: Path | str) -> StudySpec:
         raise KdsearchError(f"cannot read study file {path}: {err}; pass a readable UTF-8 TOML file") from None
     except tomllib.TOMLDecodeError as err:
         raise KdsearchError(f"{path} is not valid TOML: {err}; fix the line it names") from None
-    return spec_from_dict(raw, source=str(path))
+    spec = spec_from_dict(raw, source=str(path))
+    return with_study_folder(spec, path.parent)
+
+
+def with_study_folder(spec: StudySpec, folder: Path) -> StudySpec:
+    """``spec`` with ``runtime.python_path`` made absolute against the study file's ``folder``, which comes
+    first: a study's own modules (import-path models, data factories) are found wherever kdsearch runs."""
+    folder = folder.expanduser().resolve()
+    paths = [folder] + [p if p.is_absolute() else (folder / p).resolve() for p in spec.runtime.python_path]
+    unique = list(dict.fromkeys(paths))
+    return spec.model_copy(update={"runtime": spec.runtime.model_copy(update={"python_path": unique})})
 
 
 def apply_overrides(raw: dict, assignments: list[str]) -> dict:

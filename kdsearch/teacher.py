@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from .data import Splits, default_cache_root, save_atomic
 from .methods import build_method
 from .errors import KdsearchError, first_line
-from .models import FeatureTap, build_model, load_checkpoint
-from .spec import StudySpec
+from .models import FeatureTap, build_model, code_fingerprint, load_checkpoint
+from .spec import GIVEN_ARCH, WHOLE_MODEL_ARCHS, StudySpec
 from .train import Augment, EpochResult, TrainSet, channels_last, evaluate, fit, predict, steps_per_epoch
 
 CACHE_VERSION = 1
@@ -49,7 +49,12 @@ def cache_root(spec: StudySpec) -> Path:
 def teacher_key(spec: StudySpec, splits: Splits) -> str:
     """Hash of everything that determines the teacher's weights and logits."""
     teacher = spec.teacher.model_dump(mode="json", exclude={"feature_layer", "feature_cache_mb"})
-    if spec.teacher.checkpoint is not None:
+    code = code_fingerprint(spec.teacher.arch, "teacher")  # the user's module file, or a handed module's weights
+    if code:
+        teacher["code"] = code
+    if spec.teacher.arch == GIVEN_ARCH:
+        teacher.pop("epochs")  # a handed teacher is used as it is (plus fine_tune_epochs), like a checkpoint
+    elif spec.teacher.checkpoint is not None:
         teacher["checkpoint"] = _file_sha256(Path(spec.teacher.checkpoint))  # its content, not its name
         teacher.pop("epochs")
     else:
@@ -88,9 +93,11 @@ def train_teacher(
     """
     t = spec.teacher
     torch.manual_seed(t.seed)
-    model = build_model(t.arch, splits.num_classes, splits.in_channels, splits.image_size)
+    model = build_teacher_model(spec, splits)
     epochs = t.epochs
-    if t.checkpoint is not None:
+    if t.arch in (*WHOLE_MODEL_ARCHS, GIVEN_ARCH):
+        epochs = t.fine_tune_epochs
+    elif t.checkpoint is not None:
         load_checkpoint(model, Path(t.checkpoint), role="teacher", arch=t.arch, ignore=tuple(t.checkpoint_ignore))
         epochs = t.fine_tune_epochs
     model = model.to(device)
@@ -114,9 +121,17 @@ def train_teacher(
     return model
 
 
+def build_teacher_model(spec: StudySpec, splits: Splits) -> nn.Module:
+    """The spec's teacher architecture for this data (fresh, or the whole model its file or the Python API holds)."""
+    t = spec.teacher
+    return build_model(t.arch, splits.num_classes, splits.in_channels, splits.image_size, args=t.arch_args,
+                       checkpoint=t.checkpoint, role="teacher")  # fmt: skip
+
+
 def teacher_steps(spec: StudySpec, splits: Splits) -> int:
     """Optimizer steps of a teacher training run (for progress bars)."""
-    epochs = spec.teacher.fine_tune_epochs if spec.teacher.checkpoint is not None else spec.teacher.epochs
+    given = spec.teacher.checkpoint is not None or spec.teacher.arch == GIVEN_ARCH
+    epochs = spec.teacher.fine_tune_epochs if given else spec.teacher.epochs
     return epochs * steps_per_epoch(len(splits.train), spec.teacher.batch_size)
 
 
@@ -137,7 +152,7 @@ def prepare_teacher(
         if path.is_file():
             try:
                 entry = torch.load(path, map_location="cpu", weights_only=True)
-                model = build_model(spec.teacher.arch, splits.num_classes, splits.in_channels, splits.image_size)
+                model = build_teacher_model(spec, splits)
                 model.load_state_dict(entry["state_dict"])
                 return Teacher(model.to(device).eval(), entry["train_logits"], entry["metrics"], True, path)
             except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:

@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-import kdsearch.data as data_module
+import kdsearch.data.cifar10 as cifar10_module
+import kdsearch.data.idx as idx_module
 from kdsearch.data import (
     CIFAR10_CLASSES,
     data_cache_dir,
@@ -435,7 +436,7 @@ def test_cifar10_download_flag_uses_torchvision_only_when_asked(tmp_path, monkey
         calls.append(root)
         return write_cifar(root / "cifar-10-batches-py")
 
-    monkeypatch.setattr(data_module, "download_cifar10", fake_download)
+    monkeypatch.setattr(cifar10_module, "download_cifar10", fake_download)
     with pytest.raises(KdsearchError, match="no CIFAR-10 batches"):
         find_cifar10_folder(tmp_path)
     assert calls == []
@@ -489,7 +490,7 @@ def test_a_failed_download_is_one_message(tmp_path, monkeypatch):
 
 
 def test_idx_download_is_skipped_when_root_holds_the_files(idx_dataset, monkeypatch):
-    monkeypatch.setattr(data_module, "download_idx", lambda root, dataset: pytest.fail("downloaded although present"))
+    monkeypatch.setattr(idx_module, "download_idx", lambda root, dataset: pytest.fail("downloaded although present"))
     splits = load_splits(DataSpec(source="idx", root=idx_dataset, download="mnist", val_size=20, labeled=50, unlabeled=0))
     assert len(splits.test) == 100
 

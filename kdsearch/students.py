@@ -1,0 +1,185 @@
+"""The distilled students a study leaves: the final comparison's retrained students kept as files, and
+``kdsearch export``'s retrain of one trial.
+
+For the best trial of each method, every seed's student is kept as ``seeds/seed-<n>.safetensors``; the
+seed whose test score is closest to the seeds' mean is the representative, exported under
+``students/<method>/`` as safetensors, TorchScript and ONNX (checked against PyTorch) with a JSON card.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import KdsearchError
+from .export import ExportedStudent, export_student, save_safetensors
+from .search import StudyData, params_of, teacher_mode_of, train_student
+from .train import TrainSet, evaluate, predict, steps_per_epoch
+
+CHECK_IMAGES = 16  # test images the ONNX and TorchScript files are checked on
+
+
+def representative(runs: list[dict], metric: str) -> int:
+    """Index of the run whose ``metric`` is closest to the runs' mean (the first such on a tie)."""
+    mean = statistics.fmean(r[metric] for r in runs)
+    return min(range(len(runs)), key=lambda i: abs(runs[i][metric] - mean))
+
+
+def student_card(data: StudyData, study_name: str, method: str, params: dict, trial: int | None, mode: str,
+                 run: dict, *, train_on: str = "train", seeds: list[dict] | None = None) -> dict[str, Any]:  # fmt: skip
+    """What a user needs to use the student: architecture, classes, input and normalization, how it was trained."""
+    spec, splits = data.spec, data.splits
+    card: dict[str, Any] = {
+        "architecture": spec.student.arch,
+        "arch_args": dict(spec.student.arch_args),
+        "num_classes": splits.num_classes,
+        "class_names": list(splits.class_names) or [str(i) for i in range(splits.num_classes)],
+        "input": {
+            "shape": ["N", splits.in_channels, splits.image_size, splits.image_size],
+            "channels": splits.in_channels,
+            "image_size": splits.image_size,
+            "dtype": "float32",
+            "normalization": "x = (pixel / 255 - mean) / std, per channel",
+            "mean": list(splits.mean),
+            "std": list(splits.std),
+        },
+        "output": "logits (N, num_classes); softmax for probabilities",
+        "method": method,
+        "params": dict(params),
+        "teacher_mode": mode,
+        "teacher": spec.teacher.arch,
+        "study": study_name,
+        "trial": trial,
+        "seed": run["seed"],
+        "test": {"accuracy": run["accuracy"], "auc": run["auc"]},
+        "training": {"epochs": spec.student.epochs, "batch_size": spec.student.batch_size, "lr": spec.student.lr,
+                     "train_on": train_on},  # fmt: skip
+    }
+    if seeds is not None:
+        card["seeds"] = seeds
+        card["representative"] = f"the seed whose test {spec.search.objective} is closest to the mean of {len(seeds)} seeds"
+    return card
+
+
+def _check_batch(data: StudyData) -> torch.Tensor:
+    """A few test images on the CPU, to check the exported files against PyTorch."""
+    test = data.splits.test
+    x = test.x[torch.arange(min(CHECK_IMAGES, len(test)))]
+    return x.float().cpu().contiguous()
+
+
+def export_summary(exported: ExportedStudent, base: Path) -> dict[str, Any]:
+    """What the stored final comparison and the report say about an exported student (paths relative to ``base``)."""
+
+    def rel(p: Path) -> str:
+        try:
+            return str(Path(p).resolve().relative_to(Path(base).resolve()))
+        except ValueError:
+            return str(Path(p).resolve())
+
+    return {
+        "base": str(Path(base).resolve()),
+        "folder": rel(exported.folder),
+        "files": {kind: rel(path) for kind, path in exported.files.items()},
+        "sizes": {kind: Path(path).stat().st_size for kind, path in exported.files.items() if Path(path).is_file()},
+        "seed": exported.card.get("seed"),
+        "onnx_max_abs_diff": None if exported.onnx_max_abs_diff != exported.onnx_max_abs_diff else exported.onnx_max_abs_diff,
+        "test": exported.card.get("test"),
+    }
+
+
+class StudentKeeper:
+    """Keeps the final comparison's distilled students (``keep``) and exports each method's representative."""
+
+    def __init__(self, data: StudyData, study: Any, folder: Path) -> None:
+        self.data, self.study, self.folder = data, study, Path(folder)
+        self.kept: dict[str, list[tuple[dict, dict, nn.Module]]] = {}
+
+    def keep(self, candidate: dict, run: dict, model: nn.Module) -> None:
+        """``final_comparison``'s ``on_student``: a distilled student's weights saved per seed, kept in memory."""
+        method = candidate["method"]
+        if method == "scratch":
+            return
+        runs = self.kept.setdefault(method, [])
+        seeds = self.folder / method / "seeds"
+        if not runs and seeds.is_dir():  # a new final comparison replaces the last one's seeds
+            for old in seeds.glob("seed-*.safetensors"):
+                old.unlink()
+        save_safetensors(model, seeds / f"seed-{run['seed']}.safetensors")
+        runs.append((candidate, run, copy.deepcopy(model).cpu()))
+
+    def export(self, console: Any) -> dict[str, ExportedStudent]:
+        """Each method's representative student as safetensors, TorchScript, ONNX and card."""
+        metric = self.data.spec.search.objective
+        check = _check_batch(self.data)
+        out: dict[str, ExportedStudent] = {}
+        for method, runs in sorted(self.kept.items()):
+            i = representative([r for _, r, _ in runs], metric)
+            candidate, run, model = runs[i]
+            seeds = [dict(r) for _, r, _ in runs]
+            card = student_card(self.data, self.study.study_name, method, candidate["params"], candidate["trial"],
+                                candidate["teacher_mode"], run, seeds=seeds)  # fmt: skip
+            # strict=False: a format one student cannot take (an op without an ONNX mapping) is said, not fatal
+            exported = export_student(model, self.folder / method, sample=check[:2], card=card, check_inputs=check,
+                                      strict=False)  # fmt: skip
+            out[method] = exported
+            kinds = ", ".join(k for k in ("safetensors", "torchscript", "onnx") if k in exported.files)
+            check_note = "" if "onnx" not in exported.files else f"; ONNX vs PyTorch max |Δ| {exported.onnx_max_abs_diff:.1e}"
+            console.echo(
+                f"student {method}: seed {run['seed']} (test {metric} {run[metric]:.4f}, closest to the mean of "
+                f"{len(runs)} seeds) → {exported.folder} ({kinds}, card{check_note})"
+            )
+            for kind, why in exported.errors.items():
+                console.echo(f"warning: student {method}: no {kind} file ({why})", err=True)
+        return out
+
+
+def with_val_in_pool(data: StudyData) -> StudyData:
+    """``data`` whose student pool also holds the validation images as labeled rows (teacher logits computed
+    for them): ``kdsearch export --train-on train+val``. Needs data held in memory."""
+    from .data import ImageStore
+
+    val = data.val
+    if isinstance(val.x, ImageStore) or isinstance(data.distill_set.x, ImageStore):
+        raise KdsearchError("--train-on train+val needs the images in memory, but this study streams them from disk; "
+                            "raise data.memory_budget_mb, or export with --train-on train")  # fmt: skip
+    device = data.device
+    ones = torch.ones(len(val), dtype=torch.bool, device=device)
+    logits = predict(data.teacher.model, val.x.to(device)).to(device)
+    d, lab = data.distill_set, data.labeled_set
+    distill = TrainSet(torch.cat([d.x, val.x.to(device)]), torch.cat([d.y, val.y.to(device)]),
+                       torch.cat([d.labeled, ones]), torch.cat([d.teacher_logits, logits]), None).to(device)  # fmt: skip
+    labeled = TrainSet(torch.cat([lab.x, val.x.to(device)]), torch.cat([lab.y, val.y.to(device)]),
+                       torch.cat([lab.labeled, ones])).to(device)  # fmt: skip
+    return replace(data, distill_set=distill, labeled_set=labeled,
+                   steps=steps_per_epoch(len(distill), data.spec.student.batch_size))  # fmt: skip
+
+
+def export_one(data: StudyData, study: Any, trial: Any, out: Path, *, train_on: str, console: Any) -> ExportedStudent:
+    """Retrain ``trial``'s method and params (seed ``final.first_seed``), score it on test, export it to ``out``."""
+    if train_on not in ("train", "train+val"):
+        raise KdsearchError(f"--train-on {train_on!r}: use 'train' or 'train+val'")
+    if train_on == "train+val":
+        data = with_val_in_pool(data)
+    method, params = params_of(trial)
+    mode = teacher_mode_of(trial)
+    seed = data.spec.final.first_seed
+    console.echo(f"export: retraining trial {trial.number} ({method}, "
+                 + ", ".join(f"{k}={v:.4g}" for k, v in params.items())
+                 + f") for {data.spec.student.epochs} epochs on {train_on}, seed {seed}")  # fmt: skip
+    model, _ = train_student(data, method, params, seed, teacher_mode=mode)
+    test = data.splits.test.in_memory(data.device, data.spec.data.memory_budget_mb / 2)
+    acc, roc = evaluate(model, test)
+    run = {"seed": seed, "accuracy": acc, "auc": roc}
+    card = student_card(data, study.study_name, method, params, trial.number, mode, run, train_on=train_on)
+    check = _check_batch(data)
+    exported = export_student(model, Path(out), sample=check[:2], card=card, check_inputs=check)
+    console.echo(f"export: test accuracy {acc:.4f}, AUC {roc:.4f}; wrote {', '.join(p.name for p in exported.files.values())} "
+                 f"to {exported.folder} (ONNX vs PyTorch max |Δ| {exported.onnx_max_abs_diff:.1e})")  # fmt: skip
+    return exported
