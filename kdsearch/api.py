@@ -25,7 +25,7 @@ from .runner import Console, StudyResult, export_trial, given_data_spec, run
 def _spec_with(spec: Any, *, overrides: Sequence[str] | Mapping[str, Any] | None, teacher: Any, student: Any,
                data: Any, name: str | None, output_dir: Path | str | None, storage: str | None):  # fmt: skip
     """The study spec (a path, a StudySpec or a dict) with the API's arguments applied."""
-    from .spec import StudySpec, apply_overrides, load_spec, spec_from_dict, with_study_folder
+    from .spec import StudySpec, apply_overrides, load_spec, set_field, spec_from_dict, with_study_folder
 
     if isinstance(spec, StudySpec):
         base = spec
@@ -35,8 +35,9 @@ def _spec_with(spec: Any, *, overrides: Sequence[str] | Mapping[str, Any] | None
         base = load_spec(Path(spec))
     raw = base.model_dump(mode="json")
     if isinstance(overrides, Mapping):
-        overrides = [f"{k}={_toml(v)}" for k, v in overrides.items()]
-    if overrides:
+        for key, value in overrides.items():
+            raw = set_field(raw, key, value)
+    elif overrides:
         raw = apply_overrides(raw, list(overrides))
     if teacher is not None:
         raw["teacher"]["arch"] = "python"
@@ -54,19 +55,6 @@ def _spec_with(spec: Any, *, overrides: Sequence[str] | Mapping[str, Any] | None
     if storage:
         raw["storage"] = storage
     return spec_from_dict(raw, source="run_study arguments")
-
-
-def _toml(value: Any) -> str:
-    """A Python value as a TOML value (for ``apply_overrides``)."""
-    import json
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return json.dumps(value) if isinstance(value, str) else str(value)
 
 
 def run_study(

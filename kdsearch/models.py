@@ -120,11 +120,6 @@ def given_models(*, teacher: nn.Module | None = None, student: Callable[..., nn.
         _GIVEN.update(before)
 
 
-def given_model(role: str) -> nn.Module | Callable[..., nn.Module] | None:
-    """The object handed to the Python API for ``role`` (None when there is none)."""
-    return _GIVEN.get(role)
-
-
 def _call_builder(builder: Callable[..., Any], what: str, shape: dict[str, int], args: Mapping[str, Any]) -> nn.Module:
     """``builder(**the shape keywords it accepts, **args)``, checked to return an nn.Module."""
     try:
@@ -227,12 +222,12 @@ def state_dict_sha256(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def default_feature_layer(name: str, model: nn.Module | None = None) -> str:
+def default_feature_layer(name: str, model: Callable[[], nn.Module] | None = None) -> str:
     """The module path a feature-based method taps unless the spec says otherwise: the registry's entry for a
-    registered ``name``, else (given the ``model``) the module just before its last ``nn.Linear``."""
+    registered ``name``, else the module just before the last ``nn.Linear`` of ``model()`` (built only then)."""
     if name in MODELS:
         return MODELS.meta(name).get("feature_layer", "")
-    return layer_before_last_linear(model) if model is not None else ""
+    return layer_before_last_linear(model()) if model is not None else ""
 
 
 def layer_before_last_linear(model: nn.Module) -> str:

@@ -513,9 +513,10 @@ def pick_trial(study, *, method: Optional[str] = None, trial: Optional[int] = No
 
 def given_data_spec(raw: Mapping[str, Any]) -> dict[str, Any]:
     """A spec dict's ``data`` table for datasets handed over from Python: ``source = "python"``, without the
-    fields that only a file source reads."""
-    file_only = {"root", "download", "csv_file", "image_dir", "file_column", "label_column", "partition_column",
-                 "train_value", "test_value", "skip_unreadable", "factory", "dataset", "args"}  # fmt: skip
-    data = {k: v for k, v in raw.items() if k not in file_only}
+    fields that the python source does not read (``spec.SOURCE_FIELDS``) nor where its data comes from."""
+    from .spec import SOURCE_FIELDS
+
+    dropped = {name for name, sources in SOURCE_FIELDS.items() if "python" not in sources} | {"root", "factory", "args"}
+    data = {k: v for k, v in raw.items() if k not in dropped}
     data["source"] = "python"
     return data

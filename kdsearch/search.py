@@ -184,8 +184,9 @@ def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device
     pool = torch.cat([splits.labeled, splits.unlabeled])
     labeled = torch.zeros(len(pool), dtype=torch.bool)
     labeled[: len(splits.labeled)] = True
-    teacher_layer = spec.teacher.feature_layer or default_feature_layer(spec.teacher.arch, teacher.model)
-    student_layer = spec.student.feature_layer or default_feature_layer(spec.student.arch, build_student_model(spec, splits))
+    teacher_layer = spec.teacher.feature_layer or default_feature_layer(spec.teacher.arch, lambda: teacher.model)
+    student_layer = spec.student.feature_layer or default_feature_layer(spec.student.arch,
+                                                                        lambda: build_student_model(spec, splits))  # fmt: skip
     x_pool = take(splits.train.x, pool).to(device)  # streamed data stays on disk: a lazy ImageStore
     features, how = None, "not needed"
     if "cached" in spec.search.teacher_modes and any(METHODS.get(m).needs_features for m in spec.search.methods):

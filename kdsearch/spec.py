@@ -34,6 +34,27 @@ class _Section(BaseModel):
         return value.expanduser() if isinstance(value, Path) else value
 
 
+SOURCE_FIELDS: dict[str, tuple[str, ...]] = {  # DataSpec field: the sources that read it
+    "train_limit": ("idx", "cifar10", "torchvision", "python"),
+    "test_limit": ("idx", "cifar10", "torchvision", "python"),
+    "download": ("idx", "cifar10", "torchvision"),
+    "test_size": ("image_folder", "csv", "torchvision", "python"),
+    "skip_unreadable": ("image_folder", "csv"),
+    "stream": ("image_folder", "csv", "torchvision", "python"),
+    "loader_workers": ("image_folder", "csv", "torchvision", "python"),
+    "factory": ("python",),
+    "dataset": ("torchvision",),
+    "args": ("torchvision", "python"),
+    "csv_file": ("csv",),
+    "image_dir": ("csv",),
+    "file_column": ("csv",),
+    "label_column": ("csv",),
+    "partition_column": ("csv",),
+    "train_value": ("csv",),
+    "test_value": ("csv",),
+}
+
+
 class DataSpec(_Section):
     """Where the images come from, how they are decoded and how they are split.
 
@@ -123,26 +144,7 @@ class DataSpec(_Section):
 
     @model_validator(mode="after")
     def _check_source_fields(self) -> "DataSpec":
-        only_for = {  # field: the sources that read it
-            "train_limit": ("idx", "cifar10", "torchvision", "python"),
-            "test_limit": ("idx", "cifar10", "torchvision", "python"),
-            "download": ("idx", "cifar10", "torchvision"),
-            "test_size": ("image_folder", "csv", "torchvision", "python"),
-            "skip_unreadable": ("image_folder", "csv"),
-            "stream": ("image_folder", "csv", "torchvision", "python"),
-            "loader_workers": ("image_folder", "csv", "torchvision", "python"),
-            "factory": ("python",),
-            "dataset": ("torchvision",),
-            "args": ("torchvision", "python"),
-            "csv_file": ("csv",),
-            "image_dir": ("csv",),
-            "file_column": ("csv",),
-            "label_column": ("csv",),
-            "partition_column": ("csv",),
-            "train_value": ("csv",),
-            "test_value": ("csv",),
-        }
-        for name, sources in only_for.items():
+        for name, sources in SOURCE_FIELDS.items():
             if self.source not in sources and getattr(self, name) != type(self).model_fields[name].default:
                 users = " or ".join(repr(s) for s in sources)
                 raise ValueError(
@@ -455,7 +457,7 @@ def with_study_folder(spec: StudySpec, folder: Path) -> StudySpec:
 
 def apply_overrides(raw: dict, assignments: list[str]) -> dict:
     """Apply ``section.field=value`` assignments (value in TOML syntax, bare words as strings) to a spec dict."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    out = raw
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         key = key.strip()
@@ -465,11 +467,18 @@ def apply_overrides(raw: dict, assignments: list[str]) -> dict:
             value = tomllib.loads(f"v = {text.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             value = text.strip()  # a bare word: a string
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            child = node.get(part)
-            node[part] = child = dict(child) if isinstance(child, dict) else {}
-            node = child
-        node[leaf] = value
+        out = set_field(out, key, value)
+    return out
+
+
+def set_field(raw: dict, key: str, value: object) -> dict:
+    """A copy of the spec dict ``raw`` with the dotted field ``key`` (e.g. ``student.epochs``) set to ``value``."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    *parents, leaf = key.split(".")
+    node = out
+    for part in parents:
+        child = node.get(part)
+        node[part] = child = dict(child) if isinstance(child, dict) else {}
+        node = child
+    node[leaf] = value
     return out
