@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Both set everything up first.
 TRIALS ?= 50
 
-.PHONY: run test setup setup-test bench
+.PHONY: run test setup setup-test bench bench-search
 
 setup:
 	@bash scripts/setup.sh
@@ -17,3 +17,8 @@ test: setup-test
 
 bench: setup
 	.venv/bin/python benchmarks/bench_trial_loop.py
+
+# The search-quality benchmark (benchmarks/RESULTS.md §7): the grid (~15 min on 2 cores, resumable), then the replays
+bench-search: setup
+	.venv/bin/python benchmarks/bench_search.py grid --out benchmarks/search/grid.json
+	.venv/bin/python benchmarks/bench_search.py simulate --grid benchmarks/search/grid.json --out benchmarks/search

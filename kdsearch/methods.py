@@ -13,10 +13,14 @@ Methods, their searched parameters (trial params are named ``<method>_<param>``)
 name       loss                                                            searched params
 =========  ==============================================================  ==================
 scratch    CE(labeled), no teacher (the baseline; never searched)          —
+pseudo_    CE on labeled rows + CE on the teacher's arg-max label of the   —
+label      unlabeled rows (the hard-label baseline; never searched)
 kd         alpha·CE + (1-alpha)·T²·KL(t/T ‖ s/T)                           temperature, alpha
 lskd       kd on per-row z-scored logits of both models (Sun et al. 2024)  temperature, alpha
-dkd        CE + alpha_tckd·TCKD + beta·NCKD, both ×T² (Zhao et al. 2022)   temperature,
-                                                                           alpha_tckd, beta
+                                                                           (log-uniform)
+dkd        CE + w·(alpha_tckd·TCKD + beta·NCKD), both ×T² (Zhao et al.     temperature,
+           2022); w = min(progress / warmup_epochs, 1) ramps the KD terms  alpha_tckd, beta
+           up linearly (warmup_epochs: fixed at 1 unless a study sets it)  (warmup_epochs)
 cosine     CE + feature_weight·mean(1 - cos(h_s, h_t)) on hidden vectors   feature_weight
 hint       CE + feature_weight·MSE(r(f_s), f_t), r a learned regressor     feature_weight
            (FitNets, Romero et al. 2015)
@@ -27,6 +31,9 @@ How a method declares what it needs (the training loop reads these class variabl
 ``needs_teacher``
     True: ``DistillBatch.teacher_logits`` must be set and the student trains on labeled and
     unlabeled rows. False (``scratch``): no teacher, labeled rows only.
+``min_classes``
+    The fewest classes on which the method's loss still carries information (``lskd``, ``dkd``:
+    3; see ``unusable_methods``). A study on fewer classes refuses or drops the method.
 ``needs_features``
     True (``cosine``, ``hint``): ``DistillBatch.student_features`` and ``teacher_features`` must
     be set. They are the outputs of each model's feature extractor for the batch's rows
@@ -42,11 +49,13 @@ How a method declares what it needs (the training loop reads these class variabl
 
 Adding a method: write the loss as a pure function of tensors, then a small ``Method`` subclass
 registered with ``@METHODS.register(name)`` that sets ``name``, ``space`` (default ranges as
-``ParamRange``; a study's ``[methods.<name>]`` table may override them), and the flags above.
+``ParamRange``; a study's ``[methods.<name>]`` table may override them; ``low == high`` is a fixed
+value, stored with the trial's params but not searched), and the flags above.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
@@ -68,6 +77,11 @@ class ParamRange:
     high: float
     log: bool = False
 
+    @property
+    def fixed(self) -> bool:
+        """A single value (``low == high``): set on every trial, not searched."""
+        return self.low == self.high
+
 
 @dataclass
 class DistillBatch:
@@ -82,6 +96,7 @@ class DistillBatch:
     teacher_logits: Tensor | None = None
     student_features: Tensor | None = None  # (N, ...) from the student's feature extractor, with a graph
     teacher_features: Tensor | None = None  # (N, ...) from the teacher's feature extractor
+    progress: float = math.inf  # epochs of training done when this batch is used (0.5: half-way through epoch 1)
 
 
 # --------------------------------------------------------------------------- pure losses
@@ -176,6 +191,13 @@ def nckd_term(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, te
     return scaled_kl(non_target_log_probs(student_logits), non_target_log_probs(teacher_logits), temperature)
 
 
+def warmup_factor(progress: float, warmup_epochs: float) -> float:
+    """``min(progress / warmup_epochs, 1)``: the linear warm-up of DKD's distillation terms (1 without warm-up)."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return min(progress / warmup_epochs, 1.0)
+
+
 def dkd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -184,13 +206,23 @@ def dkd_loss(
     temperature: float,
     alpha_tckd: float,
     beta: float,
+    warmup: float = 1.0,
 ) -> Tensor:
-    """Decoupled KD: ``CE(labeled) + alpha_tckd * TCKD + beta * NCKD`` (targets from ``dkd_targets``)."""
+    """Decoupled KD: ``CE(labeled) + warmup * (alpha_tckd * TCKD + beta * NCKD)`` (targets from ``dkd_targets``).
+
+    ``warmup`` in [0, 1] scales the distillation terms (``warmup_factor``): with ``beta * T**2`` in the
+    thousands, full-strength NCKD from the first step can blow up a fresh student (the paper warms up).
+    """
     target = dkd_targets(teacher_logits, labels, labeled)
     hard = masked_cross_entropy(student_logits, labels, labeled)
     tckd = tckd_term(student_logits, teacher_logits, target, temperature)
     nckd = nckd_term(student_logits, teacher_logits, target, temperature)
-    return hard + alpha_tckd * tckd + beta * nckd
+    return hard + warmup * (alpha_tckd * tckd + beta * nckd)
+
+
+def pseudo_label_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, labeled: Tensor) -> Tensor:
+    """Mean CE over every row against its label where labeled, else the teacher's arg-max (a hard pseudo-label)."""
+    return F.cross_entropy(student_logits, dkd_targets(teacher_logits, labels, labeled))
 
 
 def _pool_width(vectors: Tensor, width: int) -> Tensor:
@@ -267,6 +299,8 @@ class Method:
     space: ClassVar[Mapping[str, ParamRange]] = {}
     needs_teacher: ClassVar[bool] = True
     needs_features: ClassVar[bool] = False
+    min_classes: ClassVar[int] = 2
+    searchable: ClassVar[bool] = True  # False for the baselines of the final comparison
 
     def make_regressor(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module | None:
         """An extra trainable module for ``loss`` (per-example feature shapes in), or None if none is needed."""
@@ -289,11 +323,32 @@ class Scratch(Method):
     name = "scratch"
     space: ClassVar[Mapping[str, ParamRange]] = {}
     needs_teacher = False
+    searchable = False
 
     def loss(
         self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None
     ) -> Tensor:
         return masked_cross_entropy(batch.student_logits, batch.labels, batch.labeled)
+
+
+@METHODS.register("pseudo_label")
+class PseudoLabel(Method):
+    """The hard-label baseline: CE on the labeled rows' labels and on the teacher's arg-max of the others.
+
+    Same rows and steps as a distilled student; it tells whether the teacher's soft targets add
+    anything over its hard decisions.
+    """
+
+    name = "pseudo_label"
+    space: ClassVar[Mapping[str, ParamRange]] = {}
+    searchable = False
+
+    def loss(
+        self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None
+    ) -> Tensor:
+        return pseudo_label_loss(
+            batch.student_logits, _need(batch.teacher_logits, "teacher_logits", self.name), batch.labels, batch.labeled
+        )
 
 
 @METHODS.register("kd")
@@ -322,10 +377,20 @@ class KD(Method):
 
 @METHODS.register("lskd")
 class LSKD(KD):
-    """Sun et al. 2024 (logit standardization): KD on per-row z-scored logits, same alpha/T convention."""
+    """Sun et al. 2024 (logit standardization): KD on per-row z-scored logits, same alpha/T convention.
+
+    alpha is log-uniform on [0.001, 1]: the paper's CE:KD weights of 0.1:9 (alpha ≈ 0.011) sit in
+    the low decades that a uniform range would almost never sample. On two classes the z-scores
+    are always ±1/√2, so the soft term has no gradient: ``min_classes = 3``.
+    """
 
     name = "lskd"
+    space: ClassVar[Mapping[str, ParamRange]] = {
+        "temperature": ParamRange(0.5, 20.0, log=True),
+        "alpha": ParamRange(0.001, 1.0, log=True),
+    }
     logit_loss = staticmethod(lskd_loss)
+    min_classes = 3
 
 
 @METHODS.register("dkd")
@@ -333,7 +398,10 @@ class DKD(Method):
     """Zhao et al. 2022 (decoupled KD): target-class and non-target-class KL weighted separately.
 
     Ranges: the paper uses alpha_tckd = 1 and beta = 8 (CIFAR-100) or 0.5 (ImageNet) at T = 4, so
-    alpha_tckd spans [0.1, 4] and beta [0.5, 16], both log-uniform; T spans KD's range.
+    alpha_tckd spans [0.1, 4] and beta [0.5, 16], both log-uniform; T spans KD's range. The
+    distillation terms warm up linearly over ``warmup_epochs`` (fixed at 1; the paper ramps over
+    20 of its 240 epochs). On two classes the non-target distribution has one class, so NCKD is
+    identically 0 and dkd is kd: ``min_classes = 3``.
     """
 
     name = "dkd"
@@ -341,7 +409,9 @@ class DKD(Method):
         "temperature": ParamRange(0.5, 20.0, log=True),
         "alpha_tckd": ParamRange(0.1, 4.0, log=True),
         "beta": ParamRange(0.5, 16.0, log=True),
+        "warmup_epochs": ParamRange(1.0, 1.0),
     }
+    min_classes = 3
 
     def loss(
         self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None
@@ -354,6 +424,7 @@ class DKD(Method):
             temperature=params["temperature"],
             alpha_tckd=params["alpha_tckd"],
             beta=params["beta"],
+            warmup=warmup_factor(batch.progress, params.get("warmup_epochs", 0.0)),
         )
 
 
@@ -414,8 +485,21 @@ def build_method(name: str) -> Method:
 
 
 def searchable_methods() -> list[str]:
-    """Methods a study may search over (everything but the scratch baseline)."""
-    return [n for n in METHODS.names() if n != "scratch"]
+    """Methods a study may search over (everything but the scratch and pseudo-label baselines)."""
+    return [n for n in METHODS.names() if METHODS.get(n).searchable]
+
+
+def unusable_methods(methods: list[str], num_classes: int) -> dict[str, str]:
+    """Method → why it cannot learn anything more than kd on a task with ``num_classes`` classes."""
+    reasons = {
+        "lskd": "the z-scores of two logits are always ±1/√2, so its soft term has no gradient",
+        "dkd": "its non-target distribution has a single class, so NCKD is 0 and beta does nothing (dkd is kd)",
+    }
+    return {
+        m: reasons.get(m, f"it needs at least {METHODS.get(m).min_classes} classes")
+        for m in methods
+        if num_classes < METHODS.get(m).min_classes
+    }
 
 
 __all__ = [
@@ -433,8 +517,11 @@ __all__ = [
     "lskd_loss",
     "masked_cross_entropy",
     "nckd_term",
+    "pseudo_label_loss",
     "searchable_methods",
     "soft_kl",
     "standardize_logits",
     "tckd_term",
+    "unusable_methods",
+    "warmup_factor",
 ]

@@ -160,6 +160,11 @@ def prepare(spec, console: Console, *, datasets: Any = None):
         f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images, "
         f"{splits.num_classes} classes; student pool {len(splits.labeled)} labeled + {len(splits.unlabeled)} unlabeled"
     )
+    from .search import methods_for_task
+
+    _, dropped = methods_for_task(spec, splits.num_classes)  # nothing left: refused before the teacher is built
+    for method, why in dropped.items():
+        echo(f"warning: method {method} is dropped from this study: on {splits.num_classes} classes {why}")
     check_models(spec, splits)
     bar = console.progress(teacher_steps(spec, splits), f"teacher {spec.teacher.arch}", "step", leave=False)
     try:
@@ -184,17 +189,29 @@ def prepare(spec, console: Console, *, datasets: Any = None):
         how = "trained and cached"
     m = teacher.metrics
     echo(f"teacher {spec.teacher.arch}: {how} at {teacher.path}")
-    echo(f"teacher accuracy: val {m['val_accuracy']:.4f}, test {m['test_accuracy']:.4f} "
-         f"(AUC val {m['val_auc']:.4f}, test {m['test_auc']:.4f})")  # fmt: skip
+    echo(f"teacher on validation: accuracy {m['val_accuracy']:.4f}, AUC {m['val_auc']:.4f} "
+         "(test: scored only in the final comparison)")  # fmt: skip
     return splits, teacher, device
+
+
+def echo_rerun_notice(study, echo: Callable[..., None]) -> None:
+    """Say so when a study whose final comparison already touched the test split gets more trials."""
+    from .search import FINAL_ATTR
+
+    final = study.user_attrs.get(FINAL_ATTR)
+    if final:
+        echo(f"note: this study's final comparison already scored the test split (after {final['n_complete_trials']} "
+             "completed trials); the comparison at the end of this run is a re-run, labelled so in the report. "
+             "Choosing among re-runs by their test scores would tune on the test split")  # fmt: skip
 
 
 def study_data(spec, splits, teacher, device, console: Console):
     """``prepare_study_data``, saying how feature methods get teacher features and which layers they read."""
     from .methods import METHODS
     from .models import MODELS
-    from .search import prepare_study_data
+    from .search import methods_for_task, prepare_study_data
 
+    spec, _ = methods_for_task(spec, splits.num_classes)  # prepare() said which it drops
     data = prepare_study_data(spec, splits, teacher, device)
     feature_methods = [m for m in spec.search.methods if METHODS.get(m).needs_features]
     if data.features != "not needed":
@@ -234,7 +251,8 @@ def final_and_report(study, data, teacher, report_path: Path, console: Console) 
     from .search import final_candidates, final_comparison
     from .students import StudentKeeper, export_summary
 
-    n_runs = len(final_candidates(study)) * data.spec.final.seeds
+    f = data.spec.final
+    n_runs = len(final_candidates(study, unlabeled=len(data.splits.unlabeled) > 0, students=f.students)) * f.seeds
     keeper = StudentKeeper(data, study, report_path.parent / "students")
     bar = console.progress(n_runs, "final comparison on test", "run", leave=False)
     try:
@@ -288,6 +306,7 @@ def run(
     already = len(study.trials)
     if already:
         echo(f"study {spec.name!r}: resuming, {already} trials already in {url}")
+    echo_rerun_notice(study, echo)
     n = trials or spec.search.trials
     report_path = spec.resolved_output_dir() / "report.html"
     n_workers = worker_count(workers, dev)

@@ -19,8 +19,9 @@ from torch import nn
 
 from .data import Split, Splits, take
 from .errors import KdsearchError, out_of_memory
-from .methods import METHODS, DistillBatch, build_method
+from .methods import METHODS, DistillBatch, build_method, searchable_methods, unusable_methods
 from .metrics import cost_row
+from .pruners import build_pruner
 from .models import FeatureTap, build_model, default_feature_layer, load_state, read_checkpoint
 from .spec import StudySpec, spec_from_dict
 from .storage import storage_contents
@@ -34,7 +35,8 @@ TEACHER_ATTR = "teacher"
 
 
 def make_sampler(spec: StudySpec, rank: int = 0, *, resumed_at: int = 0) -> optuna.samplers.BaseSampler:
-    """TPE over the conditional space: ``multivariate`` models params jointly, ``group`` per method.
+    """TPE over the conditional space: ``multivariate`` models params jointly, ``group`` per method,
+    ``constant_liar`` for parallel workers.
 
     The seed is ``search.sampler_seed + rank`` for a new study; a process that joins a study
     already holding ``resumed_at`` trials gets a seed derived from all three, so a resumed run
@@ -45,19 +47,15 @@ def make_sampler(spec: StudySpec, rank: int = 0, *, resumed_at: int = 0) -> optu
         seed = int(np.random.SeedSequence([spec.search.sampler_seed, rank, resumed_at]).generate_state(1)[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+        # constant_liar: parallel workers see running trials as bad, so they do not sample near-duplicates
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The spec's pruner over epochs reported as steps 1, 2, ... (see ``pruners.build_pruner``)."""
     s = spec.search
-    if s.pruner == "median":
-        # epochs are reported as steps 1, 2, ...; Optuna may prune once step >= n_warmup_steps
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_epochs + 1
-        )
-    if s.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.student.epochs)
-    return optuna.pruners.NopPruner()
+    return build_pruner(s.pruner, startup_trials=s.pruner_startup_trials, warmup_epochs=s.pruner_warmup_epochs,
+                        epochs=spec.student.epochs)  # fmt: skip
 
 
 # Spec fields that may differ between the runs of one study: they do not change what a trial measures.
@@ -107,11 +105,26 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str, ra
                 "pick another name with --study NAME (or another --storage)"
             )
         study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
+        name_objective(study, spec)
         return study
     check_same_settings(study, spec)
+    name_objective(study, spec)
     if study.trials:
         study.sampler = make_sampler(spec, rank, resumed_at=len(study.trials))
     return study
+
+
+def objective_name(spec: StudySpec) -> str:
+    """The objective's name as the dashboard shows it, e.g. ``val_accuracy``."""
+    return f"val_{spec.search.objective}"
+
+
+def name_objective(study: optuna.Study, spec: StudySpec) -> None:
+    """Name the study's objective (``study.set_metric_names``) so the dashboard does not call it "Objective 0"."""
+    if study.metric_names != [objective_name(spec)]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([objective_name(spec)])
 
 
 def check_same_settings(study: optuna.Study, spec: StudySpec) -> None:
@@ -259,8 +272,28 @@ def check_student(data: StudyData) -> None:
         student_tap.remove()
 
 
+def methods_for_task(spec: StudySpec, num_classes: int) -> tuple[StudySpec, dict[str, str]]:
+    """The spec with the methods that cannot work on ``num_classes`` classes dropped, and why each was.
+
+    A KdsearchError naming the reason and the methods that work when none of the study's would be left.
+    """
+    dropped = unusable_methods(spec.search.methods, num_classes)
+    if not dropped:
+        return spec, {}
+    kept = [m for m in spec.search.methods if m not in dropped]
+    if not kept:
+        why = "; ".join(f"{m}: {reason}" for m, reason in dropped.items())
+        works = [m for m in searchable_methods() if not unusable_methods([m], num_classes)]
+        raise KdsearchError(
+            f"search.methods = {spec.search.methods} cannot distill on {num_classes} classes ({why}). "
+            f"Use methods that work on {num_classes} classes: {', '.join(works)}"
+        )
+    return spec.model_copy(update={"search": spec.search.model_copy(update={"methods": kept})}), dropped
+
+
 def trial_params(trial: optuna.trial.BaseTrial, spec: StudySpec) -> tuple[str, dict[str, float]]:
-    """Sample a method, then only that method's parameters (named ``<method>_<param>``)."""
+    """Sample a method, then only that method's parameters (named ``<method>_<param>``; a fixed one is
+    stored with the others, but not searched)."""
     method = trial.suggest_categorical("method", spec.search.methods)
     params = {
         name: trial.suggest_float(f"{method}_{name}", r.low, r.high, log=r.log)
@@ -395,12 +428,21 @@ def cost_table(data: StudyData, teacher: Teacher, student: nn.Module) -> dict[st
     }
 
 
-def final_candidates(study: optuna.Study) -> list[tuple[str, str, dict[str, float], int | None, str]]:
+def final_candidates(
+    study: optuna.Study, *, unlabeled: bool = False, students: str = "each"
+) -> list[tuple[str, str, dict[str, float], int | None, str]]:
     """(label, method, params, trial number, teacher mode) of each student the final comparison retrains:
-    the best trial of each method, scratch, and an augmented scratch when a winner used ``consistent``."""
+    the best trial of each method (``students = "each"``) or of the study (``"best"``), scratch, the
+    pseudo-label baseline when the student's pool has ``unlabeled`` images, and an augmented scratch
+    when a winner used ``consistent``."""
     best = best_trials_per_method(study)
+    if students == "best" and best:
+        top = max(best.values(), key=lambda t: t.value)
+        best = {top.params["method"]: top}
     candidates = [(f"best {m}", m, params_of(t)[1], t.number, teacher_mode_of(t)) for m, t in sorted(best.items())]
     candidates.append(("scratch", "scratch", {}, None, "cached"))
+    if unlabeled:
+        candidates.append(("pseudo-label", "pseudo_label", {}, None, "cached"))
     if any(c[4] == "consistent" for c in candidates):
         candidates.append(("scratch (augmented)", "scratch", {}, None, "consistent"))
     return candidates
@@ -414,10 +456,13 @@ def final_comparison(
     on_run: Callable[[str, int], None] | None = None,
     on_student: Callable[[dict, dict, nn.Module], None] | None = None,
 ) -> dict:
-    """Retrain the best trial of each method and a scratch student with K seeds; score on **test**.
+    """Retrain the best trial of each method and the baselines with K seeds; score them and the teacher on **test**.
 
-    This is the only place that touches the test split (besides export). The result is stored on the
-    study (user attr ``final_comparison``) and returned. ``on_student(candidate, run, model)`` sees each
+    This is the only place that touches the test split (besides export). Every candidate trains with the
+    same seeds, so seed ``s`` gives each the same initial weights and batch order: differences are paired
+    by seed (``stats.paired_difference``). The result is stored on the study (user attr
+    ``final_comparison``) and returned; a comparison run after an earlier one is numbered (``run``) and
+    remembers how many trials the earlier ones saw. ``on_student(candidate, run, model)`` sees each
     retrained student (e.g. to keep it as files); ``candidate`` holds label, method, params, trial and
     teacher mode, ``run`` the seed and its test scores.
     """
@@ -427,7 +472,7 @@ def final_comparison(
     f = data.spec.final
     seeds = list(range(f.first_seed, f.first_seed + f.seeds))
     test = data.splits.test.in_memory(data.device, data.spec.data.memory_budget_mb / 2)
-    candidates = final_candidates(study)
+    candidates = final_candidates(study, unlabeled=len(data.splits.unlabeled) > 0, students=f.students)
     students = []
     for label, method, params, number, mode in candidates:
         runs = []
@@ -443,15 +488,18 @@ def final_comparison(
         students.append(
             {"label": label, "method": method, "params": params, "trial": number, "teacher_mode": mode, "runs": runs}
         )
+    teacher_acc, teacher_auc = evaluate(teacher.model, test)
+    previous = study.user_attrs.get(FINAL_ATTR)
     result = {
         "split": "test",
         "objective": data.spec.search.objective,
         "seeds": seeds,
         "students": students,
-        "teacher": {"accuracy": teacher.metrics["test_accuracy"], "auc": teacher.metrics["test_auc"]},
+        "teacher": {"accuracy": teacher_acc, "auc": teacher_auc},
         "cost": cost_table(data, teacher, model),
         "n_complete_trials": len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
+        "run": 1 if not previous else int(previous.get("run", 1)) + 1,
+        "earlier_runs_trials": [] if not previous else [*previous.get("earlier_runs_trials", []), previous["n_complete_trials"]],
     }
     study.set_user_attr(FINAL_ATTR, result)
     return result
-

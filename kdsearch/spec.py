@@ -280,10 +280,14 @@ class SearchSpec(_Section):
     trials: int = Field(50, ge=1)
     methods: list[str] = ["kd"]
     objective: Literal["accuracy", "auc"] = "accuracy"
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    pruner_startup_trials: int = Field(5, ge=0)
+    pruner: Literal["median_per_method", "median", "successive_halving", "hyperband", "none"] = Field(
+        "median",
+        description="'median_per_method': a trial is compared only with trials of its own method; 'median': with "
+        "all trials; 'successive_halving' / 'hyperband': rungs at epochs 1, 3, 9, ...; 'none'",
+    )
+    pruner_startup_trials: int = Field(5, ge=0, description="medians: completed trials (per method for median_per_method) before pruning starts")
     pruner_warmup_epochs: int = Field(
-        0, ge=0, description="median pruner: epochs every trial runs before it may be pruned (0: prunable after epoch 1)"
+        0, ge=0, description="medians: epochs every trial runs before it may be pruned (0: prunable after epoch 1)"
     )
     sampler_seed: int = Field(0, ge=0, le=MAX_SEED)
     trial_seed: int = Field(0, ge=0, le=MAX_SEED, description="trial n trains with seed trial_seed + n")
@@ -318,7 +322,12 @@ class SearchSpec(_Section):
 class FinalSpec(_Section):
     """The final, honest comparison on the test split."""
 
-    seeds: int = Field(3, ge=1, description="retrain best and scratch students with this many seeds")
+    seeds: int = Field(3, ge=1, description="retrain best and baseline students with this many seeds")
+    students: Literal["each", "best"] = Field(
+        "each",
+        description="'each': retrain the best trial of each method; 'best': only the best trial of the study "
+        "(more seeds for the same time)",
+    )
     first_seed: int = Field(1000, ge=0, le=MAX_SEED)
 
 
@@ -354,8 +363,10 @@ class StudySpec(_Section):
     teacher: TeacherSpec = TeacherSpec()
     student: StudentSpec = StudentSpec()
     search: SearchSpec = SearchSpec()
-    methods: dict[str, dict[str, tuple[float, float]]] = Field(
-        default_factory=dict, description="per-method search ranges, e.g. methods.kd.temperature = [0.5, 20]"
+    methods: dict[str, dict[str, tuple[float, float] | float]] = Field(
+        default_factory=dict,
+        description="per-method search ranges, e.g. methods.kd.temperature = [0.5, 20]; a number fixes the "
+        "parameter (e.g. methods.dkd.warmup_epochs = 2)",
     )
     final: FinalSpec = FinalSpec()
     runtime: RuntimeSpec = RuntimeSpec()
@@ -373,18 +384,21 @@ class StudySpec(_Section):
             if method not in METHODS or method == "scratch":
                 raise ValueError(f"methods.{method}: unknown method; known methods: {', '.join(searchable_methods())}")
             space = METHODS.get(method).space
-            for param, (low, high) in ranges.items():
+            for param, value in ranges.items():
+                low, high = _bounds(value)
                 where = f"methods.{method}.{param}"
                 if param not in space:
                     raise ValueError(f"{where}: {method} has no parameter {param!r}; it has {', '.join(space)}")
                 if not (math.isfinite(low) and math.isfinite(high) and max(abs(low), abs(high)) <= MAX_PARAM):
                     raise ValueError(f"{where}: the range [{low}, {high}] must be finite, within ±{MAX_PARAM:g}")
-                if not low < high:
-                    raise ValueError(f"{where}: the range [{low}, {high}] must have low < high")
+                if not low <= high:
+                    raise ValueError(f"{where}: the range [{low}, {high}] must have low < high (or one number to fix it)")
                 if param == "alpha" and not (0.0 <= low and high <= 1.0):
                     raise ValueError(f"{where}: alpha weights the hard-label loss and must lie in [0, 1]")
                 if space[param].log and low <= 0:
                     raise ValueError(f"{where}: this parameter is searched on a log scale; use a low bound > 0")
+                if param == "warmup_epochs" and low < 0:
+                    raise ValueError(f"{where}: warm-up epochs must be >= 0 (0: no warm-up)")
         d = self.data
         if d.train_limit and d.val_size + d.labeled + d.unlabeled > d.train_limit:
             raise ValueError(
@@ -396,7 +410,8 @@ class StudySpec(_Section):
     def method_space(self, method: str) -> dict[str, ParamRange]:
         """The search ranges of ``method``: its defaults, overridden by ``[methods.<method>]``."""
         space = dict(METHODS.get(method).space)
-        for param, (low, high) in self.methods.get(method, {}).items():
+        for param, value in self.methods.get(method, {}).items():
+            low, high = _bounds(value)
             space[param] = ParamRange(low, high, space[param].log)
         return space
 
@@ -408,6 +423,11 @@ class StudySpec(_Section):
         if self.storage:
             return self.storage
         return f"sqlite:///{(self.resolved_output_dir() / 'study.db').resolve()}"
+
+
+def _bounds(value: tuple[float, float] | float) -> tuple[float, float]:
+    """``[low, high]`` as given, or ``(v, v)`` for a fixed number."""
+    return (float(value), float(value)) if isinstance(value, (int, float)) else (float(value[0]), float(value[1]))
 
 
 def _format_validation_error(err: ValidationError) -> str:

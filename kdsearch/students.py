@@ -104,7 +104,7 @@ class StudentKeeper:
     def keep(self, candidate: dict, run: dict, model: nn.Module) -> None:
         """``final_comparison``'s ``on_student``: a distilled student's weights saved per seed, kept in memory."""
         method = candidate["method"]
-        if method == "scratch":
+        if method in ("scratch", "pseudo_label"):  # the baselines are for comparison, not for shipping
             return
         runs = self.kept.setdefault(method, [])
         seeds = self.folder / method / "seeds"

@@ -36,7 +36,7 @@ class Teacher:
 
     model: nn.Module
     train_logits: Tensor
-    metrics: dict[str, float]  # val_accuracy, val_auc, test_accuracy, test_auc
+    metrics: dict[str, float]  # val_accuracy, val_auc (the test split is scored only by the final comparison)
     from_cache: bool
     path: Path
 
@@ -143,7 +143,7 @@ def prepare_teacher(
     on_step: Callable[[], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> Teacher:
-    """Load the cached teacher for this spec and data, or train, score and cache it (under a lock)."""
+    """Load the cached teacher for this spec and data, or train, score (validation split) and cache it (under a lock)."""
     key = teacher_key(spec, splits)
     folder = cache_root(spec) / "teachers"
     path = folder / f"{spec.teacher.arch}-{key}.pt"
@@ -154,14 +154,14 @@ def prepare_teacher(
                 entry = torch.load(path, map_location="cpu", weights_only=True)
                 model = build_teacher_model(spec, splits)
                 model.load_state_dict(entry["state_dict"])
-                return Teacher(model.to(device).eval(), entry["train_logits"], entry["metrics"], True, path)
+                metrics = {k: v for k, v in entry["metrics"].items() if k.startswith("val_")}  # older entries held test too
+                return Teacher(model.to(device).eval(), entry["train_logits"], metrics, True, path)
             except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
                 # damaged (empty, truncated, not a dict), or the model changed
                 log.warning("teacher cache %s is unreadable or stale (%s); training the teacher again", path, first_line(err))
         model = train_teacher(spec, splits, device, on_step=on_step, on_epoch=on_epoch)
         val_acc, val_auc = evaluate(model, splits.val.to(device))
-        test_acc, test_auc = evaluate(model, splits.test.to(device))
-        metrics = {"val_accuracy": val_acc, "val_auc": val_auc, "test_accuracy": test_acc, "test_auc": test_auc}
+        metrics = {"val_accuracy": val_acc, "val_auc": val_auc}
         train_logits = predict(model, splits.train.x.to(device)).cpu()
         state = {k: v.cpu() for k, v in model.state_dict().items()}
         save_atomic({"state_dict": state, "train_logits": train_logits, "metrics": metrics}, path)

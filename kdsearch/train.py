@@ -148,10 +148,13 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 @torch.inference_mode()
 def predict(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
-    """Logits of ``model`` on ``x`` (a tensor, or an ``ImageStore`` decoded chunk by chunk) in eval mode, as float32 on x's device."""
+    """Logits of ``model`` on ``x`` (a tensor, or an ``ImageStore`` decoded chunk by chunk) in eval mode, as float32 on x's device.
+
+    Always computed in float32, also on CUDA (no autocast): bf16 logits tie AUC ranks and coarsen the
+    cached soft targets every trial learns from.
+    """
     model.eval().to(memory_format=torch.channels_last)
-    with _autocast(x.device):
-        return torch.cat([model(channels_last(chunk)).float() for chunk in x.split(batch_size)])
+    return torch.cat([model(channels_last(chunk)).float() for chunk in x.split(batch_size)])
 
 
 def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
@@ -241,7 +244,7 @@ def fit(
                 images = None
             idx = idx.to(device)
             total = torch.zeros((), device=device)
-            for rows in idx:
+            for step, rows in enumerate(idx):
                 x = train.x[rows] if images is None else next(images)
                 if augment is not None:
                     x = channels_last(augment_batch(x, augment, aug_generator))
@@ -260,6 +263,7 @@ def fit(
                         teacher_logits=t_logits,
                         student_features=student_tap.output.float() if student_tap is not None else None,
                         teacher_features=t_features,
+                        progress=epoch - 1 + (step + 1) / steps,
                     )
                     loss = method.loss(batch, params, regressor=regressor)
                 optimizer.zero_grad(set_to_none=True)

@@ -35,7 +35,7 @@ def test_run_creates_study_final_comparison_and_report(write_spec, tmp_path):
     result = invoke("run", "--spec", str(spec), "--trials", "3")
     assert result.exit_code == 0, result.output
     assert "trained and cached" in result.output
-    assert "teacher accuracy: val" in result.output
+    assert "teacher on validation: accuracy" in result.output and "test: scored only in the final comparison" in result.output
 
     storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     study = optuna.load_study(study_name="tiny", storage=storage)
@@ -50,9 +50,13 @@ def test_run_creates_study_final_comparison_and_report(write_spec, tmp_path):
 
     final = study.user_attrs["final_comparison"]
     assert final["split"] == "test" and len(final["seeds"]) == 2
-    assert [s["label"] for s in final["students"]] == ["best kd", "scratch"]
-    assert all(len(s["runs"]) == 2 for s in final["students"])
+    assert [s["label"] for s in final["students"]] == ["best kd", "scratch", "pseudo-label"]  # 600 unlabeled images
+    assert all([r["seed"] for r in s["runs"]] == final["seeds"] for s in final["students"])  # paired by seed
     assert final["students"][0]["trial"] == study.best_trial.number
+    assert final["run"] == 1 and final["earlier_runs_trials"] == []
+    # the test split is scored inside the final comparison only: the stored teacher record holds validation scores
+    assert set(study.user_attrs["teacher"]) == {"val_accuracy", "val_auc"}
+    assert 0 < final["teacher"]["accuracy"] <= 1 and 0 < final["teacher"]["auc"] <= 1
 
     report = tmp_path / "run" / "report.html"
     assert report.is_file() and "plotly" in report.read_text()[:2_000_000]
@@ -66,7 +70,11 @@ def test_second_run_reuses_teacher_and_adds_trials(write_spec, tmp_path):
     assert again.exit_code == 0, again.output
     assert "loaded from cache (no retraining)" in again.output
     assert "resuming, 2 trials already" in again.output
-    assert states(f"sqlite:///{tmp_path / 'run' / 'study.db'}") == ["COMPLETE"] * 4
+    assert "already scored the test split (after 2 completed trials)" in again.output
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    assert states(storage) == ["COMPLETE"] * 4
+    final = optuna.load_study(study_name="tiny", storage=storage).user_attrs["final_comparison"]
+    assert final["run"] == 2 and final["earlier_runs_trials"] == [2] and final["n_complete_trials"] == 4
 
 
 def test_report_is_rebuilt_from_storage_alone(write_spec, tmp_path):

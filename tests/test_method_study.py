@@ -41,7 +41,7 @@ def test_all_five_methods_complete_and_reach_the_final_comparison(write_spec):
 
     final = final_comparison(data, study, teacher)
     labels = [s["label"] for s in final["students"]]
-    assert labels == [f"best {m}" for m in sorted(ALL_METHODS)] + ["scratch"]
+    assert labels == [f"best {m}" for m in sorted(ALL_METHODS)] + ["scratch", "pseudo-label"]
 
 
 def test_features_too_large_for_the_budget_run_the_teacher_live(write_spec):
@@ -73,7 +73,8 @@ def test_a_consistent_winner_is_compared_with_an_equally_augmented_scratch(write
     study.optimize(make_objective(data), n_trials=1)
     final = final_comparison(data, study, teacher)
     modes = {s["label"]: s["teacher_mode"] for s in final["students"]}
-    assert modes == {"best kd": "consistent", "scratch": "cached", "scratch (augmented)": "consistent"}
+    assert modes == {"best kd": "consistent", "scratch": "cached", "pseudo-label": "cached",
+                     "scratch (augmented)": "consistent"}  # fmt: skip
 
 
 def test_augmentation_shifts_and_flips_within_the_image():

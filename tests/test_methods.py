@@ -298,7 +298,7 @@ def test_all_five_methods_are_searchable_with_sane_default_ranges():
         assert cls.space, f"{name} has nothing to search"
         for param, r in cls.space.items():
             assert isinstance(r, ParamRange)
-            assert r.low < r.high, f"{name}.{param}"
+            assert r.low < r.high or (r.fixed and param == "warmup_epochs"), f"{name}.{param}"
             assert not r.log or r.low > 0, f"{name}.{param} is log-scaled from {r.low}"
             if param == "alpha":
                 assert 0 <= r.low and r.high <= 1

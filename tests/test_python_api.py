@@ -172,7 +172,7 @@ def test_run_study_from_python_with_objects(tmp_path):
     assert set(result.best) == {"kd"}
     assert set(result.best["kd"]["params"]) == {"temperature", "alpha"}
     assert result.best["kd"]["trial"] in (0, 1) and 0.0 <= result.best["kd"]["value"] <= 1.0
-    assert [s["label"] for s in result.comparison["students"]] == ["best kd", "scratch"]
+    assert [s["label"] for s in result.comparison["students"]] == ["best kd", "scratch", "pseudo-label"]
     assert all(len(s["runs"]) == 2 for s in result.comparison["students"])
     assert result.report_path.is_file()
     assert isinstance(result.study, optuna.Study) and len(result.study.trials) == 2

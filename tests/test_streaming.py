@@ -91,8 +91,8 @@ def test_teacher_runs_once_per_image_and_trials_never_run_it(cats_dogs, tmp_path
     monkeypatch.setattr(teacher_module, "build_model", counting_build)
     teacher = prepare_teacher(spec, splits, torch.device("cpu"))
     assert teacher.train_logits.shape == (len(splits.train), splits.num_classes)
-    # cached logits on train + val/test metrics, once each, + the val score after each training epoch
-    scored = len(splits.train) + len(splits.val) + len(splits.test) + spec.teacher.epochs * len(splits.val)
+    # cached logits on train + val metrics, once each, + the val score after each training epoch (test: never here)
+    scored = len(splits.train) + len(splits.val) + spec.teacher.epochs * len(splits.val)
     assert seen["eval"] == scored and seen["train"] > 0
     data = prepare_study_data(spec, splits, teacher, torch.device("cpu"))
     assert isinstance(data.distill_set.x, ImageStore) and data.distill_set.teacher_features is not None

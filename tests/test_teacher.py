@@ -29,7 +29,7 @@ def test_second_call_hits_the_cache(idx_dataset, tmp_path):
     assert first.path == second.path and first.path.is_file()
     assert first.train_logits.shape == (len(splits.train), splits.num_classes)
     assert torch.allclose(first.train_logits, second.train_logits)
-    assert set(first.metrics) == {"val_accuracy", "val_auc", "test_accuracy", "test_auc"}
+    assert set(first.metrics) == {"val_accuracy", "val_auc"}  # the test split waits for the final comparison
     # the cached weights reproduce the cached logits
     with torch.no_grad():
         assert torch.allclose(second.model(splits.train.x[:16]), second.train_logits[:16], atol=1e-4)

@@ -402,6 +402,7 @@ def test_dashboard_serves_the_study_with_report_artifacts(write_spec, tmp_path):
         (summary,) = [s for s in studies if s["study_name"] == "tiny"]
         detail = get_json(f"{base}/api/studies/{summary['study_id']}")
         assert [t["state"] for t in detail["trials"]] == ["Complete", "Complete"]
+        assert detail["objective_names"] == ["val_accuracy"]  # the dashboard names the objective (not "Objective 0")
         artifacts = {a["filename"]: a for a in detail["artifacts"]}
         assert set(artifacts) == {"report.html", "final_comparison.json"}
         def artifact_url(name: str) -> str:
