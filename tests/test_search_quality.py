@@ -237,3 +237,71 @@ def test_tpe_uses_constant_liar_and_the_objective_is_named():
     assert sampler._constant_liar is True  # noqa: SLF001 (no public getter; the constructor argument)
     study = create_study(spec, optuna.storages.InMemoryStorage())
     assert study.metric_names == ["val_auc"]
+
+
+# --------------------------------------------------------------------------- a binary study, end to end
+
+
+@pytest.fixture
+def binary_idx(tmp_path):
+    """A small 2-class IDX dataset (images brighter for class 1)."""
+    import numpy as np
+
+    from conftest import write_idx
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "binary"
+    root.mkdir()
+    for part, n in (("train", 300), ("t10k", 60)):
+        labels = rng.integers(0, 2, n)
+        write_idx(root / f"{part}-images-idx3-ubyte.gz", rng.integers(0, 100, (n, 28, 28)) + labels[:, None, None] * 100)
+        write_idx(root / f"{part}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def _binary_spec(tmp_path, root, methods: list[str]):
+    path = tmp_path / "binary.toml"
+    path.write_text(f"""name = "binary"
+output_dir = "{tmp_path / 'run'}"
+[data]
+root = "{root}"
+val_size = 40
+labeled = 60
+unlabeled = 100
+[teacher]
+epochs = 1
+[student]
+epochs = 1
+[search]
+methods = {methods!r}
+pruner = "none"
+[final]
+seeds = 1
+[runtime]
+cache_dir = "{tmp_path / 'cache'}"
+""".replace("'", '"'))
+    return path
+
+
+def test_a_binary_study_of_lskd_and_dkd_is_refused_before_the_teacher_is_built(tmp_path, binary_idx):
+    from typer.testing import CliRunner
+
+    from kdsearch.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--spec", str(_binary_spec(tmp_path, binary_idx, ["lskd", "dkd"])), "--trials", "1"])
+    assert result.exit_code == 2, result.output
+    assert "cannot distill on 2 classes" in result.output and "Traceback" not in result.output
+    assert not list((tmp_path / "cache").glob("teachers/*.pt"))  # refused before the teacher was trained
+
+
+def test_a_binary_study_drops_lskd_and_dkd_with_a_warning_and_runs_the_rest(tmp_path, binary_idx):
+    from typer.testing import CliRunner
+
+    from kdsearch.cli import app
+
+    spec = _binary_spec(tmp_path, binary_idx, ["kd", "lskd", "dkd"])
+    result = CliRunner().invoke(app, ["run", "--spec", str(spec), "--trials", "3"])
+    assert result.exit_code == 0, result.output
+    assert "warning: method lskd is dropped" in result.output and "warning: method dkd is dropped" in result.output
+    study = optuna.load_study(study_name="binary", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    assert [t.params["method"] for t in study.trials] == ["kd"] * 3
