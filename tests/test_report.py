@@ -23,6 +23,7 @@ from kdsearch.report import (
     final_stats,
     final_table,
     history_figure,
+    param_map_figure,
     study_objective,
     summary_rows,
     summary_text,
@@ -141,12 +142,16 @@ def _traces(fig: go.Figure) -> dict[str, go.Scatter]:
 def test_temperature_figure_has_one_trace_per_method_with_its_completed_trials(study, metric) -> None:
     fig = temperature_figure(trial_points(study), metric)
     traces = _traces(fig)
-    assert set(traces) == {"kd", "lskd", "dkd"}  # few trials: no best-per-bin line; no cosine/hint
-    assert [len(traces[m].x) for m in ("kd", "lskd", "dkd")] == [3, 2, 1]  # kd's pruned trial left out
+    # few trials: no best-per-bin line; no cosine/hint; kd's pruned trial in a trace of its own
+    assert set(traces) == {"kd", "lskd", "dkd", "kd: pruned (last epoch run)"}
+    assert [len(traces[m].x) for m in ("kd", "lskd", "dkd")] == [3, 2, 1]
     assert sorted(traces["kd"].x) == [1.0, 4.0, 10.0]
     by_t = dict(zip(traces["kd"].x, traces["kd"].y))
     assert by_t[4.0] == (0.85 if metric == "accuracy" else 0.980)
-    colours = {traces[m].marker.color for m in traces}
+    cut = traces["kd: pruned (last epoch run)"]
+    assert list(cut.x) == [2.0] and list(cut.y) == [0.60 if metric == "accuracy" else 0.900]  # its last value
+    assert cut.marker.symbol == "x-thin" and cut.marker.color == traces["kd"].marker.color
+    colours = {traces[m].marker.color for m in ("kd", "lskd", "dkd")}
     assert len(colours) == 3 and all(isinstance(c, str) for c in colours)  # one plain colour per method
     assert fig.layout.xaxis.type == "log"
     assert fig.layout.yaxis.title.text == f"validation {'accuracy' if metric == 'accuracy' else 'AUC'}"
@@ -399,3 +404,89 @@ def test_consistent_winner_is_measured_against_the_augmented_scratch():
     assert by_label["best kd"].accuracy_vs_scratch_pp == pytest.approx(3.0)
     assert by_label["best dkd"].accuracy_vs_scratch_pp == pytest.approx(4.0)
     assert by_label["scratch (augmented)"].accuracy_vs_scratch_pp is None
+
+
+# --------------------------------------------------------------------------- paired differences, baselines, re-runs
+
+PSEUDO = {
+    "label": "pseudo-label",
+    "method": "pseudo_label",
+    "params": {},
+    "trial": None,
+    "runs": [
+        {"seed": 0, "accuracy": 0.81, "auc": 0.971},
+        {"seed": 1, "accuracy": 0.84, "auc": 0.976},
+        {"seed": 2, "accuracy": 0.80, "auc": 0.973},
+    ],
+}
+
+
+def test_differences_are_paired_by_seed_with_a_t_interval() -> None:
+    stats = {s.label: s for s in final_stats(FINAL)}
+    kd, cosine = stats["best kd"].vs_scratch["accuracy"], stats["best cosine"].vs_scratch["accuracy"]
+    # kd - scratch per seed: 0.04, 0.04, 0.04 -> no spread, the interval is the point
+    assert kd.mean == pytest.approx(0.04) and kd.std == pytest.approx(0.0, abs=1e-12) and kd.significant
+    # cosine - scratch per seed: 0.00, -0.01, +0.01 -> mean 0, std 0.01, half-width t(0.975, 2) * 0.01 / sqrt(3)
+    half = 4.3027 * 0.01 / math.sqrt(3)
+    assert cosine.mean == pytest.approx(0.0, abs=1e-12) and cosine.std == pytest.approx(0.01)
+    assert (cosine.low, cosine.high) == (pytest.approx(-half), pytest.approx(half)) and not cosine.significant
+    assert stats["scratch"].vs_scratch is None
+    table = final_table(FINAL)
+    assert "<b>+4.00 pp</b>" in table and "✓" in table  # significant: bold and ticked
+    assert f"[{-half * 100:+.2f}, {half * 100:+.2f}]" in table  # cosine: [-2.48, +2.48], not ticked
+    rows = dict(summary_rows(make_study()))
+    assert "vs scratch: accuracy +4.00 pp [95% CI +4.00, +4.00, significant]" in rows["best kd (test, 3 seeds)"]
+    assert "accuracy +0.00 pp [95% CI -2.48, +2.48]" in rows["best cosine (test, 3 seeds)"]
+
+
+def test_pseudo_label_is_a_baseline_and_each_distilled_student_is_compared_with_it() -> None:
+    final = {**FINAL, "students": [*FINAL["students"], PSEUDO]}
+    stats = {s.label: s for s in final_stats(final)}
+    assert [s.label for s in final_stats(final)][-2:] == ["pseudo-label", "scratch"]  # the baselines last
+    kd = stats["best kd"].vs_pseudo_label["accuracy"]  # 0.84-0.81, 0.86-0.84, 0.85-0.80
+    assert kd.mean == pytest.approx((0.03 + 0.02 + 0.05) / 3) and kd.n == 3
+    assert stats["pseudo-label"].vs_pseudo_label is None and stats["pseudo-label"].vs_scratch is not None
+    table = final_table(final)
+    assert "Δ accuracy vs pseudo-label" in table and table.count("<tr") == 1 + 4 + 1
+    study = make_study(final=final)
+    rows = dict(summary_rows(study))
+    assert "; vs pseudo-label: accuracy +3.33 pp" in rows["best kd (test, 3 seeds)"]
+    assert rows["pseudo-label (test, 3 seeds)"].count("vs scratch") == 1
+
+
+def test_one_seed_gives_no_interval() -> None:
+    one = {**FINAL, "seeds": [0], "students": [{**s, "runs": s["runs"][:1]} for s in FINAL["students"]]}
+    d = {s.label: s for s in final_stats(one)}["best kd"].vs_scratch["accuracy"]
+    assert d.n == 1 and d.low is None and not d.significant
+    assert "[n/a: 1 seed]" in final_table(one)
+    assert "[95% CI n/a: 1 seed]" in dict(summary_rows(make_study(final=one)))["best kd (test, 1 seed)"]
+
+
+def test_a_re_run_final_comparison_is_labelled(tmp_path: Path) -> None:
+    rerun = {**FINAL, "run": 2, "earlier_runs_trials": [5]}
+    page = write_report(make_study(final=rerun), tmp_path / "report.html").read_text()
+    assert "Final comparison (test split) — re-run 2" in page and "after 5 completed trial(s)" in page
+    assert dict(summary_rows(make_study(final=rerun)))["final comparison"].startswith("re-run 2")
+    first = write_report(make_study(), tmp_path / "first.html").read_text()
+    assert "re-run" not in first
+
+
+def test_param_maps_for_logit_methods_with_enough_trials() -> None:
+    lskd = [("lskd", {"temperature": t, "alpha": a}, 0.80 + 0.01 * i, 0.97, TrialState.COMPLETE)
+            for i, (t, a) in enumerate([(1.0, 0.001), (2.0, 0.01), (8.0, 0.1), (16.0, 0.5), (4.0, 0.003)])]  # fmt: skip
+    study = make_study(TRIALS + lskd, final=None)
+    fig = param_map_figure(trial_points(study), "accuracy")
+    heatmaps = [t for t in fig.data if isinstance(t, go.Heatmap)]
+    assert len(heatmaps) == 1  # lskd has 7 completed trials; kd 3 and dkd 1 are too few
+    assert [a.text for a in fig.layout.annotations] == ["lskd: T × alpha"]
+    cells = [v for row in heatmaps[0].z for v in row if v is not None]
+    assert max(cells) == pytest.approx(0.84)  # the best lskd trial's cell holds its value
+    points = next(t for t in fig.data if isinstance(t, go.Scatter))
+    assert len(points.x) == 7 and min(points.y) == pytest.approx(math.log10(0.001))  # alpha on a log axis
+    assert param_map_figure(trial_points(make_study(final=None)), "accuracy") is None
+
+
+def test_the_objectives_figure_comes_first(tmp_path: Path) -> None:
+    for objective, first, second in (("accuracy", "accuracy", "AUC"), ("auc", "AUC", "accuracy")):
+        page = write_report(make_study(objective=objective), tmp_path / f"{objective}.html").read_text()
+        assert page.index(f"Validation {first} vs temperature") < page.index(f"Validation {second} vs temperature")
