@@ -80,6 +80,21 @@ def _hover(p: TrialPoint, lead: str) -> str:
     return "<br>".join(lines)
 
 
+def _temperature_markers(pts: Sequence[TrialPoint], metric: str, name: str, method: str, marker: dict,
+                         note=lambda p: "") -> go.Scatter:  # fmt: skip
+    """One marker per trial at (T, validation ``metric``), hover: the trial's params and metrics (+ ``note(p)``)."""
+    return go.Scatter(
+        x=[p.params["temperature"] for p in pts],
+        y=[p.metric(metric) for p in pts],
+        mode="markers",
+        name=name,
+        legendgroup=method,
+        marker=marker,
+        text=[_hover(p, "temperature") + note(p) for p in pts],
+        hovertemplate="%{text}<extra></extra>",
+    )
+
+
 def temperature_figure(points: Sequence[TrialPoint], metric: str) -> go.Figure:
     """Validation ``metric`` vs T: every completed trial with a temperature, one colour (trace) per method;
     each pruned trial at its last reported value (an x, lighter), in a trace of its own per method.
@@ -96,32 +111,13 @@ def temperature_figure(points: Sequence[TrialPoint], metric: str) -> go.Figure:
         colour = method_colour(method)
         pts = [p for p in usable if p.method == method]
         if pts:
-            fig.add_trace(
-                go.Scatter(
-                    x=[p.params["temperature"] for p in pts],
-                    y=[p.metric(metric) for p in pts],
-                    mode="markers",
-                    name=method,
-                    legendgroup=method,
-                    marker=dict(color=colour, size=8, opacity=0.75, line=dict(width=0.5, color="white")),
-                    text=[_hover(p, "temperature") for p in pts],
-                    hovertemplate="%{text}<extra></extra>",
-                )
-            )
+            marker = dict(color=colour, size=8, opacity=0.75, line=dict(width=0.5, color="white"))
+            fig.add_trace(_temperature_markers(pts, metric, method, method, marker))
         cut = pruned_by_method.get(method, [])
         if cut:
-            fig.add_trace(
-                go.Scatter(
-                    x=[p.params["temperature"] for p in cut],
-                    y=[p.metric(metric) for p in cut],
-                    mode="markers",
-                    name=f"{method}: pruned (last epoch run)",
-                    legendgroup=method,
-                    marker=dict(color=colour, size=7, opacity=0.45, symbol="x-thin", line=dict(width=1.5, color=colour)),
-                    text=[_hover(p, "temperature") + f"<br><i>pruned after epoch {p.epochs or '?'}</i>" for p in cut],
-                    hovertemplate="%{text}<extra></extra>",
-                )
-            )
+            marker = dict(color=colour, size=7, opacity=0.45, symbol="x-thin", line=dict(width=1.5, color=colour))
+            fig.add_trace(_temperature_markers(cut, metric, f"{method}: pruned (last epoch run)", method, marker,
+                                               note=lambda p: f"<br><i>pruned after epoch {p.epochs or '?'}</i>"))  # fmt: skip
         line = best_per_bin_line([(p.params["temperature"], p.metric(metric), p.number) for p in pts])
         if line:
 
