@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Both set everything up first.
 TRIALS ?= 50
 
-.PHONY: run test setup setup-test bench bench-search
+.PHONY: run test test-fast setup setup-test bench bench-search
 
 setup:
 	@bash scripts/setup.sh
@@ -14,6 +14,10 @@ run: setup
 
 test: setup-test
 	@bash scripts/test.sh
+
+# The inner loop: lint, then every test not marked slow (real processes, servers, browsers, real training)
+test-fast: setup-test
+	@bash scripts/test.sh -m "not slow" -q
 
 bench: setup
 	.venv/bin/python benchmarks/bench_trial_loop.py

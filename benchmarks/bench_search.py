@@ -121,8 +121,11 @@ def run_grid(args: argparse.Namespace) -> None:
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(table, indent=1))
         tmp.replace(out)  # a killed run keeps every finished point
-        print(f"[{n}/{len(todo)}] {method} {params}: val accuracy {history[-1].accuracy:.4f} "
-              f"({time.perf_counter() - start:.1f} s)", flush=True)  # fmt: skip
+        print(
+            f"[{n}/{len(todo)}] {method} {params}: val accuracy {history[-1].accuracy:.4f} "
+            f"({time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
 
 
 # --------------------------------------------------------------------------- simulate
@@ -286,8 +289,9 @@ def run_simulate(args: argparse.Namespace) -> None:
         ok = sum(r is not None and r <= half for r in reached)
         lines.append(f"- {kind}: {ok} of {len(reached)} seeds")
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps({"grid_best": grid_best, "grid_epochs": grid_epochs,
-                                                   "summary": summary, "logs": results}, indent=1))  # fmt: skip
+    (out / "summary.json").write_text(
+        json.dumps({"grid_best": grid_best, "grid_epochs": grid_epochs, "summary": summary, "logs": results}, indent=1)
+    )
     write_figure(results, grid_best, grid_epochs, objective, out / "search.html")
     print("\n".join(lines))
 
@@ -308,13 +312,29 @@ def write_figure(results: dict, grid_best: float, grid_epochs: int, objective: s
                 if best > -math.inf:
                     xs.append(spent)
                     ys.append(best)
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": colour, "shape": "hv"},
-                                     name=kind, legendgroup=kind, showlegend=i == 0))  # fmt: skip
-    fig.add_hline(y=grid_best, line={"dash": "dash", "color": "black"}, annotation_text=f"grid best ({grid_epochs} epochs)")
-    fig.add_hline(y=grid_best - CLOSE_PP / 100, line={"dash": "dot", "color": "grey"}, annotation_text=f"−{CLOSE_PP} pp")
-    fig.update_layout(title=f"Best validation {objective} found vs student epochs spent ({len(logs)} sampler seeds each)",
-                      xaxis_title="student epochs spent", yaxis_title=f"best validation {objective}",
-                      template="plotly_white")  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines",
+                    line={"color": colour, "shape": "hv"},
+                    name=kind,
+                    legendgroup=kind,
+                    showlegend=i == 0,
+                )
+            )
+    fig.add_hline(
+        y=grid_best, line={"dash": "dash", "color": "black"}, annotation_text=f"grid best ({grid_epochs} epochs)"
+    )
+    fig.add_hline(
+        y=grid_best - CLOSE_PP / 100, line={"dash": "dot", "color": "grey"}, annotation_text=f"−{CLOSE_PP} pp"
+    )
+    fig.update_layout(
+        title=f"Best validation {objective} found vs student epochs spent ({len(logs)} sampler seeds each)",
+        xaxis_title="student epochs spent",
+        yaxis_title=f"best validation {objective}",
+        template="plotly_white",
+    )
     fig.write_html(path, include_plotlyjs="cdn")
 
 

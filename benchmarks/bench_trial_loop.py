@@ -85,11 +85,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "and with kdsearch's cached-logits, index-batching loop.",
     )
     p.add_argument("--spec", type=Path, default=None, help=f"study TOML (default: {DEFAULT_SPEC})")
-    p.add_argument("--trials", type=int, default=None, help=f"trials per way (default: {DEFAULT_TRIALS}; --quick: {QUICK_TRIALS})")
+    p.add_argument(
+        "--trials", type=int, default=None, help=f"trials per way (default: {DEFAULT_TRIALS}; --quick: {QUICK_TRIALS})"
+    )
     p.add_argument("--epochs", type=int, default=None, help="override student.epochs")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for both ways (default: the spec's runtime.threads; 0: all cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for both ways (default: the spec's runtime.threads; 0: all cores)",
+    )
     p.add_argument("--device", default=None, help="override runtime.device ('cpu', 'cuda', 'auto')")
-    p.add_argument("--workers", type=int, default=0, help="num_workers of the naive DataLoaders (default 0, the DataLoader default)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="num_workers of the naive DataLoaders (default 0, the DataLoader default)",
+    )
     p.add_argument(
         "--schedule",
         choices=("interleaved", "sequential"),
@@ -97,8 +109,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="interleaved (default): alternate the ways trial by trial (ABBA), so drifting background load hits both alike; "
         "sequential: all naive trials, then all kdsearch trials",
     )
-    p.add_argument("--quick", action="store_true", help="tiny data (6000 train, 500+1500 pool, 1000 val), teacher 1 epoch, 2 trials")
-    p.add_argument("--output-dir", type=Path, default=DEFAULT_OUT, help=f"where the teacher cache goes unless $KDSEARCH_CACHE or runtime.cache_dir is set (default: {DEFAULT_OUT})")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny data (6000 train, 500+1500 pool, 1000 val), teacher 1 epoch, 2 trials",
+    )
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"where the teacher cache goes unless $KDSEARCH_CACHE or runtime.cache_dir is set (default: {DEFAULT_OUT})",
+    )
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers to this JSON file")
     args = p.parse_args(argv)
     for name in ("trials", "epochs"):
@@ -165,7 +186,12 @@ def read_raw_images(spec: StudySpec) -> RawImages:
     x = (x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)).float().div_(255)
     mean, std = x.mean(), x.std().clamp_min(1e-6)
     return RawImages(
-        train_img[tr], train_lab[tr].astype(np.int64), train_img[va], train_lab[va].astype(np.int64), float(mean), float(std)
+        train_img[tr],
+        train_lab[tr].astype(np.int64),
+        train_img[va],
+        train_lab[va].astype(np.int64),
+        float(mean),
+        float(std),
     )
 
 
@@ -229,7 +255,9 @@ def naive_train_student(
     s = spec.student
     torch.manual_seed(seed)  # same init as kdsearch.search.train_student (the batch order differs)
     model = build_model(s.arch, splits.num_classes, splits.in_channels, splits.image_size).to(device)
-    train_loader = DataLoader(train_ds, batch_size=min(s.batch_size, len(train_ds)), shuffle=True, drop_last=True, num_workers=workers)
+    train_loader = DataLoader(
+        train_ds, batch_size=min(s.batch_size, len(train_ds)), shuffle=True, drop_last=True, num_workers=workers
+    )
     val_loader = DataLoader(val_ds, batch_size=s.batch_size, shuffle=False, num_workers=workers)
     if len(train_loader) != steps:
         raise SystemExit(f"benchmark bug: the naive loop has {len(train_loader)} steps per epoch, kdsearch {steps}")
@@ -290,7 +318,9 @@ def run_ways(
     """
     studies = {name: new_study(name, spec) for name in ways}
     objectives = {
-        name: make_objective(data, train=lambda method, params, seed, on_epoch, mode, fn=fn: fn(method, params, seed, on_epoch))
+        name: make_objective(
+            data, train=lambda method, params, seed, on_epoch, mode, fn=fn: fn(method, params, seed, on_epoch)
+        )
         for name, fn in ways.items()
     }
     seconds = dict.fromkeys(ways, 0.0)
@@ -339,7 +369,9 @@ def summarize(name: str, study: optuna.Study, seconds: float, n_trials: int) -> 
     }
 
 
-def warm_up(spec: StudySpec, splits: Splits, teacher: nn.Module, train_ds: KDImageDataset, device: torch.device) -> None:
+def warm_up(
+    spec: StudySpec, splits: Splits, teacher: nn.Module, train_ds: KDImageDataset, device: torch.device
+) -> None:
     """A few untimed forward/backward passes so neither timed way pays the first-call costs alone."""
     torch.manual_seed(0)
     model = build_model(spec.student.arch, splits.num_classes, splits.in_channels, splits.image_size).to(device)
@@ -380,12 +412,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
         device = resolve_device(spec.runtime.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise KdsearchError(f"device {spec.runtime.device!r} asked for but no CUDA device is visible; use --device cpu")
+            raise KdsearchError(
+                f"device {spec.runtime.device!r} asked for but no CUDA device is visible; use --device cpu"
+            )
         n_trials = args.trials or (QUICK_TRIALS if args.quick else DEFAULT_TRIALS)
         if spec.search.methods != ["kd"]:
             raise KdsearchError(
                 f"search.methods = {spec.search.methods}: this benchmark's naive loop implements kd only; "
-                "use a spec with methods = [\"kd\"]"
+                'use a spec with methods = ["kd"]'
             )
 
         # -- not timed: data, teacher -------------------------------------------------------
@@ -430,16 +464,33 @@ def main(argv: list[str] | None = None) -> int:
         f"  teacher {spec.teacher.arch}: {how} in {teacher_s:.1f}s at {teacher.path} (val acc "
         f"{teacher.metrics['val_accuracy']:.4f}); NOT timed, nor is reading the data ({data_s:.1f}s)"
     )
-    print(f"  set-up, not timed: naive Dataset {naive_setup_s:.3f}s, kdsearch prepare_study_data {kdsearch_setup_s:.3f}s")
-    print(f"  checks: naive inputs vs kdsearch tensors max|diff| {input_diff:.2e}; live vs cached teacher logits max|diff| {teacher_diff:.2e}")
-    print(f"  study: {n_trials} trials per way, TPE sampler seed {spec.search.sampler_seed}, pruning off, in-memory storage, {args.schedule}")
+    print(
+        f"  set-up, not timed: naive Dataset {naive_setup_s:.3f}s, kdsearch prepare_study_data {kdsearch_setup_s:.3f}s"
+    )
+    print(
+        f"  checks: naive inputs vs kdsearch tensors max|diff| {input_diff:.2e}; live vs cached teacher logits max|diff| {teacher_diff:.2e}"
+    )
+    print(
+        f"  study: {n_trials} trials per way, TPE sampler seed {spec.search.sampler_seed}, pruning off, in-memory storage, {args.schedule}"
+    )
     sys.stdout.flush()
 
     warm_up(spec, splits, teacher.model, train_ds, device)
 
     def naive_fn(method, params, seed, on_epoch):
         return naive_train_student(
-            spec, splits, teacher.model, train_ds, val_ds, device, data.steps, args.workers, method, params, seed, on_epoch
+            spec,
+            splits,
+            teacher.model,
+            train_ds,
+            val_ds,
+            device,
+            data.steps,
+            args.workers,
+            method,
+            params,
+            seed,
+            on_epoch,
         )
 
     def kdsearch_fn(method, params, seed, on_epoch):
@@ -476,9 +527,18 @@ def main(argv: list[str] | None = None) -> int:
             "steps_per_epoch": data.steps,
             "epochs": s.epochs,
             "timed": "study.optimize only: sampling, training, per-epoch validation; excludes data loading, teacher training/loading and per-way set-up",
-            "teacher": {"from_cache": teacher.from_cache, "seconds": teacher_s, "path": str(teacher.path), **teacher.metrics},
+            "teacher": {
+                "from_cache": teacher.from_cache,
+                "seconds": teacher_s,
+                "path": str(teacher.path),
+                **teacher.metrics,
+            },
             "setup_seconds": {"naive": naive_setup_s, "kdsearch": kdsearch_setup_s},
-            "checks": {"input_max_abs_diff": input_diff, "teacher_logits_max_abs_diff": teacher_diff, "same_params": same_params},
+            "checks": {
+                "input_max_abs_diff": input_diff,
+                "teacher_logits_max_abs_diff": teacher_diff,
+                "same_params": same_params,
+            },
             "results": results,
             "ratio_kdsearch_over_naive": ratio,
         }

@@ -22,8 +22,17 @@ from torch import nn
 from .runner import Console, StudyResult, export_trial, given_data_spec, run
 
 
-def _spec_with(spec: Any, *, overrides: Sequence[str] | Mapping[str, Any] | None, teacher: Any, student: Any,
-               data: Any, name: str | None, output_dir: Path | str | None, storage: str | None):  # fmt: skip
+def _spec_with(
+    spec: Any,
+    *,
+    overrides: Sequence[str] | Mapping[str, Any] | None,
+    teacher: Any,
+    student: Any,
+    data: Any,
+    name: str | None,
+    output_dir: Path | str | None,
+    storage: str | None,
+):
     """The study spec (a path, a StudySpec or a dict) with the API's arguments applied."""
     from .spec import StudySpec, apply_overrides, load_spec, set_field, spec_from_dict, with_study_folder
 
@@ -84,12 +93,26 @@ def run_study(
     """
     from .models import given_models
 
-    full = _spec_with(spec, overrides=overrides, teacher=teacher, student=student, data=data, name=name,
-                      output_dir=output_dir, storage=storage)  # fmt: skip
+    full = _spec_with(
+        spec,
+        overrides=overrides,
+        teacher=teacher,
+        student=student,
+        data=data,
+        name=name,
+        output_dir=output_dir,
+        storage=storage,
+    )
     console = Console(echo=_printer(verbose), bars=verbose)
     with given_models(teacher=teacher, student=student):
-        return run(full, trials=trials, workers=workers, console=console, datasets=data,
-                   spec_path=None if isinstance(spec, Mapping) or not isinstance(spec, (str, Path)) else Path(spec))  # fmt: skip
+        return run(
+            full,
+            trials=trials,
+            workers=workers,
+            console=console,
+            datasets=data,
+            spec_path=None if isinstance(spec, Mapping) or not isinstance(spec, (str, Path)) else Path(spec),
+        )
 
 
 def export_student_of(
@@ -115,8 +138,17 @@ def export_student_of(
     spec = study_spec(study)
     console = Console(echo=_printer(verbose), bars=verbose)
     with given_models(teacher=teacher, student=student):
-        return export_trial(study, spec, Path(out), method=method, trial=trial, epochs=epochs, train_on=train_on,
-                            console=console, datasets=data)  # fmt: skip
+        return export_trial(
+            study,
+            spec,
+            Path(out),
+            method=method,
+            trial=trial,
+            epochs=epochs,
+            train_on=train_on,
+            console=console,
+            datasets=data,
+        )
 
 
 def _printer(verbose: bool) -> Callable[..., None]:

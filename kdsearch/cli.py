@@ -47,8 +47,10 @@ def friendly(command: F) -> F:
         except KeyboardInterrupt:
             if STATE["debug"]:
                 raise
-            typer.echo("\ninterrupted: caches and trials are written whole or not at all; run the command again "
-                       "to go on", err=True)  # fmt: skip
+            typer.echo(
+                "\ninterrupted: caches and trials are written whole or not at all; run the command again to go on",
+                err=True,
+            )
             raise typer.Exit(130) from None
         except (MemoryError, RuntimeError) as err:
             if STATE["debug"] or not out_of_memory(err):
@@ -102,7 +104,10 @@ SetOpt = typer.Option(
     None, "--set", help="Override a spec field, TOML value: --set student.epochs=2 --set 'search.methods=[\"kd\"]'."
 )
 ThreadsOpt = typer.Option(
-    None, "--threads", min=1, help="torch CPU threads per process (with --workers: per worker; default cores // workers)."
+    None,
+    "--threads",
+    min=1,
+    help="torch CPU threads per process (with --workers: per worker; default cores // workers).",
 )
 
 
@@ -122,7 +127,10 @@ def run(
     output_dir: Optional[Path] = OutOpt,
     device: Optional[str] = DeviceOpt,
     workers: int = typer.Option(
-        1, "--workers", "-w", min=0,
+        1,
+        "--workers",
+        "-w",
+        min=0,
         help="Worker processes on this machine (1: in this process; 0: one per visible GPU). Each runs "
         "`kdsearch worker`; the final comparison and the report run once, here, when they are done.",
     ),
@@ -131,15 +139,30 @@ def run(
 ) -> None:
     """Run the study: teacher once, N trials, final comparison on the test split, report.html, students/."""
     spec, path = load_study_spec(
-        spec_path, data_root=data_root, study=study_name, storage=storage, output_dir=output_dir, device=device,
+        spec_path,
+        data_root=data_root,
+        study=study_name,
+        storage=storage,
+        output_dir=output_dir,
+        device=device,
         overrides=overrides,
     )
     quiet_optuna()
     url = spec.resolved_storage()
-    resume = resume_command(path, url, study=study_name, output_dir=output_dir, data_root=data_root, overrides=overrides,
-                            workers=workers)  # fmt: skip
-    result = runner.run(spec, trials=trials, workers=workers, threads=threads, console=console(), resume=resume,
-                        spec_path=path, overrides=overrides or [], debug=STATE["debug"])  # fmt: skip
+    resume = resume_command(
+        path, url, study=study_name, output_dir=output_dir, data_root=data_root, overrides=overrides, workers=workers
+    )
+    result = runner.run(
+        spec,
+        trials=trials,
+        workers=workers,
+        threads=threads,
+        console=console(),
+        resume=resume,
+        spec_path=path,
+        overrides=overrides or [],
+        debug=STATE["debug"],
+    )
     if not result.finished:
         raise typer.Exit(1)
 
@@ -150,14 +173,22 @@ def worker(
     study_name: Optional[str] = StudyOpt,
     storage: Optional[str] = StorageOpt,
     spec_path: Optional[Path] = typer.Option(
-        None, "--spec", "-s", help="Study TOML; creates the study when it does not exist yet (default: the spec stored in the study)."
+        None,
+        "--spec",
+        "-s",
+        help="Study TOML; creates the study when it does not exist yet (default: the spec stored in the study).",
     ),
     trials: Optional[int] = typer.Option(
-        None, "--trials", "-n", min=1,
+        None,
+        "--trials",
+        "-n",
+        min=1,
         help="Stop when the study holds this many finished (COMPLETE + PRUNED) trials in total, all workers together "
         "(default: search.trials).",
     ),
-    rank: int = typer.Option(0, "--rank", min=0, help="This worker's number; its sampler seed is search.sampler_seed + rank."),
+    rank: int = typer.Option(
+        0, "--rank", min=0, help="This worker's number; its sampler seed is search.sampler_seed + rank."
+    ),
     device: Optional[str] = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
     data_root: Optional[Path] = DataRootOpt,
@@ -175,12 +206,24 @@ def worker(
             if parent_pid is not None:
                 stop_with_parent(parent_pid)
             quiet_optuna()
-            runner.work(study_name=study_name, storage=storage, spec_path=spec_path, trials=trials, rank=rank,
-                        device=device, threads=threads, data_root=data_root, overrides=overrides, console=console())
+            runner.work(
+                study_name=study_name,
+                storage=storage,
+                spec_path=spec_path,
+                trials=trials,
+                rank=rank,
+                device=device,
+                threads=threads,
+                data_root=data_root,
+                overrides=overrides,
+                console=console(),
+            )
         except KeyboardInterrupt:
             with stop.shielded():  # a repeated signal does not cut the message short
-                typer.echo(f"worker {rank}: interrupted; its running trial (if any) is marked FAILED, finished ones "
-                           "are kept", err=True)  # fmt: skip
+                typer.echo(
+                    f"worker {rank}: interrupted; its running trial (if any) is marked FAILED, finished ones are kept",
+                    err=True,
+                )
                 raise typer.Exit(130) from None
 
 
@@ -191,9 +234,14 @@ def dashboard(
     storage: Optional[str] = StorageOpt,
     spec_path: Optional[Path] = SpecOpt,
     output_dir: Optional[Path] = typer.Option(
-        None, "--output-dir", "-o", help="Where report.html is read and artifacts/ kept (default: the study's output_dir)."
+        None,
+        "--output-dir",
+        "-o",
+        help="Where report.html is read and artifacts/ kept (default: the study's output_dir).",
     ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (the dashboard has no login: keep it local)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on (the dashboard has no login: keep it local)."
+    ),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port (0: any free one)."),
 ) -> None:
     """Watch the study live in optuna-dashboard; the report and the final comparison show as study artifacts."""
@@ -204,8 +252,9 @@ def dashboard(
     if storage is None:
         spec, _ = load_study_spec(spec_path, study=study_name)
         storage, default_out = spec.resolved_storage(), spec.resolved_output_dir()
-    server, notes = start_dashboard(storage, study_name=study_name, output_dir=output_dir, default_output_dir=default_out,
-                                    host=host, port=port)  # fmt: skip
+    server, notes = start_dashboard(
+        storage, study_name=study_name, output_dir=output_dir, default_output_dir=default_out, host=host, port=port
+    )
     for note in notes:
         typer.echo(note)
     typer.echo(f"dashboard: {server.url}  (storage {storage}; Ctrl-C to stop)")
@@ -238,7 +287,9 @@ def report(
     storage: Optional[str] = StorageOpt,
     spec_path: Optional[Path] = SpecOpt,
     data_root: Optional[Path] = DataRootOpt,
-    output: Optional[Path] = typer.Option(None, "--output", help="HTML file to write (default: <output_dir>/report.html)."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", help="HTML file to write (default: <output_dir>/report.html)."
+    ),
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Rebuild report.html from storage (runs the final comparison first if it is missing)."""
@@ -262,13 +313,17 @@ def _stored_study(study_name, storage, spec_path, data_root, device, overrides=N
 @app.command()
 @friendly
 def export(
-    out: Path = typer.Option(..., "--out", help="Folder for student.safetensors, .torchscript.pt, .onnx and card.json."),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder for student.safetensors, .torchscript.pt, .onnx and card.json."
+    ),
     study_name: Optional[str] = StudyOpt,
     storage: Optional[str] = StorageOpt,
     spec_path: Optional[Path] = SpecOpt,
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Export this method's best trial."),
     trial: Optional[int] = typer.Option(None, "--trial", min=0, help="Export this trial (by number)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Train this many epochs (default: the study's)."),
+    epochs: Optional[int] = typer.Option(
+        None, "--epochs", "-e", min=1, help="Train this many epochs (default: the study's)."
+    ),
     train_on: str = typer.Option("train", "--train-on", help="'train' (the study's student pool) or 'train+val'."),
     data_root: Optional[Path] = DataRootOpt,
     device: Optional[str] = DeviceOpt,
@@ -276,8 +331,9 @@ def export(
     """Retrain a trial (default: the best) with the study's data and teacher, score it once on test, and write it
     as safetensors, TorchScript and ONNX (checked by onnxruntime) with a JSON card."""
     study, spec = _stored_study(study_name, storage, spec_path, data_root, device)
-    runner.export_trial(study, spec, out, method=method, trial=trial, epochs=epochs, train_on=train_on,
-                        console=console())  # fmt: skip
+    runner.export_trial(
+        study, spec, out, method=method, trial=trial, epochs=epochs, train_on=train_on, console=console()
+    )
 
 
 def main() -> None:

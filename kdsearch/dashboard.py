@@ -31,7 +31,9 @@ def artifact_store(output_dir: Path) -> FileSystemArtifactStore:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise KdsearchError(f"cannot create the artifact folder {path} ({err.strerror or err}); pass another --output-dir") from None
+        raise KdsearchError(
+            f"cannot create the artifact folder {path} ({err.strerror or err}); pass another --output-dir"
+        ) from None
     return FileSystemArtifactStore(str(path))
 
 
@@ -93,16 +95,25 @@ class _QuietHandler(WSGIRequestHandler):
 class DashboardServer:
     """optuna-dashboard's WSGI app on a bound socket (``port`` 0 picks a free one)."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage | str, store: FileSystemArtifactStore | None,
-                 host: str = "127.0.0.1", port: int = 8080) -> None:  # fmt: skip
+    def __init__(
+        self,
+        storage: optuna.storages.BaseStorage | str,
+        store: FileSystemArtifactStore | None,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+    ) -> None:
         import optuna_dashboard
 
         self.app = optuna_dashboard.wsgi(storage, artifact_store=store)
         try:
-            self._server = make_server(host, port, self.app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+            self._server = make_server(
+                host, port, self.app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+            )
         except OSError as err:
-            raise KdsearchError(f"cannot serve the dashboard on {host}:{port}: {err.strerror or err}; "
-                                "pick another --port (0: any free one)") from None  # fmt: skip
+            raise KdsearchError(
+                f"cannot serve the dashboard on {host}:{port}: {err.strerror or err}; "
+                "pick another --port (0: any free one)"
+            ) from None
         self.host = host
         self.port = self._server.server_port
         self._thread: threading.Thread | None = None

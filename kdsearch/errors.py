@@ -15,5 +15,9 @@ def first_line(err: BaseException) -> str:
 def out_of_memory(err: BaseException) -> bool:
     """Whether ``err`` is the host or the GPU running out of memory (torch raises RuntimeErrors for both)."""
     text = str(err).lower()
-    return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
-            or "out of memory" in text or "can't allocate memory" in text)  # fmt: skip
+    return (
+        isinstance(err, MemoryError)
+        or type(err).__name__ == "OutOfMemoryError"
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    )

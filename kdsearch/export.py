@@ -130,8 +130,9 @@ def _onnx_runner(path: str) -> Callable[[Tensor], Tensor]:
 
     def run(x: Tensor) -> Tensor:
         x = x.detach().float().cpu().contiguous()
-        return torch.cat([torch.from_numpy(np.asarray(session.run(None, {name: c.numpy()})[0]))
-                          for c in x.split(CHECK_BATCH)])  # fmt: skip
+        return torch.cat(
+            [torch.from_numpy(np.asarray(session.run(None, {name: c.numpy()})[0])) for c in x.split(CHECK_BATCH)]
+        )
 
     return run
 
@@ -199,16 +200,29 @@ def _save_onnx(model: nn.Module, batch: Tensor, tmp: str) -> str:
     names = {"input_names": ["input"], "output_names": ["logits"], "opset_version": ONNX_OPSET, "verbose": False}
     try:
         with _quiet():
-            torch.onnx.export(model, (batch,), tmp, dynamo=False, **names,
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})  # fmt: skip
+            torch.onnx.export(
+                model,
+                (batch,),
+                tmp,
+                dynamo=False,
+                **names,
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
         return "torchscript"
     except Exception as err:  # noqa: BLE001 - try the other exporter before giving up
         first = err
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (batch,), tmp, dynamo=True, external_data=False, **names,
-                              dynamic_shapes=({0: torch.export.Dim("batch")},))  # fmt: skip
+            torch.onnx.export(
+                model,
+                (batch,),
+                tmp,
+                dynamo=True,
+                external_data=False,
+                **names,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+            )
     except Exception as err:  # noqa: BLE001
         raise _ExportFailed(f"{_cause(first)}; the dynamo exporter failed too: {_cause(err)}") from None
     return "dynamo"
@@ -227,8 +241,13 @@ def _max_abs_diff(got: Tensor, want: Tensor) -> float:
     return float(diff.max()) if diff.numel() else 0.0
 
 
-def _checked(run_file: Callable[[str], Callable[[Tensor], Tensor]], images: list[Tensor], reference: list[Tensor],
-             diffs: dict[str, float], kind: str) -> Callable[[str], None]:  # fmt: skip
+def _checked(
+    run_file: Callable[[str], Callable[[Tensor], Tensor]],
+    images: list[Tensor],
+    reference: list[Tensor],
+    diffs: dict[str, float],
+    kind: str,
+) -> Callable[[str], None]:
     """A check for ``_write_atomic``: the file's logits on each batch of ``images`` match ``reference`` within
     ``TOLERANCE``; the max |Δ| is stored in ``diffs[kind]``."""
 
@@ -238,8 +257,9 @@ def _checked(run_file: Callable[[str], Callable[[Tensor], Tensor]], images: list
             diff = max(_max_abs_diff(run(x), want) for x, want in zip(images, reference))
         diffs[kind] = diff
         if not diff <= TOLERANCE:
-            raise _ExportFailed(f"its logits differ from PyTorch's by up to {diff:.2e} (> {TOLERANCE:g}) on the "
-                                "check images")  # fmt: skip
+            raise _ExportFailed(
+                f"its logits differ from PyTorch's by up to {diff:.2e} (> {TOLERANCE:g}) on the check images"
+            )
 
     return check
 
@@ -282,8 +302,15 @@ def _load_hints(architecture: str) -> dict[str, str]:
     }
 
 
-def _card(given: dict[str, Any], model: nn.Module, files: dict[str, Path], errors: dict[str, str],
-          diffs: dict[str, float], images: int, onnx_exporter: str | None) -> dict[str, Any]:  # fmt: skip
+def _card(
+    given: dict[str, Any],
+    model: nn.Module,
+    files: dict[str, Path],
+    errors: dict[str, str],
+    diffs: dict[str, float],
+    images: int,
+    onnx_exporter: str | None,
+) -> dict[str, Any]:
     """The caller's card plus the export's facts (these keys replace the caller's of the same name)."""
 
     def rounded(kind: str) -> float | None:
@@ -291,8 +318,10 @@ def _card(given: dict[str, Any], model: nn.Module, files: dict[str, Path], error
 
     return {
         **given,
-        "files": {kind: {"name": files[kind].name, "bytes": files[kind].stat().st_size} if kind not in errors else None
-                  for kind in ("safetensors", "torchscript", "onnx")},  # fmt: skip
+        "files": {
+            kind: {"name": files[kind].name, "bytes": files[kind].stat().st_size} if kind not in errors else None
+            for kind in ("safetensors", "torchscript", "onnx")
+        },
         "errors": dict(errors),
         "parameters": sum(p.numel() for p in model.parameters()),
         "checks": {
@@ -312,9 +341,14 @@ def _card(given: dict[str, Any], model: nn.Module, files: dict[str, Path], error
 
 
 def export_student(
-    model: nn.Module, folder: Path, *, sample: Tensor, card: dict[str, Any], check_inputs: Tensor | None = None,
+    model: nn.Module,
+    folder: Path,
+    *,
+    sample: Tensor,
+    card: dict[str, Any],
+    check_inputs: Tensor | None = None,
     strict: bool = True,
-) -> ExportedStudent:  # fmt: skip
+) -> ExportedStudent:
     """Write ``model`` into ``folder`` as safetensors, TorchScript and ONNX, each checked, plus ``card.json``.
 
     Args:
@@ -375,5 +409,11 @@ def export_student(
             "(card.json records the reason); load the weights from student.safetensors, or change the model"
         )
     nan = float("nan")
-    return ExportedStudent(folder, written, nan if "onnx" in errors else diffs["onnx"], full,
-                           nan if "torchscript" in errors else diffs["torchscript"], errors)  # fmt: skip
+    return ExportedStudent(
+        folder,
+        written,
+        nan if "onnx" in errors else diffs["onnx"],
+        full,
+        nan if "torchscript" in errors else diffs["torchscript"],
+        errors,
+    )

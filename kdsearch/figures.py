@@ -38,7 +38,14 @@ def _style(fig: go.Figure, title: str, *, legend_below: bool = False) -> go.Figu
     fig.update_layout(
         template="plotly_white",
         title=dict(
-            text=title, x=0.0, xanchor="left", xref="paper", y=0.975, yanchor="top", yref="container", font=dict(size=17)
+            text=title,
+            x=0.0,
+            xanchor="left",
+            xref="paper",
+            y=0.975,
+            yanchor="top",
+            yref="container",
+            font=dict(size=17),
         ),
         margin=margin,
         legend=legend,
@@ -80,8 +87,9 @@ def _hover(p: TrialPoint, lead: str) -> str:
     return "<br>".join(lines)
 
 
-def _temperature_markers(pts: Sequence[TrialPoint], metric: str, name: str, method: str, marker: dict,
-                         note=lambda p: "") -> go.Scatter:  # fmt: skip
+def _temperature_markers(
+    pts: Sequence[TrialPoint], metric: str, name: str, method: str, marker: dict, note=lambda p: ""
+) -> go.Scatter:
     """One marker per trial at (T, validation ``metric``), hover: the trial's params and metrics (+ ``note(p)``)."""
     return go.Scatter(
         x=[p.params["temperature"] for p in pts],
@@ -116,12 +124,20 @@ def temperature_figure(points: Sequence[TrialPoint], metric: str) -> go.Figure:
         cut = pruned_by_method.get(method, [])
         if cut:
             marker = dict(color=colour, size=7, opacity=0.45, symbol="x-thin", line=dict(width=1.5, color=colour))
-            fig.add_trace(_temperature_markers(cut, metric, f"{method}: pruned (last epoch run)", method, marker,
-                                               note=lambda p: f"<br><i>pruned after epoch {p.epochs or '?'}</i>"))  # fmt: skip
+            fig.add_trace(
+                _temperature_markers(
+                    cut,
+                    metric,
+                    f"{method}: pruned (last epoch run)",
+                    method,
+                    marker,
+                    note=lambda p: f"<br><i>pruned after epoch {p.epochs or '?'}</i>",
+                )
+            )
         line = best_per_bin_line([(p.params["temperature"], p.metric(metric), p.number) for p in pts])
         if line:
 
-            def pruned_in(b) -> int:
+            def pruned_in(b, cut: Sequence[TrialPoint] = cut) -> int:
                 return sum(b.low <= p.params["temperature"] <= b.high for p in cut)
 
             fig.add_trace(
@@ -167,18 +183,27 @@ def param_map_figure(points: Sequence[TrialPoint], metric: str) -> go.Figure | N
     validation ``metric`` in each cell of a binned, log-T grid, with every completed trial drawn on top.
     One subplot per method with at least ``MIN_MAP_TRIALS`` completed trials; None when none has."""
     methods = [
-        m for m, (param, _) in MAP_PARAMS.items()
+        m
+        for m, (param, _) in MAP_PARAMS.items()
         if sum(p.complete and p.method == m and param in p.params and p.metric(metric) is not None for p in points)
         >= MIN_MAP_TRIALS
-    ]  # fmt: skip
+    ]
     if not methods:
         return None
-    fig = make_subplots(rows=1, cols=len(methods), subplot_titles=[f"{m}: T × {MAP_PARAMS[m][0]}" for m in methods],
-                        horizontal_spacing=0.08)  # fmt: skip
+    fig = make_subplots(
+        rows=1,
+        cols=len(methods),
+        subplot_titles=[f"{m}: T × {MAP_PARAMS[m][0]}" for m in methods],
+        horizontal_spacing=0.08,
+    )
     label = metric_label(metric)
     for col, method in enumerate(methods, start=1):
         param, log_param = MAP_PARAMS[method]
-        pts = [p for p in points if p.complete and p.method == method and param in p.params and p.metric(metric) is not None]
+        pts = [
+            p
+            for p in points
+            if p.complete and p.method == method and param in p.params and p.metric(metric) is not None
+        ]
         xs = [math.log10(p.params["temperature"]) for p in pts]
         ys = [math.log10(p.params[param]) if log_param else p.params[param] for p in pts]
         bins = 5 if len(pts) >= 15 else 3
@@ -202,20 +227,39 @@ def param_map_figure(points: Sequence[TrialPoint], metric: str) -> go.Figure | N
         )
         fig.add_trace(
             go.Scatter(
-                x=xs, y=ys, mode="markers", name=method, showlegend=False,
+                x=xs,
+                y=ys,
+                mode="markers",
+                name=method,
+                showlegend=False,
                 marker=dict(color="white", size=7, line=dict(width=1.5, color=method_colour(method))),
-                text=[_hover(p, "temperature") for p in pts], hovertemplate="%{text}<extra></extra>",
+                text=[_hover(p, "temperature") for p in pts],
+                hovertemplate="%{text}<extra></extra>",
             ),
             row=1,
             col=col,
-        )  # fmt: skip
+        )
         t_ticks = [t for t in log_ticks([p.params["temperature"] for p in pts])]
-        fig.update_xaxes(title_text="T (log scale)", tickmode="array", tickvals=[math.log10(t) for t in t_ticks],
-                         ticktext=[f"{t:g}" for t in t_ticks], range=[xe[0], xe[-1]], row=1, col=col)  # fmt: skip
+        fig.update_xaxes(
+            title_text="T (log scale)",
+            tickmode="array",
+            tickvals=[math.log10(t) for t in t_ticks],
+            ticktext=[f"{t:g}" for t in t_ticks],
+            range=[xe[0], xe[-1]],
+            row=1,
+            col=col,
+        )
         if log_param:
             p_ticks = log_ticks([p.params[param] for p in pts])
-            fig.update_yaxes(title_text=f"{param} (log scale)", tickmode="array", tickvals=[math.log10(t) for t in p_ticks],
-                             ticktext=[f"{t:g}" for t in p_ticks], range=[ye[0], ye[-1]], row=1, col=col)  # fmt: skip
+            fig.update_yaxes(
+                title_text=f"{param} (log scale)",
+                tickmode="array",
+                tickvals=[math.log10(t) for t in p_ticks],
+                ticktext=[f"{t:g}" for t in p_ticks],
+                range=[ye[0], ye[-1]],
+                row=1,
+                col=col,
+            )
         else:
             fig.update_yaxes(title_text=param, range=[ye[0], ye[-1]], row=1, col=col)
     fig.update_layout(coloraxis=dict(colorscale="Viridis", colorbar=dict(title=f"val {label}")))
@@ -385,25 +429,37 @@ def final_comparison_figure(final: Mapping) -> go.Figure:
             fig.update_yaxes(range=[lo - pad, min(hi + pad, 1.0 + pad / 4)], row=1, col=col)
         fig.update_yaxes(title_text=f"test {metric_label(metric)}", tickformat=".3f", row=1, col=col)
         fig.update_xaxes(
-            tickmode="array", tickvals=xs, ticktext=[s.label for s in stats], range=[-0.6, len(stats) - 0.35],
-            zeroline=False, showgrid=False, row=1, col=col,
-        )  # fmt: skip
+            tickmode="array",
+            tickvals=xs,
+            ticktext=[s.label for s in stats],
+            range=[-0.6, len(stats) - 0.35],
+            zeroline=False,
+            showgrid=False,
+            row=1,
+            col=col,
+        )
     n = len(final.get("seeds") or []) or max((s.n for s in stats), default=0)
     # Legend-only keys for the two marker kinds (the real traces are coloured per method).
     fig.add_trace(
         go.Scatter(
-            x=[None], y=[None], mode="markers", name=f"mean ± std ({n} seeds)",
-            marker=dict(color="#555", size=12, symbol="diamond"), hoverinfo="skip",
+            x=[None],
+            y=[None],
+            mode="markers",
+            name=f"mean ± std ({n} seeds)",
+            marker=dict(color="#555", size=12, symbol="diamond"),
+            hoverinfo="skip",
         )
-    )  # fmt: skip
+    )
     fig.add_trace(
         go.Scatter(
-            x=[None], y=[None], mode="markers", name="one seed",
+            x=[None],
+            y=[None],
+            mode="markers",
+            name="one seed",
             marker=dict(color="#555", size=7, symbol="circle-open", line=dict(width=1.8, color="#555")),
             hoverinfo="skip",
         )
-    )  # fmt: skip
+    )
     _style(fig, "Best distilled student per method vs scratch, held-out test split", legend_below=True)
     fig.update_annotations(font=dict(size=14), yshift=4)  # the subplot titles
     return fig
-

@@ -118,7 +118,8 @@ def scaled_kl(log_p_student: Tensor, log_p_teacher: Tensor, temperature: float) 
 def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """``T**2 * KL(softmax(t/T) || softmax(s/T))``, averaged over rows."""
     return scaled_kl(
-        F.log_softmax(student_logits / temperature, dim=-1), F.log_softmax(teacher_logits / temperature, dim=-1),
+        F.log_softmax(student_logits / temperature, dim=-1),
+        F.log_softmax(teacher_logits / temperature, dim=-1),
         temperature,
     )
 
@@ -306,9 +307,7 @@ class Method:
         """An extra trainable module for ``loss`` (per-example feature shapes in), or None if none is needed."""
         return None
 
-    def loss(
-        self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None
-    ) -> Tensor:
+    def loss(self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None) -> Tensor:
         """The scalar training loss of one batch with this trial's ``params`` (keys as in ``space``)."""
         raise NotImplementedError
 
@@ -325,9 +324,7 @@ class Scratch(Method):
     needs_teacher = False
     searchable = False
 
-    def loss(
-        self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None
-    ) -> Tensor:
+    def loss(self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None) -> Tensor:
         return masked_cross_entropy(batch.student_logits, batch.labels, batch.labeled)
 
 
@@ -343,9 +340,7 @@ class PseudoLabel(Method):
     space: ClassVar[Mapping[str, ParamRange]] = {}
     searchable = False
 
-    def loss(
-        self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None
-    ) -> Tensor:
+    def loss(self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None) -> Tensor:
         return pseudo_label_loss(
             batch.student_logits, _need(batch.teacher_logits, "teacher_logits", self.name), batch.labels, batch.labeled
         )
@@ -362,9 +357,7 @@ class KD(Method):
     }
     logit_loss = staticmethod(kd_loss)  # (student, teacher, labels, labeled, temperature, alpha) -> loss
 
-    def loss(
-        self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None
-    ) -> Tensor:
+    def loss(self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None) -> Tensor:
         return self.logit_loss(
             batch.student_logits,
             _need(batch.teacher_logits, "teacher_logits", self.name),
@@ -413,9 +406,7 @@ class DKD(Method):
     }
     min_classes = 3
 
-    def loss(
-        self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None
-    ) -> Tensor:
+    def loss(self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None) -> Tensor:
         return dkd_loss(
             batch.student_logits,
             _need(batch.teacher_logits, "teacher_logits", self.name),
@@ -439,9 +430,7 @@ class FeatureMethod(Method):
     def feature_loss(self, student: Tensor, teacher: Tensor, regressor: nn.Module | None) -> Tensor:
         raise NotImplementedError
 
-    def loss(
-        self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None
-    ) -> Tensor:
+    def loss(self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None) -> Tensor:
         hard = masked_cross_entropy(batch.student_logits, batch.labels, batch.labeled)
         feature = self.feature_loss(
             _need(batch.student_features, "student_features", self.name),

@@ -60,11 +60,19 @@ class ConvClassifier(nn.Module):
 def bn_cnn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """A 422k-parameter teacher on 28x28: conv32-BN-pool, conv64-BN-pool, FC128."""
     features = nn.Sequential(
-        nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-    )  # fmt: skip
+        nn.Conv2d(in_channels, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
     flat = _flat_features(features, in_channels, image_size)
-    classifier = nn.Sequential(nn.Linear(flat, 128), nn.ReLU(inplace=True), nn.Dropout(0.2), nn.Linear(128, num_classes))
+    classifier = nn.Sequential(
+        nn.Linear(flat, 128), nn.ReLU(inplace=True), nn.Dropout(0.2), nn.Linear(128, num_classes)
+    )
     return ConvClassifier(features, classifier)
 
 
@@ -72,13 +80,21 @@ def bn_cnn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
 def deep_nn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """Seed 004's teacher (DeepNN): four 3x3 convs (128, 64, 64, 32), two pools, FC512."""
     features = nn.Sequential(
-        nn.Conv2d(in_channels, 128, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(128, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(64, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-    )  # fmt: skip
+        nn.Conv2d(in_channels, 128, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(128, 64, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(64, 32, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
     flat = _flat_features(features, in_channels, image_size)
-    classifier = nn.Sequential(nn.Linear(flat, 512), nn.ReLU(inplace=True), nn.Dropout(0.1), nn.Linear(512, num_classes))
+    classifier = nn.Sequential(
+        nn.Linear(flat, 512), nn.ReLU(inplace=True), nn.Dropout(0.1), nn.Linear(512, num_classes)
+    )
     return ConvClassifier(features, classifier)
 
 
@@ -86,11 +102,17 @@ def deep_nn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
 def light_nn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """Seed 004's student (LightNN): two 3x3 convs of 16 filters, two pools, FC256 (206k params on 28x28x1)."""
     features = nn.Sequential(
-        nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-    )  # fmt: skip
+        nn.Conv2d(in_channels, 16, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
     flat = _flat_features(features, in_channels, image_size)
-    classifier = nn.Sequential(nn.Linear(flat, 256), nn.ReLU(inplace=True), nn.Dropout(0.1), nn.Linear(256, num_classes))
+    classifier = nn.Sequential(
+        nn.Linear(flat, 256), nn.ReLU(inplace=True), nn.Dropout(0.1), nn.Linear(256, num_classes)
+    )
     return ConvClassifier(features, classifier)
 
 
@@ -98,7 +120,9 @@ _GIVEN: dict[str, Callable[[], nn.Module]] = {}  # role → builder of the objec
 
 
 @contextlib.contextmanager
-def given_models(*, teacher: nn.Module | None = None, student: Callable[..., nn.Module] | None = None) -> Iterator[None]:
+def given_models(
+    *, teacher: nn.Module | None = None, student: Callable[..., nn.Module] | None = None
+) -> Iterator[None]:
     """While open, ``arch = "python"`` builds these: a copy of the ``teacher`` module (used as is, the
     caller's object is never changed) and a fresh ``student()`` per call (a factory or class)."""
     if teacher is not None and not isinstance(teacher, nn.Module):
@@ -153,7 +177,11 @@ def load_whole_model(kind: str, path: Path, *, role: str = "teacher") -> nn.Modu
                 return torch.jit.load(str(path), map_location="cpu")
             return torch.export.unflatten(torch.export.load(str(path)))
     except Exception as err:  # noqa: BLE001 - torch raises many types for foreign or damaged files
-        how = "torch.jit.save(torch.jit.script(model), path)" if kind == "torchscript" else "torch.export.save(torch.export.export(model, (x,)), path)"
+        how = (
+            "torch.jit.save(torch.jit.script(model), path)"
+            if kind == "torchscript"
+            else "torch.export.save(torch.export.export(model, (x,)), path)"
+        )
         raise KdsearchError(
             f"{role}.checkpoint {path} is not a readable {kind} file ({type(err).__name__}: {first_line(err)}); "
             f"save it with {how}"
@@ -161,9 +189,15 @@ def load_whole_model(kind: str, path: Path, *, role: str = "teacher") -> nn.Modu
 
 
 def build_model(
-    name: str, num_classes: int, in_channels: int, image_size: int, *, args: Mapping[str, Any] | None = None,
-    checkpoint: Path | str | None = None, role: str = "model",
-) -> nn.Module:  # fmt: skip
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    *,
+    args: Mapping[str, Any] | None = None,
+    checkpoint: Path | str | None = None,
+    role: str = "model",
+) -> nn.Module:
     """A fresh instance of ``name``: a registry name, ``package.module:callable``, ``torchscript`` / ``exported``
     (the whole model read from ``checkpoint``) or ``python`` (the object handed to the Python API for ``role``)."""
     from .spec import GIVEN_ARCH, WHOLE_MODEL_ARCHS, is_import_path
@@ -233,6 +267,7 @@ def default_feature_layer(name: str, model: Callable[[], nn.Module] | None = Non
 def layer_before_last_linear(model: nn.Module) -> str:
     """The dotted path of the sibling module just before the one holding ``model``'s last ``nn.Linear``
     (descending while that Linear sits in the first child); "" when there is none (e.g. no Linear)."""
+
     def is_linear(m: nn.Module) -> bool:  # an exported program's layers are plain modules holding the weights
         weight = dict(m.named_parameters(recurse=False)).get("weight")
         return isinstance(m, nn.Linear) or (weight is not None and weight.dim() == 2 and not list(m.children()))
@@ -253,8 +288,9 @@ def layer_before_last_linear(model: nn.Module) -> str:
     return ""
 
 
-def check_model_output(model: nn.Module, *, role: str, arch: str, num_classes: int, in_channels: int,
-                       image_size: int) -> None:  # fmt: skip
+def check_model_output(
+    model: nn.Module, *, role: str, arch: str, num_classes: int, in_channels: int, image_size: int
+) -> None:
     """KdsearchError unless ``model`` maps 2 images of the data's shape to (2, num_classes) logits."""
     x = torch.zeros(2, in_channels, image_size, image_size)
     was_training = model.training
@@ -328,9 +364,11 @@ def _keras_mnist(widths: tuple[int, int], num_classes: int, in_channels: int, im
     """The Keras KD example's shape: conv(w1)/2, LeakyReLU, max-pool/1, conv(w2)/2, dense."""
     w1, w2 = widths
     features = nn.Sequential(
-        nn.Conv2d(in_channels, w1, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
-        nn.MaxPool2d(2, stride=1, padding=1), nn.Conv2d(w1, w2, 3, stride=2, padding=1),
-    )  # fmt: skip
+        nn.Conv2d(in_channels, w1, 3, stride=2, padding=1),
+        nn.LeakyReLU(0.2),
+        nn.MaxPool2d(2, stride=1, padding=1),
+        nn.Conv2d(w1, w2, 3, stride=2, padding=1),
+    )
     return ConvClassifier(features, nn.Linear(_flat_features(features, in_channels, image_size), num_classes))
 
 
@@ -358,7 +396,9 @@ def cnn_big(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         channels = width
     features = nn.Sequential(*layers, nn.Dropout(0.5))
     flat = _flat_features(features, in_channels, image_size)
-    return ConvClassifier(features, nn.Sequential(nn.Linear(flat, 512), nn.ReLU(inplace=True), nn.Linear(512, num_classes)))
+    return ConvClassifier(
+        features, nn.Sequential(nn.Linear(flat, 512), nn.ReLU(inplace=True), nn.Linear(512, num_classes))
+    )
 
 
 @MODELS.register("cnn_small", feature_layer="features")
@@ -372,13 +412,24 @@ def cnn_small(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
 def conv3_student(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """Seed 001's student: conv16 5x5/2, conv32 5x5/2, conv64 3x3 (each + 2x2 pool), FC250, FC50."""
     features = nn.Sequential(
-        nn.Conv2d(in_channels, 16, 5, stride=2, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5, stride=2, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-    )  # fmt: skip
+        nn.Conv2d(in_channels, 16, 5, stride=2, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5, stride=2, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
     flat = _flat_features(features, in_channels, image_size)
-    classifier = nn.Sequential(nn.Linear(flat, 250), nn.ReLU(inplace=True), nn.Linear(250, 50), nn.ReLU(inplace=True),
-                               nn.Linear(50, num_classes))  # fmt: skip
+    classifier = nn.Sequential(
+        nn.Linear(flat, 250),
+        nn.ReLU(inplace=True),
+        nn.Linear(250, 50),
+        nn.ReLU(inplace=True),
+        nn.Linear(50, num_classes),
+    )
     return ConvClassifier(features, classifier)
 
 
@@ -455,17 +506,25 @@ def load_checkpoint(model: nn.Module, path: Path, *, role: str, arch: str, ignor
 
 
 def load_state(
-    model: nn.Module, state: dict[str, torch.Tensor], *, role: str, arch: str, ignore: tuple[str, ...] = (),
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    role: str,
+    arch: str,
+    ignore: tuple[str, ...] = (),
     source: object = "the checkpoint",
-) -> nn.Module:  # fmt: skip
+) -> nn.Module:
     """``load_checkpoint`` for a state_dict already read (e.g. once per study rather than per trial)."""
     path = source
     state = {k: v for k, v in state.items() if not k.startswith(ignore)}
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(ignore)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and state[k].shape != v.shape]  # fmt: skip
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         for label, items in (("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", shapes)):

@@ -35,7 +35,9 @@ class PerMethodMedianPruner(optuna.pruners.BasePruner):
             return False
         method = trial.params.get("method")
         peers = [
-            t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params.get("method") == method
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.params.get("method") == method
         ]
         if len(peers) < max(self.n_startup_trials, 1):
             return False

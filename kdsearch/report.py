@@ -26,7 +26,6 @@ from .figures import (  # noqa: F401  (re-exported: the report's public names)
     param_map_figure,
     temperature_figure,
 )
-from .stats import PairedDifference
 from .report_model import (  # noqa: F401
     BinBest,
     MethodBest,
@@ -47,12 +46,14 @@ from .report_model import (  # noqa: F401
     trial_points,
 )
 from .search import FINAL_ATTR, TEACHER_ATTR, params_of
+from .stats import PairedDifference
 
 FIGURE_HEIGHT = 440
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
 
 # --------------------------------------------------------------------------- tables
+
 
 def _swatch(method: str) -> str:
     return f'<span class="sw" style="background:{method_colour(method)}"></span>{html.escape(method)}'
@@ -233,7 +234,9 @@ def summary_rows(study: optuna.Study) -> list[tuple[str, str]]:
         rows += [(f"cost: {name}", text) for name, text in cost_lines(final)]
         for method, e in sorted((final.get("exports") or {}).items(), key=lambda kv: method_sort_key(kv[0])):
             folder = Path(e.get("base", ".")) / e["folder"]
-            rows.append((f"student {method} (files)", f"{folder}  (seed {e.get('seed')}: safetensors, TorchScript, ONNX, card)"))
+            rows.append(
+                (f"student {method} (files)", f"{folder}  (seed {e.get('seed')}: safetensors, TorchScript, ONNX, card)")
+            )
     return rows
 
 

@@ -335,4 +335,3 @@ def final_stats(final: Mapping) -> list[StudentStats]:
             )
         )
     return sorted(out, key=lambda s: method_sort_key(s.method))
-

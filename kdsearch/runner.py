@@ -31,7 +31,9 @@ class StudyInterrupted(KeyboardInterrupt):
 class Console:
     """Where a run's lines and progress bars go."""
 
-    echo: Callable[..., None] = field(default=lambda text, err=False: print(text, file=sys.stderr if err else sys.stdout))
+    echo: Callable[..., None] = field(
+        default=lambda text, err=False: print(text, file=sys.stderr if err else sys.stdout)
+    )
     bars: bool = True
 
     def progress(self, total: int, desc: str, unit: str, *, leave: bool = True) -> tqdm:
@@ -76,8 +78,14 @@ def load_study_spec(
     return spec_from_dict(raw, source=f"{path} with --set" if overrides else str(path)), path
 
 
-def with_runtime(spec, *, data_root: Optional[Path] = None, device: Optional[str] = None, threads: Optional[int] = None,
-                 overrides: Optional[list[str]] = None):  # fmt: skip
+def with_runtime(
+    spec,
+    *,
+    data_root: Optional[Path] = None,
+    device: Optional[str] = None,
+    threads: Optional[int] = None,
+    overrides: Optional[list[str]] = None,
+):
     """``spec`` with the overrides of the command line (validated like the file)."""
     from .spec import apply_overrides, spec_from_dict
 
@@ -106,8 +114,16 @@ def writable_dir(path: Path, what: str) -> Path:
     return path
 
 
-def resume_command(path: Path, url: str, *, study: Optional[str], output_dir: Optional[Path], data_root: Optional[Path],
-                   overrides: Optional[list[str]], workers: int = 1) -> str:  # fmt: skip
+def resume_command(
+    path: Path,
+    url: str,
+    *,
+    study: Optional[str],
+    output_dir: Optional[Path],
+    data_root: Optional[Path],
+    overrides: Optional[list[str]],
+    workers: int = 1,
+) -> str:
     """The ``kdsearch run`` line that adds trials to this study with the settings of this run (the spec and
     every option that changes it; ``--device`` and ``--threads`` may differ)."""
     parts = ["kdsearch", "run", "--spec", str(path), "--storage", url]
@@ -189,8 +205,10 @@ def prepare(spec, console: Console, *, datasets: Any = None):
         how = "trained and cached"
     m = teacher.metrics
     echo(f"teacher {spec.teacher.arch}: {how} at {teacher.path}")
-    echo(f"teacher on validation: accuracy {m['val_accuracy']:.4f}, AUC {m['val_auc']:.4f} "
-         "(test: scored only in the final comparison)")  # fmt: skip
+    echo(
+        f"teacher on validation: accuracy {m['val_accuracy']:.4f}, AUC {m['val_auc']:.4f} "
+        "(test: scored only in the final comparison)"
+    )
     return splits, teacher, device
 
 
@@ -200,9 +218,11 @@ def echo_rerun_notice(study, echo: Callable[..., None]) -> None:
 
     final = study.user_attrs.get(FINAL_ATTR)
     if final:
-        echo(f"note: this study's final comparison already scored the test split (after {final['n_complete_trials']} "
-             "completed trials); the comparison at the end of this run is a re-run, labelled so in the report. "
-             "Choosing among re-runs by their test scores would tune on the test split")  # fmt: skip
+        echo(
+            f"note: this study's final comparison already scored the test split (after {final['n_complete_trials']} "
+            "completed trials); the comparison at the end of this run is a re-run, labelled so in the report. "
+            "Choosing among re-runs by their test scores would tune on the test split"
+        )
 
 
 def study_data(spec, splits, teacher, device, console: Console):
@@ -217,10 +237,15 @@ def study_data(spec, splits, teacher, device, console: Console):
     if data.features != "not needed":
         console.echo(f"teacher features for {', '.join(feature_methods)}: {data.features}")
     if feature_methods:
-        for role, model_spec, layer in (("teacher", spec.teacher, data.teacher_layer), ("student", spec.student, data.student_layer)):
+        for role, model_spec, layer in (
+            ("teacher", spec.teacher, data.teacher_layer),
+            ("student", spec.student, data.student_layer),
+        ):
             if model_spec.feature_layer is None and model_spec.arch not in MODELS:
-                console.echo(f"{role} feature layer: {layer!r} (the module before its last Linear; set "
-                             f"{role}.feature_layer to choose another)")  # fmt: skip
+                console.echo(
+                    f"{role} feature layer: {layer!r} (the module before its last Linear; set "
+                    f"{role}.feature_layer to choose another)"
+                )
     return data
 
 
@@ -241,8 +266,10 @@ def best_summary(study) -> dict[str, dict[str, Any]]:
     """Method → params, validation value and trial number of its best completed trial."""
     from .search import best_trials_per_method, params_of
 
-    return {m: {"params": params_of(t)[1], "value": t.value, "trial": t.number}
-            for m, t in sorted(best_trials_per_method(study).items())}  # fmt: skip
+    return {
+        m: {"params": params_of(t)[1], "value": t.value, "trial": t.number}
+        for m, t in sorted(best_trials_per_method(study).items())
+    }
 
 
 def final_and_report(study, data, teacher, report_path: Path, console: Console) -> tuple[dict, dict]:
@@ -316,8 +343,22 @@ def run(
                 "workers > 1 run `kdsearch worker` processes from the study file; models and data handed over as "
                 "Python objects cannot reach them: use workers=1, or name them by import path in the study file"
             )
-        return _run_workers(spec, spec_path, url, study, splits, teacher, dev, n_workers, n, threads, list(overrides),
-                            resume, console, debug)  # fmt: skip
+        return _run_workers(
+            spec,
+            spec_path,
+            url,
+            study,
+            splits,
+            teacher,
+            dev,
+            n_workers,
+            n,
+            threads,
+            list(overrides),
+            resume,
+            console,
+            debug,
+        )
     data = study_data(spec, splits, teacher, dev, console)
     bar = console.progress(n, "trials", "trial")
 
@@ -350,8 +391,22 @@ def run(
     return StudyResult(study, url, best_summary(study), comparison, report_path, students)
 
 
-def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, trials: int, threads, overrides,
-                 resume: str, console: Console, debug: bool) -> StudyResult:  # fmt: skip
+def _run_workers(
+    spec,
+    path,
+    url,
+    study,
+    splits,
+    teacher,
+    dev,
+    workers: int,
+    trials: int,
+    threads,
+    overrides,
+    resume: str,
+    console: Console,
+    debug: bool,
+) -> StudyResult:
     """``run --workers N``: N ``kdsearch worker`` processes, one progress bar, then final comparison and report here."""
     import optuna
 
@@ -364,8 +419,10 @@ def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, tri
     plan = worker_plan(spec, dev, workers, threads)
     procs = start_workers(spec, path, url, plan, total=total, logs=logs, overrides=overrides, debug=debug)
     where = ", ".join(f"{d}{' (GPU ' + e['CUDA_VISIBLE_DEVICES'] + ')' if e else ''}" for e, d, _ in plan)
-    echo(f"started {workers} workers ({where}; {plan[0][2]} thread{'s' * (plan[0][2] != 1)} each) until the study "
-         f"holds {total} finished trials; logs in {logs}")  # fmt: skip
+    echo(
+        f"started {workers} workers ({where}; {plan[0][2]} thread{'s' * (plan[0][2] != 1)} each) until the study "
+        f"holds {total} finished trials; logs in {logs}"
+    )
     bar = console.progress(trials, f"trials ({workers} workers)", "trial")
 
     def advance() -> None:
@@ -378,7 +435,9 @@ def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, tri
             bar.close()
             echo("\ninterrupted: stopping the workers (each marks its running trial FAILED)...", err=True)
             stop_workers([p for _, p, _ in procs])
-            raise StudyInterrupted(f"{finished_count(study)} finished trials are kept in {url}.\nresume with: {resume}") from None
+            raise StudyInterrupted(
+                f"{finished_count(study)} finished trials are kept in {url}.\nresume with: {resume}"
+            ) from None
     advance()
     bar.close()
     failed = failed_workers(procs)
@@ -386,21 +445,38 @@ def _run_workers(spec, path, url, study, splits, teacher, dev, workers: int, tri
         tail = "\n  ".join(log.read_text(errors="replace").strip().splitlines()[-4:])
         echo(f"worker {rank} exited with code {rc}; the end of {log}:\n  {tail}", err=True)
     done = finished_count(study)
-    if failed and len(failed) == len(procs) and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        raise KdsearchError(f"every worker failed before a trial completed (see above); the study holds {done} finished trials")
+    if (
+        failed
+        and len(failed) == len(procs)
+        and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    ):
+        raise KdsearchError(
+            f"every worker failed before a trial completed (see above); the study holds {done} finished trials"
+        )
     if done < total:
         echo(f"warning: the study holds {done} of {total} finished trials", err=True)
     report_path = spec.resolved_output_dir() / "report.html"
     data = study_data(spec, splits, teacher, dev, console)
     comparison, students = final_and_report(study, data, teacher, report_path, console)
     echo(f"storage: {url}\nadd trials with: {resume}")
-    return StudyResult(study, url, best_summary(study), comparison, report_path, students,
-                       finished=not (failed and done < total))  # fmt: skip
+    return StudyResult(
+        study, url, best_summary(study), comparison, report_path, students, finished=not (failed and done < total)
+    )
 
 
-def work(*, study_name: Optional[str], storage: Optional[str], spec_path: Optional[Path], trials: Optional[int],
-         rank: int, device: Optional[str], threads: Optional[int], data_root: Optional[Path],
-         overrides: Optional[list[str]], console: Console) -> int:  # fmt: skip
+def work(
+    *,
+    study_name: Optional[str],
+    storage: Optional[str],
+    spec_path: Optional[Path],
+    trials: Optional[int],
+    rank: int,
+    device: Optional[str],
+    threads: Optional[int],
+    data_root: Optional[Path],
+    overrides: Optional[list[str]],
+    console: Console,
+) -> int:
     """``kdsearch worker``: join (or create) a study and run trials until it holds ``trials`` finished ones;
     no final comparison. Returns the number of trials this worker ran."""
     import optuna
@@ -410,8 +486,9 @@ def work(*, study_name: Optional[str], storage: Optional[str], spec_path: Option
     from .workers import finished_count, join_study, work_on_study
 
     if spec_path is not None:
-        spec, _ = load_study_spec(spec_path, data_root=data_root, study=study_name, storage=storage, device=device,
-                                  overrides=overrides)  # fmt: skip
+        spec, _ = load_study_spec(
+            spec_path, data_root=data_root, study=study_name, storage=storage, device=device, overrides=overrides
+        )
         spec = with_runtime(spec, threads=threads)
         url = spec.resolved_storage()
         store = spec_storage(spec, url)
@@ -437,21 +514,33 @@ def work(*, study_name: Optional[str], storage: Optional[str], spec_path: Option
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         value = f" {trial.value:.4f}" if trial.value is not None else ""
-        console.echo(f"worker {rank}: trial {trial.number} {trial.state.name.lower()}{value} "
-                   f"({finished_count(study)}/{total} finished)")  # fmt: skip
+        console.echo(
+            f"worker {rank}: trial {trial.number} {trial.state.name.lower()}{value} "
+            f"({finished_count(study)}/{total} finished)"
+        )
 
     waiting: list[int] = []
 
     def on_wait(running: int) -> None:
         if not waiting:
-            console.echo(f"worker {rank}: the last {running} trial(s) run in other workers; waiting for them "
-                       "(a trial whose worker dies is retried here)")  # fmt: skip
+            console.echo(
+                f"worker {rank}: the last {running} trial(s) run in other workers; waiting for them "
+                "(a trial whose worker dies is retried here)"
+            )
         waiting.append(running)
 
     ran = work_on_study(
-        study, store, url, make_objective(data), total, max_retry=spec.runtime.max_retry, rank=rank,
-        callbacks=(on_trial,), poll_s=1.0, on_wait=on_wait,
-    )  # fmt: skip
+        study,
+        store,
+        url,
+        make_objective(data),
+        total,
+        max_retry=spec.runtime.max_retry,
+        rank=rank,
+        callbacks=(on_trial,),
+        poll_s=1.0,
+        on_wait=on_wait,
+    )
     console.echo(
         f"worker {rank}: done, ran {ran} trials; the study holds {finished_count(study)} finished trials.\n"
         f"final comparison and report: kdsearch report --storage {url} --study {name}"
@@ -525,7 +614,9 @@ def pick_trial(study, *, method: Optional[str] = None, trial: Optional[int] = No
     best = best_trials_per_method(study)
     if method is not None:
         if method not in best:
-            raise KdsearchError(f"no completed {method!r} trial in {study.study_name!r}; methods with one: {', '.join(best)}")
+            raise KdsearchError(
+                f"no completed {method!r} trial in {study.study_name!r}; methods with one: {', '.join(best)}"
+            )
         return best[method]
     return max(best.values(), key=lambda t: t.value)
 

@@ -21,11 +21,11 @@ from .data import Split, Splits, take
 from .errors import KdsearchError, out_of_memory
 from .methods import METHODS, DistillBatch, build_method, searchable_methods, unusable_methods
 from .metrics import cost_row
-from .pruners import build_pruner
 from .models import FeatureTap, build_model, default_feature_layer, load_state, read_checkpoint
+from .pruners import build_pruner
+from .signals import interruptible, shielded
 from .spec import StudySpec, spec_from_dict
 from .storage import storage_contents
-from .signals import interruptible, shielded
 from .teacher import Teacher, feature_cache_mb, teacher_features
 from .train import Augment, EpochResult, LiveTeacher, TrainSet, evaluate, fit, steps_per_epoch
 
@@ -54,15 +54,25 @@ def make_sampler(spec: StudySpec, rank: int = 0, *, resumed_at: int = 0) -> optu
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     """The spec's pruner over epochs reported as steps 1, 2, ... (see ``pruners.build_pruner``)."""
     s = spec.search
-    return build_pruner(s.pruner, startup_trials=s.pruner_startup_trials, warmup_epochs=s.pruner_warmup_epochs,
-                        epochs=spec.student.epochs)  # fmt: skip
+    return build_pruner(
+        s.pruner,
+        startup_trials=s.pruner_startup_trials,
+        warmup_epochs=s.pruner_warmup_epochs,
+        epochs=spec.student.epochs,
+    )
 
 
 # Spec fields that may differ between the runs of one study: they do not change what a trial measures.
 RESUME_MAY_CHANGE = {
-    "data.root", "data.download", "data.loader_workers", "data.memory_budget_mb", "data.stream",
-    "search.trials", "search.sampler_seed", "teacher.feature_cache_mb",
-}  # fmt: skip
+    "data.root",
+    "data.download",
+    "data.loader_workers",
+    "data.memory_budget_mb",
+    "data.stream",
+    "search.trials",
+    "search.sampler_seed",
+    "teacher.feature_cache_mb",
+}
 RESUME_SECTIONS = ("data", "teacher", "student", "search", "methods")
 
 
@@ -198,8 +208,9 @@ def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device
     labeled = torch.zeros(len(pool), dtype=torch.bool)
     labeled[: len(splits.labeled)] = True
     teacher_layer = spec.teacher.feature_layer or default_feature_layer(spec.teacher.arch, lambda: teacher.model)
-    student_layer = spec.student.feature_layer or default_feature_layer(spec.student.arch,
-                                                                        lambda: build_student_model(spec, splits))  # fmt: skip
+    student_layer = spec.student.feature_layer or default_feature_layer(
+        spec.student.arch, lambda: build_student_model(spec, splits)
+    )
     x_pool = take(splits.train.x, pool).to(device)  # streamed data stays on disk: a lazy ImageStore
     features, how = None, "not needed"
     if "cached" in spec.search.teacher_modes and any(METHODS.get(m).needs_features for m in spec.search.methods):
@@ -211,13 +222,16 @@ def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device
             how = f"teacher runs live ({mb:.0f} MB of features > teacher.feature_cache_mb = {spec.teacher.feature_cache_mb:g})"
     distill = TrainSet(x_pool, splits.train.y[pool], labeled, teacher.train_logits[pool], features).to(device)
     labeled_only = TrainSet(
-        take(splits.train.x, splits.labeled), splits.train.y[splits.labeled], torch.ones(len(splits.labeled), dtype=torch.bool)
+        take(splits.train.x, splits.labeled),
+        splits.train.y[splits.labeled],
+        torch.ones(len(splits.labeled), dtype=torch.bool),
     ).to(device)
     steps = steps_per_epoch(len(pool), spec.student.batch_size)
     init = None if spec.student.checkpoint is None else read_checkpoint(Path(spec.student.checkpoint), role="student")
     val = splits.val.in_memory(device, spec.data.memory_budget_mb / 2)  # streamed data: decode val once if it fits
-    data = StudyData(spec, splits, device, teacher, distill, labeled_only, val, steps,
-                     teacher_layer, student_layer, how, init)  # fmt: skip
+    data = StudyData(
+        spec, splits, device, teacher, distill, labeled_only, val, steps, teacher_layer, student_layer, how, init
+    )
     check_student(data)
     return data
 
@@ -225,8 +239,9 @@ def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device
 def build_student_model(spec: StudySpec, splits: Splits) -> nn.Module:
     """A fresh student of the spec's architecture for this data (registry, import path or the API's factory)."""
     s = spec.student
-    return build_model(s.arch, splits.num_classes, splits.in_channels, splits.image_size, args=s.arch_args,
-                       role="student")  # fmt: skip
+    return build_model(
+        s.arch, splits.num_classes, splits.in_channels, splits.image_size, args=s.arch_args, role="student"
+    )
 
 
 def check_student(data: StudyData) -> None:
@@ -236,8 +251,14 @@ def check_student(data: StudyData) -> None:
     spec = data.spec
     model = build_student_model(spec, data.splits)
     if data.student_init is not None:
-        load_state(model, data.student_init, role="student", arch=spec.student.arch,
-                   ignore=tuple(spec.student.checkpoint_ignore), source=spec.student.checkpoint)  # fmt: skip
+        load_state(
+            model,
+            data.student_init,
+            role="student",
+            arch=spec.student.arch,
+            ignore=tuple(spec.student.checkpoint_ignore),
+            source=spec.student.checkpoint,
+        )
     methods = [m for m in spec.search.methods if METHODS.get(m).needs_features]
     if not methods:
         return
@@ -249,15 +270,24 @@ def check_student(data: StudyData) -> None:
     try:
         with torch.no_grad():
             cached = train.teacher_features
-            t_features = cached[rows] if cached is not None else teacher_features(data.teacher.model, data.teacher_layer, x)
-            batch = DistillBatch(model(x).float(), train.y[rows], train.labeled[rows], train.teacher_logits[rows],
-                                 student_tap.output.float(), t_features.float())  # fmt: skip
+            t_features = (
+                cached[rows] if cached is not None else teacher_features(data.teacher.model, data.teacher_layer, x)
+            )
+            batch = DistillBatch(
+                model(x).float(),
+                train.y[rows],
+                train.labeled[rows],
+                train.teacher_logits[rows],
+                student_tap.output.float(),
+                t_features.float(),
+            )
             for method in methods:
                 impl = build_method(method)
                 params = {name: r.low for name, r in spec.method_space(method).items()}
                 try:
-                    regressor = impl.make_regressor(tuple(batch.student_features.shape[1:]),
-                                                    tuple(batch.teacher_features.shape[1:]))  # fmt: skip
+                    regressor = impl.make_regressor(
+                        tuple(batch.student_features.shape[1:]), tuple(batch.teacher_features.shape[1:])
+                    )
                     impl.loss(batch, params, regressor=None if regressor is None else regressor.to(data.device))
                 except (ValueError, RuntimeError) as err:
                     if out_of_memory(err):
@@ -339,8 +369,14 @@ def train_student(
     torch.manual_seed(seed)
     model = build_student_model(spec, splits)
     if data.student_init is not None:
-        load_state(model, data.student_init, role="student", arch=spec.student.arch,
-                   ignore=tuple(spec.student.checkpoint_ignore), source=spec.student.checkpoint)  # fmt: skip
+        load_state(
+            model,
+            data.student_init,
+            role="student",
+            arch=spec.student.arch,
+            ignore=tuple(spec.student.checkpoint_ignore),
+            source=spec.student.checkpoint,
+        )
     model = model.to(data.device)
     impl = build_method(method)
     consistent = teacher_mode == "consistent"
@@ -481,8 +517,11 @@ def final_comparison(
             acc, roc = evaluate(model, test)
             runs.append({"seed": seed, "accuracy": acc, "auc": roc})
             if on_student is not None:
-                on_student({"label": label, "method": method, "params": params, "trial": number, "teacher_mode": mode},
-                           runs[-1], model)  # fmt: skip
+                on_student(
+                    {"label": label, "method": method, "params": params, "trial": number, "teacher_mode": mode},
+                    runs[-1],
+                    model,
+                )
             if on_run is not None:
                 on_run(label, seed)
         students.append(
@@ -499,7 +538,9 @@ def final_comparison(
         "cost": cost_table(data, teacher, model),
         "n_complete_trials": len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
         "run": 1 if not previous else int(previous.get("run", 1)) + 1,
-        "earlier_runs_trials": [] if not previous else [*previous.get("earlier_runs_trials", []), previous["n_complete_trials"]],
+        "earlier_runs_trials": []
+        if not previous
+        else [*previous.get("earlier_runs_trials", []), previous["n_complete_trials"]],
     }
     study.set_user_attr(FINAL_ATTR, result)
     return result

@@ -7,10 +7,10 @@ bad value fails at load time with a message that names the field (``search.objec
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import KdsearchError
@@ -71,7 +71,9 @@ class DataSpec(_Section):
     """
 
     source: Literal["idx", "cifar10", "image_folder", "csv", "torchvision", "python"] = "idx"
-    root: Path = Field(Path(DEFAULT_FASHION_MNIST_ROOT), description="dataset folder (required for sources other than idx)")
+    root: Path = Field(
+        Path(DEFAULT_FASHION_MNIST_ROOT), description="dataset folder (required for sources other than idx)"
+    )
     val_size: int | float = Field(
         5000, description="images held out of the training split for validation: a count, or a fraction in (0, 1)"
     )
@@ -80,41 +82,60 @@ class DataSpec(_Section):
         description="image_folder without root/test, csv without partition column: images held out for the "
         "test split, a count or a fraction in (0, 1) (default 0.1)",
     )
-    labeled: int = Field(2000, ge=0, description="training images whose labels the student may use (0: all not unlabeled)")
+    labeled: int = Field(
+        2000, ge=0, description="training images whose labels the student may use (0: all not unlabeled)"
+    )
     unlabeled: int = Field(8000, ge=0, description="transfer images the student sees through the teacher only")
-    train_limit: int = Field(0, ge=0, description="idx, cifar10, torchvision, python: use only the first N training images (0: all)")
-    test_limit: int = Field(0, ge=0, description="idx, cifar10, torchvision, python: use only the first N test images (0: all)")
+    train_limit: int = Field(
+        0, ge=0, description="idx, cifar10, torchvision, python: use only the first N training images (0: all)"
+    )
+    test_limit: int = Field(
+        0, ge=0, description="idx, cifar10, torchvision, python: use only the first N test images (0: all)"
+    )
     split_seed: int = Field(0, ge=0, le=MAX_SEED)
     image_size: int | None = Field(
-        None, ge=4, le=2048, description="resize every image to this square size (default: native; 32 for image_folder, csv)"
+        None,
+        ge=4,
+        le=2048,
+        description="resize every image to this square size (default: native; 32 for image_folder, csv)",
     )
-    channels: Literal[1, 3] | None = Field(None, description="1 (grayscale) or 3 (RGB) (default: native; 3 for image_folder, csv)")
-    mean: list[float] | None = Field(None, description="per-channel mean on the [0, 1] scale (default: training split's)")
+    channels: Literal[1, 3] | None = Field(
+        None, description="1 (grayscale) or 3 (RGB) (default: native; 3 for image_folder, csv)"
+    )
+    mean: list[float] | None = Field(
+        None, description="per-channel mean on the [0, 1] scale (default: training split's)"
+    )
     std: list[float] | None = Field(None, description="per-channel std on the [0, 1] scale (default: training split's)")
     memory_budget_mb: int = Field(
-        2048, ge=1,
+        2048,
+        ge=1,
         description="largest in-memory float32 size of all splits, in MiB; image_folder, csv, torchvision and "
         "python data above it streams (see stream), idx and cifar10 data above it is refused",
-    )  # fmt: skip
+    )
     stream: Literal["auto", "always", "never"] = Field(
         "auto",
         description="image_folder, csv, torchvision, python: 'auto' streams images through a DataLoader when the splits "
         "exceed memory_budget_mb, 'always' streams whatever the size, 'never' refuses data above the budget",
     )
     loader_workers: int = Field(
-        2, ge=0, le=64, description="image_folder, csv, torchvision, python: DataLoader worker processes decoding streamed images (0: in-process)"
+        2,
+        ge=0,
+        le=64,
+        description="image_folder, csv, torchvision, python: DataLoader worker processes decoding streamed images (0: in-process)",
     )
     skip_unreadable: bool = Field(False, description="image_folder, csv: skip corrupt images instead of stopping")
     download: bool | Literal["fashion_mnist", "mnist"] = Field(
         False,
         description="download with torchvision into root when it holds no files (needs internet): cifar10: true; "
-        "idx: \"fashion_mnist\" (or true) or \"mnist\"",
+        'idx: "fashion_mnist" (or true) or "mnist"',
     )
     csv_file: Path = Field(Path("annotations.csv"), description="csv: the CSV, relative to root (or absolute)")
     image_dir: Path = Field(Path("images"), description="csv: the image folder, relative to root (or absolute)")
     file_column: str = Field("Image Name", min_length=1, description="csv: column with the image file name")
     label_column: str = Field("Majority Vote Label", min_length=1, description="csv: column with the class label")
-    partition_column: str = Field("Partition", description="csv: column with the split ('' : no column, carve test_size)")
+    partition_column: str = Field(
+        "Partition", description="csv: column with the split ('' : no column, carve test_size)"
+    )
     train_value: str = Field("train", min_length=1, description="csv: partition value of training rows")
     test_value: str = Field("test", min_length=1, description="csv: partition value of test rows")
     factory: str | None = Field(
@@ -151,17 +172,23 @@ class DataSpec(_Section):
                     f"{name} is only read with source = {users} (source is {self.source!r}); remove it or change source"
                 )
         if isinstance(self.download, str) and self.source != "idx":
-            raise ValueError(f"download = {self.download!r} names an IDX dataset; with source = {self.source!r} use true")
+            raise ValueError(
+                f"download = {self.download!r} names an IDX dataset; with source = {self.source!r} use true"
+            )
         if self.source == "torchvision" and not self.dataset:
-            raise ValueError('dataset: source = "torchvision" needs dataset, a class of torchvision.datasets, e.g. "CIFAR100"')
+            raise ValueError(
+                'dataset: source = "torchvision" needs dataset, a class of torchvision.datasets, e.g. "CIFAR100"'
+            )
         if self.factory is not None and not is_import_path(self.factory):
             raise ValueError(f"factory: {self.factory!r} is not an import path; write it as 'package.module:function'")
         if self.source not in ("idx", "python") and "root" not in self.model_fields_set:
-            raise ValueError(f"root: source = {self.source!r} needs root, the dataset folder; set data.root or --data-root")
+            raise ValueError(
+                f"root: source = {self.source!r} needs root, the dataset folder; set data.root or --data-root"
+            )
         if self.source == "csv" and self.partition_column and self.test_size is not None:
             raise ValueError(
                 f"test_size: the test split comes from the column {self.partition_column!r}; "
-                "remove test_size, or set partition_column = \"\" to carve a seeded test split"
+                'remove test_size, or set partition_column = "" to carve a seeded test split'
             )
         if self.source == "csv" and self.train_value == self.test_value:
             raise ValueError(f"train_value and test_value are both {self.train_value!r}; they must differ")
@@ -170,11 +197,15 @@ class DataSpec(_Section):
         if self.mean is not None and self.std is not None:
             if self.channels is None and self.source in ("python", "torchvision"):  # the items say: 1 or 3
                 if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
-                    raise ValueError(f"mean and std need one value per channel (1 or 3); got {len(self.mean)} and {len(self.std)}")
+                    raise ValueError(
+                        f"mean and std need one value per channel (1 or 3); got {len(self.mean)} and {len(self.std)}"
+                    )
             else:
                 n = self.resolved_channels()
                 if len(self.mean) != n or len(self.std) != n:
-                    raise ValueError(f"mean and std need one value per channel ({n}); got {len(self.mean)} and {len(self.std)}")
+                    raise ValueError(
+                        f"mean and std need one value per channel ({n}); got {len(self.mean)} and {len(self.std)}"
+                    )
             if not all(0.0 <= m <= 1.0 for m in self.mean) or not all(0.0 < s <= 1.0 for s in self.std):
                 raise ValueError(
                     "mean must lie in [0, 1] and std in (0, 1]: they are on the [0, 1] pixel scale "
@@ -192,7 +223,11 @@ class DataSpec(_Section):
 def is_import_path(name: str) -> bool:
     """Whether ``name`` reads as ``package.module:attribute`` (a user's callable), not a registry name."""
     module, sep, attr = name.partition(":")
-    return bool(sep) and all(p.isidentifier() for p in module.split(".")) and all(p.isidentifier() for p in attr.split("."))
+    return (
+        bool(sep)
+        and all(p.isidentifier() for p in module.split("."))
+        and all(p.isidentifier() for p in attr.split("."))
+    )
 
 
 WHOLE_MODEL_ARCHS = ("torchscript", "exported")  # teacher.arch values that take the whole model from teacher.checkpoint
@@ -285,7 +320,9 @@ class SearchSpec(_Section):
         description="'median_per_method': a trial is compared only with trials of its own method; 'median': with "
         "all trials; 'successive_halving' / 'hyperband': rungs at epochs 1, 3, 9, ...; 'none'",
     )
-    pruner_startup_trials: int = Field(5, ge=0, description="medians: completed trials (per method for median_per_method) before pruning starts")
+    pruner_startup_trials: int = Field(
+        5, ge=0, description="medians: completed trials (per method for median_per_method) before pruning starts"
+    )
     pruner_warmup_epochs: int = Field(
         0, ge=0, description="medians: epochs every trial runs before it may be pruned (0: prunable after epoch 1)"
     )
@@ -349,7 +386,9 @@ class RuntimeSpec(_Section):
     @model_validator(mode="after")
     def _grace_after_heartbeat(self) -> "RuntimeSpec":
         if self.heartbeat_interval and self.grace_period <= self.heartbeat_interval:
-            raise ValueError(f"grace_period ({self.grace_period}) must exceed heartbeat_interval ({self.heartbeat_interval})")
+            raise ValueError(
+                f"grace_period ({self.grace_period}) must exceed heartbeat_interval ({self.heartbeat_interval})"
+            )
         return self
 
 
@@ -392,7 +431,9 @@ class StudySpec(_Section):
                 if not (math.isfinite(low) and math.isfinite(high) and max(abs(low), abs(high)) <= MAX_PARAM):
                     raise ValueError(f"{where}: the range [{low}, {high}] must be finite, within ±{MAX_PARAM:g}")
                 if not low <= high:
-                    raise ValueError(f"{where}: the range [{low}, {high}] must have low < high (or one number to fix it)")
+                    raise ValueError(
+                        f"{where}: the range [{low}, {high}] must have low < high (or one number to fix it)"
+                    )
                 if param == "alpha" and not (0.0 <= low and high <= 1.0):
                     raise ValueError(f"{where}: alpha weights the hard-label loss and must lie in [0, 1]")
                 if space[param].log and low <= 0:
@@ -453,9 +494,7 @@ def load_spec(path: Path | str) -> StudySpec:
     """Read and validate a study TOML file (KdsearchError on a missing file, bad TOML or bad field)."""
     path = Path(path)
     if not path.is_file():
-        raise KdsearchError(
-            f"study file {path} not found; pass an existing TOML file (the ready ones are in studies/)"
-        )
+        raise KdsearchError(f"study file {path} not found; pass an existing TOML file (the ready ones are in studies/)")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark from some editors
     except (OSError, UnicodeDecodeError) as err:

@@ -78,7 +78,9 @@ def open_storage(
             sqlalchemy.event.listen(storage.engine, "connect", _sqlite_on_connect)
         return storage
     except (ImportError, ModuleNotFoundError) as err:
-        raise KdsearchError(f"storage {url!r} needs a driver that is not installed ({err}); install it with pip") from None
+        raise KdsearchError(
+            f"storage {url!r} needs a driver that is not installed ({err}); install it with pip"
+        ) from None
     except Exception as err:  # sqlalchemy raises many types for bad URLs and unreachable servers
         raise KdsearchError(
             f"cannot open storage {url!r}: {first_line(err)}; check the URL (sqlite:///path.db, journal:///path.log, "
@@ -90,12 +92,16 @@ def spec_storage(spec: StudySpec, url: str | None = None) -> optuna.storages.Bas
     """``open_storage`` with the spec's heartbeat settings (``runtime.heartbeat_interval`` etc.)."""
     r = spec.runtime
     return open_storage(
-        url or spec.resolved_storage(), heartbeat_interval=r.heartbeat_interval, grace_period=r.grace_period,
+        url or spec.resolved_storage(),
+        heartbeat_interval=r.heartbeat_interval,
+        grace_period=r.grace_period,
         max_retry=r.max_retry,
-    )  # fmt: skip
+    )
 
 
-def _new_rdb_storage(url: str, engine_kwargs: dict, extra: dict, sqlite_path: Path | None) -> optuna.storages.RDBStorage:
+def _new_rdb_storage(
+    url: str, engine_kwargs: dict, extra: dict, sqlite_path: Path | None
+) -> optuna.storages.RDBStorage:
     """``RDBStorage``, safe when several workers open a fresh database at once.
 
     Creating the schema is not atomic: a SQLite file is opened under a file lock (and switched

@@ -31,8 +31,18 @@ def representative(runs: list[dict], metric: str) -> int:
     return min(range(len(runs)), key=lambda i: abs(runs[i][metric] - mean))
 
 
-def student_card(data: StudyData, study_name: str, method: str, params: dict, trial: int | None, mode: str,
-                 run: dict, *, train_on: str = "train", seeds: list[dict] | None = None) -> dict[str, Any]:  # fmt: skip
+def student_card(
+    data: StudyData,
+    study_name: str,
+    method: str,
+    params: dict,
+    trial: int | None,
+    mode: str,
+    run: dict,
+    *,
+    train_on: str = "train",
+    seeds: list[dict] | None = None,
+) -> dict[str, Any]:
     """What a user needs to use the student: architecture, classes, input and normalization, how it was trained."""
     spec, splits = data.spec, data.splits
     card: dict[str, Any] = {
@@ -58,12 +68,18 @@ def student_card(data: StudyData, study_name: str, method: str, params: dict, tr
         "trial": trial,
         "seed": run["seed"],
         "test": {"accuracy": run["accuracy"], "auc": run["auc"]},
-        "training": {"epochs": spec.student.epochs, "batch_size": spec.student.batch_size, "lr": spec.student.lr,
-                     "train_on": train_on},  # fmt: skip
+        "training": {
+            "epochs": spec.student.epochs,
+            "batch_size": spec.student.batch_size,
+            "lr": spec.student.lr,
+            "train_on": train_on,
+        },
     }
     if seeds is not None:
         card["seeds"] = seeds
-        card["representative"] = f"the seed whose test {spec.search.objective} is closest to the mean of {len(seeds)} seeds"
+        card["representative"] = (
+            f"the seed whose test {spec.search.objective} is closest to the mean of {len(seeds)} seeds"
+        )
     return card
 
 
@@ -89,7 +105,9 @@ def export_summary(exported: ExportedStudent, base: Path) -> dict[str, Any]:
         "files": {kind: rel(path) for kind, path in exported.files.items()},
         "sizes": {kind: Path(path).stat().st_size for kind, path in exported.files.items() if Path(path).is_file()},
         "seed": exported.card.get("seed"),
-        "onnx_max_abs_diff": None if exported.onnx_max_abs_diff != exported.onnx_max_abs_diff else exported.onnx_max_abs_diff,
+        "onnx_max_abs_diff": None
+        if exported.onnx_max_abs_diff != exported.onnx_max_abs_diff
+        else exported.onnx_max_abs_diff,
         "test": exported.card.get("test"),
     }
 
@@ -123,14 +141,25 @@ class StudentKeeper:
             i = representative([r for _, r, _ in runs], metric)
             candidate, run, model = runs[i]
             seeds = [dict(r) for _, r, _ in runs]
-            card = student_card(self.data, self.study.study_name, method, candidate["params"], candidate["trial"],
-                                candidate["teacher_mode"], run, seeds=seeds)  # fmt: skip
+            card = student_card(
+                self.data,
+                self.study.study_name,
+                method,
+                candidate["params"],
+                candidate["trial"],
+                candidate["teacher_mode"],
+                run,
+                seeds=seeds,
+            )
             # strict=False: a format one student cannot take (an op without an ONNX mapping) is said, not fatal
-            exported = export_student(model, self.folder / method, sample=check[:2], card=card, check_inputs=check,
-                                      strict=False)  # fmt: skip
+            exported = export_student(
+                model, self.folder / method, sample=check[:2], card=card, check_inputs=check, strict=False
+            )
             out[method] = exported
             kinds = ", ".join(k for k in ("safetensors", "torchscript", "onnx") if k in exported.files)
-            check_note = "" if "onnx" not in exported.files else f"; ONNX vs PyTorch max |Δ| {exported.onnx_max_abs_diff:.1e}"
+            check_note = (
+                "" if "onnx" not in exported.files else f"; ONNX vs PyTorch max |Δ| {exported.onnx_max_abs_diff:.1e}"
+            )
             console.echo(
                 f"student {method}: seed {run['seed']} (test {metric} {run[metric]:.4f}, closest to the mean of "
                 f"{len(runs)} seeds) → {exported.folder} ({kinds}, card{check_note})"
@@ -147,18 +176,30 @@ def with_val_in_pool(data: StudyData) -> StudyData:
 
     val = data.val
     if isinstance(val.x, ImageStore) or isinstance(data.distill_set.x, ImageStore):
-        raise KdsearchError("--train-on train+val needs the images in memory, but this study streams them from disk; "
-                            "raise data.memory_budget_mb, or export with --train-on train")  # fmt: skip
+        raise KdsearchError(
+            "--train-on train+val needs the images in memory, but this study streams them from disk; "
+            "raise data.memory_budget_mb, or export with --train-on train"
+        )
     device = data.device
     ones = torch.ones(len(val), dtype=torch.bool, device=device)
     logits = predict(data.teacher.model, val.x.to(device)).to(device)
     d, lab = data.distill_set, data.labeled_set
-    distill = TrainSet(torch.cat([d.x, val.x.to(device)]), torch.cat([d.y, val.y.to(device)]),
-                       torch.cat([d.labeled, ones]), torch.cat([d.teacher_logits, logits]), None).to(device)  # fmt: skip
-    labeled = TrainSet(torch.cat([lab.x, val.x.to(device)]), torch.cat([lab.y, val.y.to(device)]),
-                       torch.cat([lab.labeled, ones])).to(device)  # fmt: skip
-    return replace(data, distill_set=distill, labeled_set=labeled,
-                   steps=steps_per_epoch(len(distill), data.spec.student.batch_size))  # fmt: skip
+    distill = TrainSet(
+        torch.cat([d.x, val.x.to(device)]),
+        torch.cat([d.y, val.y.to(device)]),
+        torch.cat([d.labeled, ones]),
+        torch.cat([d.teacher_logits, logits]),
+        None,
+    ).to(device)
+    labeled = TrainSet(
+        torch.cat([lab.x, val.x.to(device)]), torch.cat([lab.y, val.y.to(device)]), torch.cat([lab.labeled, ones])
+    ).to(device)
+    return replace(
+        data,
+        distill_set=distill,
+        labeled_set=labeled,
+        steps=steps_per_epoch(len(distill), data.spec.student.batch_size),
+    )
 
 
 def export_one(data: StudyData, study: Any, trial: Any, out: Path, *, train_on: str, console: Any) -> ExportedStudent:
@@ -170,9 +211,11 @@ def export_one(data: StudyData, study: Any, trial: Any, out: Path, *, train_on: 
     method, params = params_of(trial)
     mode = teacher_mode_of(trial)
     seed = data.spec.final.first_seed
-    console.echo(f"export: retraining trial {trial.number} ({method}, "
-                 + ", ".join(f"{k}={v:.4g}" for k, v in params.items())
-                 + f") for {data.spec.student.epochs} epochs on {train_on}, seed {seed}")  # fmt: skip
+    console.echo(
+        f"export: retraining trial {trial.number} ({method}, "
+        + ", ".join(f"{k}={v:.4g}" for k, v in params.items())
+        + f") for {data.spec.student.epochs} epochs on {train_on}, seed {seed}"
+    )
     model, _ = train_student(data, method, params, seed, teacher_mode=mode)
     test = data.splits.test.in_memory(data.device, data.spec.data.memory_budget_mb / 2)
     acc, roc = evaluate(model, test)
@@ -180,6 +223,8 @@ def export_one(data: StudyData, study: Any, trial: Any, out: Path, *, train_on: 
     card = student_card(data, study.study_name, method, params, trial.number, mode, run, train_on=train_on)
     check = _check_batch(data)
     exported = export_student(model, Path(out), sample=check[:2], card=card, check_inputs=check)
-    console.echo(f"export: test accuracy {acc:.4f}, AUC {roc:.4f}; wrote {', '.join(p.name for p in exported.files.values())} "
-                 f"to {exported.folder} (ONNX vs PyTorch max |Δ| {exported.onnx_max_abs_diff:.1e})")  # fmt: skip
+    console.echo(
+        f"export: test accuracy {acc:.4f}, AUC {roc:.4f}; wrote {', '.join(p.name for p in exported.files.values())} "
+        f"to {exported.folder} (ONNX vs PyTorch max |Δ| {exported.onnx_max_abs_diff:.1e})"
+    )
     return exported

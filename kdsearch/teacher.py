@@ -8,9 +8,9 @@ and the file is written to a temporary name and renamed, so nobody reads half a 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import pickle
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,8 +20,8 @@ from filelock import FileLock
 from torch import Tensor, nn
 
 from .data import Splits, default_cache_root, save_atomic
-from .methods import build_method
 from .errors import KdsearchError, first_line
+from .methods import build_method
 from .models import FeatureTap, build_model, code_fingerprint, load_checkpoint
 from .spec import GIVEN_ARCH, WHOLE_MODEL_ARCHS, StudySpec
 from .train import Augment, EpochResult, TrainSet, channels_last, evaluate, fit, predict, steps_per_epoch
@@ -124,8 +124,15 @@ def train_teacher(
 def build_teacher_model(spec: StudySpec, splits: Splits) -> nn.Module:
     """The spec's teacher architecture for this data (fresh, or the whole model its file or the Python API holds)."""
     t = spec.teacher
-    return build_model(t.arch, splits.num_classes, splits.in_channels, splits.image_size, args=t.arch_args,
-                       checkpoint=t.checkpoint, role="teacher")  # fmt: skip
+    return build_model(
+        t.arch,
+        splits.num_classes,
+        splits.in_channels,
+        splits.image_size,
+        args=t.arch_args,
+        checkpoint=t.checkpoint,
+        role="teacher",
+    )
 
 
 def teacher_steps(spec: StudySpec, splits: Splits) -> int:
@@ -154,11 +161,15 @@ def prepare_teacher(
                 entry = torch.load(path, map_location="cpu", weights_only=True)
                 model = build_teacher_model(spec, splits)
                 model.load_state_dict(entry["state_dict"])
-                metrics = {k: v for k, v in entry["metrics"].items() if k.startswith("val_")}  # older entries held test too
+                metrics = {
+                    k: v for k, v in entry["metrics"].items() if k.startswith("val_")
+                }  # older entries held test too
                 return Teacher(model.to(device).eval(), entry["train_logits"], metrics, True, path)
             except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
                 # damaged (empty, truncated, not a dict), or the model changed
-                log.warning("teacher cache %s is unreadable or stale (%s); training the teacher again", path, first_line(err))
+                log.warning(
+                    "teacher cache %s is unreadable or stale (%s); training the teacher again", path, first_line(err)
+                )
         model = train_teacher(spec, splits, device, on_step=on_step, on_epoch=on_epoch)
         val_acc, val_auc = evaluate(model, splits.val.to(device))
         metrics = {"val_accuracy": val_acc, "val_auc": val_auc}

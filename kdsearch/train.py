@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from .data import ImageStore, Split
 from .errors import KdsearchError
 from .methods import DistillBatch, Method
-from .models import FeatureTap
 from .metrics import accuracy, auc
+from .models import FeatureTap
 
 
 @dataclass
@@ -45,8 +45,13 @@ class TrainSet:
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device)
 
-        return TrainSet(channels_last(self.x.to(device)), self.y.to(device), self.labeled.to(device),
-                        move(self.teacher_logits), move(self.teacher_features))  # fmt: skip
+        return TrainSet(
+            channels_last(self.x.to(device)),
+            self.y.to(device),
+            self.labeled.to(device),
+            move(self.teacher_logits),
+            move(self.teacher_features),
+        )
 
 
 def channels_last(x: Tensor) -> Tensor:
@@ -107,7 +112,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise KdsearchError(f"runtime.device = {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+        raise KdsearchError(
+            f"runtime.device = {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (device.index is not None and device.index >= count):
@@ -215,8 +222,10 @@ def fit(
     params_to_train = list(model.parameters())
     student_tap = teacher_tap = regressor = None
     if method.needs_features:
-        if not student_layer or (live_teacher is None and train.teacher_features is None) or (
-            live_teacher is not None and not live_teacher.feature_layer
+        if (
+            not student_layer
+            or (live_teacher is None and train.teacher_features is None)
+            or (live_teacher is not None and not live_teacher.feature_layer)
         ):
             raise ValueError(f"{method.name} needs student_layer and teacher features (cached or a live tap)")
         if live_teacher is not None:

@@ -34,7 +34,9 @@ def join_study(name: str, storage: optuna.storages.BaseStorage, spec: StudySpec,
     """Load an existing study with this worker's sampler (seeded from ``search.sampler_seed``, rank and
     the trials already there, see ``make_sampler``) and the spec's pruner; a spec whose ``--set`` changed
     a setting that determines trial results is refused (``check_same_settings``)."""
-    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec, rank), pruner=make_pruner(spec))
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=make_sampler(spec, rank), pruner=make_pruner(spec)
+    )
     check_same_settings(study, spec)
     if study.trials:
         study.sampler = make_sampler(spec, rank, resumed_at=len(study.trials))
@@ -188,8 +190,18 @@ def run_worker(
     """
     me = worker_identity(rank)
     try:
-        return _run_trials(study, objective, total, slot, me, heartbeat=heartbeat, max_retry=max_retry,
-                           callbacks=callbacks, poll_s=poll_s, on_wait=on_wait)  # fmt: skip
+        return _run_trials(
+            study,
+            objective,
+            total,
+            slot,
+            me,
+            heartbeat=heartbeat,
+            max_retry=max_retry,
+            callbacks=callbacks,
+            poll_s=poll_s,
+            on_wait=on_wait,
+        )
     except BaseException:
         with shielded():
             try:
@@ -256,9 +268,12 @@ def _run_trials(study, objective, total, slot, me, *, heartbeat, max_retry, call
                 except Exception:  # Optuna then refuses to record the end (ValueError, or its own assertion)
                     if not taken:
                         raise
-                    print(f"warning: trial {taken[0]} was marked FAILED by another worker while it ran here (no "
-                          "heartbeat within runtime.grace_period: was this process paused?); it may be retried "
-                          "with the same params; going on", file=sys.stderr)  # fmt: skip
+                    print(
+                        f"warning: trial {taken[0]} was marked FAILED by another worker while it ran here (no "
+                        "heartbeat within runtime.grace_period: was this process paused?); it may be retried "
+                        "with the same params; going on",
+                        file=sys.stderr,
+                    )
                 ran += 1
                 continue
         if on_wait is not None:
@@ -288,9 +303,17 @@ def work_on_study(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return run_worker(
-            study, objective, total, TrialSlot(url, storage, study.study_name), heartbeat=has_heartbeat(storage),
-            max_retry=max_retry, rank=rank, callbacks=callbacks, poll_s=poll_s, on_wait=on_wait,
-        )  # fmt: skip
+            study,
+            objective,
+            total,
+            TrialSlot(url, storage, study.study_name),
+            heartbeat=has_heartbeat(storage),
+            max_retry=max_retry,
+            rank=rank,
+            callbacks=callbacks,
+            poll_s=poll_s,
+            on_wait=on_wait,
+        )
 
 
 # --- local worker processes: `kdsearch run --workers N` ---------------------------------------------
@@ -341,10 +364,32 @@ def worker_command(
     """The ``kdsearch worker`` command line of local worker ``rank``: join ``spec.name`` in ``url``
     (or create it from the spec file at ``path``) and run trials until it holds ``total`` finished ones,
     stopping like on Ctrl-C if this process dies (``--parent-pid``)."""
-    return [sys.executable, "-m", "kdsearch.cli", *(["--debug"] if debug else []), "worker",
-            "--spec", str(path), "--study", spec.name, "--storage", url, "--data-root", str(spec.data.root),
-            "--device", device, "--threads", str(threads), "--trials", str(total), "--rank", str(rank),
-            "--parent-pid", str(os.getpid()), *(arg for o in overrides for arg in ("--set", o))]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "kdsearch.cli",
+        *(["--debug"] if debug else []),
+        "worker",
+        "--spec",
+        str(path),
+        "--study",
+        spec.name,
+        "--storage",
+        url,
+        "--data-root",
+        str(spec.data.root),
+        "--device",
+        device,
+        "--threads",
+        str(threads),
+        "--trials",
+        str(total),
+        "--rank",
+        str(rank),
+        "--parent-pid",
+        str(os.getpid()),
+        *(arg for o in overrides for arg in ("--set", o)),
+    ]
 
 
 def start_workers(
@@ -369,8 +414,13 @@ def start_workers(
         cmd = worker_command(spec, path, url, device, n_threads, total, rank, overrides, debug=debug)
         log = logs / f"worker-{rank}.log"
         with open(log, "w") as out:  # own session: Ctrl-C reaches the workers once, forwarded by us
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            )
         procs.append((rank, proc, log))
     return procs
 

@@ -54,12 +54,24 @@ def teacher_cache(tmp_path_factory) -> Path:
 def write_spec(tmp_path, fashion_root, teacher_cache):
     """Write a tiny study TOML into tmp_path; returns its path."""
 
-    def write(name: str = "tiny", *, epochs: int = 2, pruner: str = "none", startup: int = 0, cache: Path | None = None,
-              extra: str = "") -> Path:  # fmt: skip
+    def write(
+        name: str = "tiny",
+        *,
+        epochs: int = 2,
+        pruner: str = "none",
+        startup: int = 0,
+        cache: Path | None = None,
+        extra: str = "",
+    ) -> Path:
         text = TINY_SPEC.format(
-            name=name, out=tmp_path / "run", root=fashion_root, epochs=epochs, pruner=pruner, startup=startup,
+            name=name,
+            out=tmp_path / "run",
+            root=fashion_root,
+            epochs=epochs,
+            pruner=pruner,
+            startup=startup,
             cache=cache or teacher_cache,
-        )  # fmt: skip
+        )
         path = tmp_path / f"{name}.toml"
         path.write_text(text + extra)
         return path

@@ -30,12 +30,16 @@ def states(storage: str, name: str = "tiny") -> list[str]:
     return [t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials]
 
 
+@pytest.mark.slow
 def test_run_creates_study_final_comparison_and_report(write_spec, tmp_path):
     spec = write_spec(cache=tmp_path / "fresh-cache")
     result = invoke("run", "--spec", str(spec), "--trials", "3")
     assert result.exit_code == 0, result.output
     assert "trained and cached" in result.output
-    assert "teacher on validation: accuracy" in result.output and "test: scored only in the final comparison" in result.output
+    assert (
+        "teacher on validation: accuracy" in result.output
+        and "test: scored only in the final comparison" in result.output
+    )
 
     storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     study = optuna.load_study(study_name="tiny", storage=storage)
@@ -63,6 +67,7 @@ def test_run_creates_study_final_comparison_and_report(write_spec, tmp_path):
     assert "best kd (test, 2 seeds)" in result.output and "scratch (test, 2 seeds)" in result.output
 
 
+@pytest.mark.slow
 def test_second_run_reuses_teacher_and_adds_trials(write_spec, tmp_path):
     spec = write_spec()
     assert invoke("run", "--spec", str(spec), "--trials", "2").exit_code == 0
@@ -77,6 +82,7 @@ def test_second_run_reuses_teacher_and_adds_trials(write_spec, tmp_path):
     assert final["run"] == 2 and final["earlier_runs_trials"] == [2] and final["n_complete_trials"] == 4
 
 
+@pytest.mark.slow
 def test_report_is_rebuilt_from_storage_alone(write_spec, tmp_path):
     spec = write_spec()
     assert invoke("run", "--spec", str(spec), "--trials", "2").exit_code == 0
@@ -87,6 +93,7 @@ def test_report_is_rebuilt_from_storage_alone(write_spec, tmp_path):
     assert out.is_file() and "Final comparison (test split)" in out.read_text() and 'id="cost"' in out.read_text()
 
 
+@pytest.mark.slow
 def test_median_pruner_prunes_weak_trials(write_spec, tmp_path):
     spec = write_spec(epochs=3, pruner="median", startup=1)
     result = invoke("run", "--spec", str(spec), "--trials", "8")
@@ -96,6 +103,7 @@ def test_median_pruner_prunes_weak_trials(write_spec, tmp_path):
     assert "pruned" in result.output
 
 
+@pytest.mark.slow
 def test_hyperband_pruner_is_accepted(write_spec, tmp_path):
     spec = write_spec(pruner="hyperband")
     assert invoke("run", "--spec", str(spec), "--trials", "2").exit_code == 0
@@ -111,7 +119,11 @@ def test_hyperband_pruner_is_accepted(write_spec, tmp_path):
         ([], "[methods.lolkd]\nalpha = [0.0, 1.0]\n", "unknown method"),
         ([], "junk = = 1\n", "is not valid TOML"),
         (["--set", 'runtime.cache_dir="/proc/kdsearch-cache"'], "", "the cache folder (runtime.cache_dir"),
-        (["--output-dir", "/proc/version"], "", "the output folder (--output-dir, output_dir in the spec) /proc/version is not"),
+        (
+            ["--output-dir", "/proc/version"],
+            "",
+            "the output folder (--output-dir, output_dir in the spec) /proc/version is not",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_line(write_spec, extra_args, spec_extra, message):
@@ -124,11 +136,18 @@ def test_bad_input_exits_2_with_one_clear_line(write_spec, extra_args, spec_extr
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_a_setting_every_trial_would_fail_on_stops_the_run_before_the_first_trial(write_spec, tmp_path):
     """hint between two 1-D layers: one line before any trial; the fixed spec then runs in the same study."""
     spec = str(write_spec())
-    hint = ["--set", 'search.methods=["hint"]', "--set", 'student.feature_layer="classifier"',
-            "--set", 'teacher.feature_layer="classifier"']  # fmt: skip
+    hint = [
+        "--set",
+        'search.methods=["hint"]',
+        "--set",
+        'student.feature_layer="classifier"',
+        "--set",
+        'teacher.feature_layer="classifier"',
+    ]
     result = runner.invoke(app, ["run", "--spec", spec, "--trials", "1", *hint])
     assert result.exit_code == 2, result.output
     assert "method 'hint' cannot pair student.feature_layer 'classifier'" in result.output
@@ -148,11 +167,12 @@ def test_a_foreign_study_of_the_same_name_is_refused(write_spec, tmp_path):
     assert result.exit_code == 2 and "a study named 'tiny' that kdsearch did not make" in result.output, result.output
 
 
+@pytest.mark.slow
 def test_the_printed_resume_command_keeps_the_runs_overrides(write_spec, tmp_path):
     spec = str(write_spec(epochs=1))
     first = invoke("run", "--spec", spec, "--trials", "1", "--set", "student.lr=0.002")
     assert first.exit_code == 0, first.output
-    line = next(l for l in first.output.splitlines() if l.startswith("add trials with: "))
+    line = next(x for x in first.output.splitlines() if x.startswith("add trials with: "))
     args = shlex.split(line.removeprefix("add trials with: "))
     assert args[:2] == ["kdsearch", "run"] and args[-2:] == ["--trials", "N"] and "student.lr=0.002" in args
     again = invoke(*args[1:-1], "1")
@@ -160,20 +180,26 @@ def test_the_printed_resume_command_keeps_the_runs_overrides(write_spec, tmp_pat
     assert len(states(f"sqlite:///{tmp_path / 'run' / 'study.db'}")) == 2
 
 
+@pytest.mark.slow
 def test_real_process_error_has_no_traceback(tmp_path):
     proc = subprocess.run([*KDSEARCH, "run", "--spec", str(tmp_path / "missing.toml")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: study file") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_trials_and_says_how_to_resume(write_spec, tmp_path):
     spec = write_spec(epochs=4)
     storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "w") as err_file:  # a file, not a pipe: nobody reads a pipe while we poll
-        proc = subprocess.Popen([*KDSEARCH, "run", "--spec", str(spec), "--trials", "200"], stderr=err_file,
-                                stdout=subprocess.DEVNULL, env=env)  # fmt: skip
+        proc = subprocess.Popen(
+            [*KDSEARCH, "run", "--spec", str(spec), "--trials", "200"],
+            stderr=err_file,
+            stdout=subprocess.DEVNULL,
+            env=env,
+        )
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.5)
@@ -193,14 +219,19 @@ def test_ctrl_c_keeps_finished_trials_and_says_how_to_resume(write_spec, tmp_pat
     assert "RUNNING" not in found  # the interrupted trial was marked, not left dangling
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_the_teacher_trains_is_one_line_and_caches_nothing(write_spec, tmp_path):
     """Ctrl-C before any trial (here: teacher training) exits 130 with one line, no traceback, no half cache."""
     cache = tmp_path / "fresh-cache"
     spec = write_spec(cache=cache)
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "w") as err_file:
-        proc = subprocess.Popen([*KDSEARCH, "run", "--spec", str(spec), "--set", "teacher.epochs=200"], stderr=err_file,
-                                stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        proc = subprocess.Popen(
+            [*KDSEARCH, "run", "--spec", str(spec), "--set", "teacher.epochs=200"],
+            stderr=err_file,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     try:
         deadline = time.time() + 120
         while "teacher bn_cnn" not in err_path.read_text() and time.time() < deadline and proc.poll() is None:
@@ -217,19 +248,38 @@ def test_ctrl_c_while_the_teacher_trains_is_one_line_and_caches_nothing(write_sp
     assert not [p for p in cache.rglob("*") if p.is_file() and p.suffix == ".pt"], "a teacher checkpoint was cached"
 
 
+@pytest.mark.slow
 def test_resume_with_changed_settings_is_refused_and_names_the_fields(write_spec, tmp_path):
     spec = write_spec()
     assert invoke("run", "--spec", str(spec), "--trials", "1").exit_code == 0
-    changed = runner.invoke(app, ["run", "--spec", str(spec), "--trials", "1", "--set", 'search.methods=["kd","dkd"]',
-                                  "--set", "search.objective=auc"])  # fmt: skip
+    changed = runner.invoke(
+        app,
+        [
+            "run",
+            "--spec",
+            str(spec),
+            "--trials",
+            "1",
+            "--set",
+            'search.methods=["kd","dkd"]',
+            "--set",
+            "search.objective=auc",
+        ],
+    )
     assert changed.exit_code == 2, changed.output
     assert "already exists in this storage with other settings" in changed.output
     assert "search.methods: ['kd'] → ['kd', 'dkd']" in changed.output and "search.objective" in changed.output
     assert "Traceback" not in changed.output
     # a new study name is the way to change them
-    assert invoke("run", "--spec", str(spec), "--trials", "1", "--study", "other", "--set", 'search.methods=["kd","dkd"]').exit_code == 0
+    assert (
+        invoke(
+            "run", "--spec", str(spec), "--trials", "1", "--study", "other", "--set", 'search.methods=["kd","dkd"]'
+        ).exit_code
+        == 0
+    )
 
 
+@pytest.mark.slow
 def test_resumed_run_does_not_replay_the_first_runs_params(write_spec, tmp_path):
     spec = write_spec()
     assert invoke("run", "--spec", str(spec), "--trials", "2").exit_code == 0
@@ -263,19 +313,24 @@ def test_unknown_or_missing_device_is_one_clear_line(write_spec, device, message
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_damaged_teacher_cache_is_retrained_not_a_traceback(write_spec, tmp_path):
     spec = write_spec(cache=tmp_path / "cache")
     assert invoke("teacher", "--spec", str(spec)).exit_code == 0
     (cached,) = (tmp_path / "cache" / "teachers").glob("*.pt")
     import torch
 
-    for damage in (lambda: cached.write_bytes(b"garbage"), lambda: cached.write_bytes(b""),
-                   lambda: torch.save([1, 2], cached)):  # fmt: skip
+    for damage in (
+        lambda: cached.write_bytes(b"garbage"),
+        lambda: cached.write_bytes(b""),
+        lambda: torch.save([1, 2], cached),
+    ):
         damage()
         again = invoke("teacher", "--spec", str(spec))
         assert again.exit_code == 0 and "trained and cached" in again.output
 
 
+@pytest.mark.slow
 def test_report_needs_an_existing_study_and_a_file_to_write(write_spec, tmp_path):
     missing = runner.invoke(app, ["report", "--storage", f"sqlite:///{tmp_path / 'nowhere' / 'study.db'}"])
     assert missing.exit_code == 2 and "no study storage at" in missing.output, missing.output
@@ -295,7 +350,9 @@ def test_optuna_log_keeps_the_line_of_a_failed_trial_but_not_its_traceback():
     from kdsearch.errors import KdsearchError
 
     def record(error: BaseException) -> logging.LogRecord:
-        return logging.LogRecord("optuna", logging.WARNING, __file__, 1, "Trial 3 failed", None, (type(error), error, None))
+        return logging.LogRecord(
+            "optuna", logging.WARNING, __file__, 1, "Trial 3 failed", None, (type(error), error, None)
+        )
 
     keep = _DropInterruptTracebacks()
     failed = record(KdsearchError("student.checkpoint does not fit"))
@@ -305,13 +362,18 @@ def test_optuna_log_keeps_the_line_of_a_failed_trial_but_not_its_traceback():
     assert not keep.filter(record(KeyboardInterrupt()))
 
 
+@pytest.mark.slow
 def test_a_worker_joining_by_name_may_not_change_what_trials_measure(write_spec, tmp_path, fashion_root):
     assert invoke("run", "--spec", str(write_spec(epochs=1)), "--trials", "1").exit_code == 0
     storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
-    changed = runner.invoke(app, ["worker", "--storage", storage, "--study", "tiny", "--trials", "2", "--set", "student.lr=0.5"])
+    changed = runner.invoke(
+        app, ["worker", "--storage", storage, "--study", "tiny", "--trials", "2", "--set", "student.lr=0.5"]
+    )
     assert changed.exit_code == 2, changed.output
     assert "already exists in this storage with other settings (student.lr: 0.001 → 0.5)" in changed.output
-    joined = invoke("worker", "--storage", storage, "--study", "tiny", "--trials", "2", "--data-root", str(fashion_root))
+    joined = invoke(
+        "worker", "--storage", storage, "--study", "tiny", "--trials", "2", "--data-root", str(fashion_root)
+    )
     assert joined.exit_code == 0, joined.output  # where the data lives may differ between machines
     assert states(storage) == ["COMPLETE", "COMPLETE"]
 
@@ -322,8 +384,10 @@ def test_out_of_memory_is_one_line_with_what_to_lower(capsys):
     from kdsearch.cli import friendly
 
     def allocate() -> None:
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
-                           "you tried to allocate 68719476736 bytes.")  # fmt: skip
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 68719476736 bytes."
+        )
 
     with pytest.raises(typer.Exit) as exit_:
         friendly(allocate)()

@@ -38,7 +38,10 @@ def test_load_splits_from_idx_files(idx_dataset):
     assert splits.num_classes == 4 and splits.in_channels == 1 and splits.image_size == 28
     assert splits.train.x.shape == (320, 1, 28, 28) and splits.train.x.dtype == torch.float32
     assert abs(float(splits.train.x.mean())) < 1e-4  # normalized with train statistics
-    assert splits.fingerprint == load_splits(DataSpec(root=idx_dataset, val_size=80, labeled=40, unlabeled=100)).fingerprint
+    assert (
+        splits.fingerprint
+        == load_splits(DataSpec(root=idx_dataset, val_size=80, labeled=40, unlabeled=100)).fingerprint
+    )
 
 
 def test_real_fashion_mnist_parses(fashion_root):
@@ -74,8 +77,8 @@ def test_truncated_and_foreign_files_are_reported(idx_dataset):
 
 def test_idx_files_that_do_not_fit_together_are_named(idx_dataset):
     import numpy as np
-
     from conftest import write_idx
+
     from kdsearch.data import read_idx_dataset
 
     train_images, train_labels = idx_dataset / "train-images-idx3-ubyte.gz", idx_dataset / "train-labels-idx1-ubyte.gz"

@@ -111,14 +111,18 @@ def test_missing_splits_are_carved_with_seeds(factories, tmp_path):
     assert (len(train_only.train), len(train_only.val), len(train_only.test)) == (40, 5, 5)  # test_size 0.1
     again = load_splits(py_spec(factory=f"{factories}:train_only", val_size=5), cache_dir=tmp_path / "cache")
     assert torch.equal(again.test.y, train_only.test.y) and torch.equal(again.val.x, train_only.val.x)
-    sized = load_splits(py_spec(factory=f"{factories}:train_only", val_size=5, test_size=20), cache_dir=tmp_path / "cache")
+    sized = load_splits(
+        py_spec(factory=f"{factories}:train_only", val_size=5, test_size=20), cache_dir=tmp_path / "cache"
+    )
     assert len(sized.test) == 20
 
 
 def test_pil_images_of_mixed_sizes_need_image_size(factories, tmp_path):
     splits = load_splits(py_spec(factory=f"{factories}:pil_images", image_size=6, val_size=2), cache_dir=tmp_path / "c")
     assert (splits.in_channels, splits.image_size, splits.train.x.shape[1:]) == (3, 6, (3, 6, 6))  # RGBA, L → RGB
-    with pytest.raises(KdsearchError, match=r"^train item 1 is 8×9 pixels but train item 0 is 8×8: .*set data.image_size"):
+    with pytest.raises(
+        KdsearchError, match=r"^train item 1 is 8×9 pixels but train item 0 is 8×8: .*set data.image_size"
+    ):
         load_splits(py_spec(factory=f"{factories}:pil_images", val_size=2), cache_dir=tmp_path / "c")
 
 
@@ -196,13 +200,25 @@ GOOD = (torch.zeros(1, 4, 4, dtype=torch.uint8), 0)
         ((GOOD[0], 0, "extra"), r"^train item 1 is a tuple of 3, expected an \(image, label\) pair$"),
         ((GOOD[0], -1), r"^train item 1: label -1 is negative"),
         ((GOOD[0], 1.5), r"^train item 1: label is a float \(1.5\), expected an integer class number"),
-        ((GOOD[0], torch.tensor([1, 2])), r"^train item 1: label is an int64 tensor of shape \(2,\), expected an integer"),
-        ((torch.zeros(2, 4, 4, dtype=torch.uint8), 0), r"^train item 1: image is a uint8 tensor of shape \(2, 4, 4\): 2 chan"),
-        ((np.zeros((4, 4, 4), np.uint8), 0), r"^train item 1: image is a uint8 array of shape \(4, 4, 4\): 4 channels, .*\(RGB\)$"),
+        (
+            (GOOD[0], torch.tensor([1, 2])),
+            r"^train item 1: label is an int64 tensor of shape \(2,\), expected an integer",
+        ),
+        (
+            (torch.zeros(2, 4, 4, dtype=torch.uint8), 0),
+            r"^train item 1: image is a uint8 tensor of shape \(2, 4, 4\): 2 chan",
+        ),
+        (
+            (np.zeros((4, 4, 4), np.uint8), 0),
+            r"^train item 1: image is a uint8 array of shape \(4, 4, 4\): 4 channels, .*\(RGB\)$",
+        ),
         ((np.zeros((8, 8, 3), np.uint8), 0), r"^train item 1: .*: 8 channels, .*is it H×W×C\? move the channels first"),
         ((torch.full((1, 4, 4), 2.0), 0), r"^train item 1: float image values run from 2 to 2, expected \[0, 1\]"),
         ((np.full((4, 4), 300, np.int64), 0), r"^train item 1: int64 image values run from 300 to 300, expected 0-255"),
-        ((torch.zeros(4, dtype=torch.uint8), 0), r"^train item 1: image is a uint8 tensor of shape \(4,\), expected a PIL"),
+        (
+            (torch.zeros(4, dtype=torch.uint8), 0),
+            r"^train item 1: image is a uint8 tensor of shape \(4,\), expected a PIL",
+        ),
         ((torch.zeros(1, 4, 6, dtype=torch.uint8), 0), r"^train item 1 is 4×6 pixels but train item 0 is 4×4"),
     ],
 )
@@ -230,7 +246,9 @@ def test_class_names_come_from_classes_or_the_datasets_attribute(tmp_path):
     class Named(list):
         classes = ["zero", "one", "two", "three"]
 
-    splits = load_splits(py_spec(), cache_dir=tmp_path / "c", datasets={"train": Named([GOOD] * 12 + [(GOOD[0], 1)] * 12)})
+    splits = load_splits(
+        py_spec(), cache_dir=tmp_path / "c", datasets={"train": Named([GOOD] * 12 + [(GOOD[0], 1)] * 12)}
+    )
     assert splits.class_names == ["zero", "one", "two", "three"] and splits.num_classes == 4
     bare = load_splits(py_spec(), cache_dir=tmp_path / "c", datasets={"train": [GOOD] * 12 + [(GOOD[0], 4)] * 12})
     assert bare.class_names == ["0", "1", "2", "3", "4"] and bare.num_classes == 5
@@ -254,8 +272,9 @@ def test_datasets_handed_over_need_no_factory(tmp_path):
 def test_streamed_python_data_gives_the_in_memory_tensors(tmp_path):
     data = {"train": uint8_items(60, shape=(3, 10, 10)), "test": uint8_items(12, seed=5, shape=(3, 10, 10))}
     in_memory = load_splits(py_spec(image_size=8, val_size=10), cache_dir=tmp_path / "c", datasets=data)
-    streamed = load_splits(py_spec(image_size=8, val_size=10, stream="always", loader_workers=1),
-                           cache_dir=tmp_path / "c", datasets=data)  # fmt: skip
+    streamed = load_splits(
+        py_spec(image_size=8, val_size=10, stream="always", loader_workers=1), cache_dir=tmp_path / "c", datasets=data
+    )
     assert "streaming from the datasets with 1 loader workers" in streamed.streaming and streamed.cache_hit is None
     for name in ("train", "val", "test"):
         a, b = getattr(in_memory, name), getattr(streamed, name)
@@ -275,8 +294,12 @@ def test_streamed_python_data_gives_the_in_memory_tensors(tmp_path):
 def test_python_data_above_the_budget_streams(tmp_path):
     data = {"train": uint8_items(300, shape=(3, 32, 32))}  # 3.5 MiB as float32
     splits = load_splits(py_spec(memory_budget_mb=1, loader_workers=0), cache_dir=tmp_path / "c", datasets=data)
-    assert splits.streaming.startswith("300 images exceed memory_budget_mb = 1") and isinstance(splits.val.x, ImageStore)
-    with pytest.raises(KdsearchError, match=r'exceeds data.memory_budget_mb = 1.*or set data.stream = "auto" to stream it'):
+    assert splits.streaming.startswith("300 images exceed memory_budget_mb = 1") and isinstance(
+        splits.val.x, ImageStore
+    )
+    with pytest.raises(
+        KdsearchError, match=r'exceeds data.memory_budget_mb = 1.*or set data.stream = "auto" to stream it'
+    ):
         load_splits(py_spec(memory_budget_mb=1, stream="never"), cache_dir=tmp_path / "c", datasets=data)
 
 
@@ -286,7 +309,9 @@ def test_python_data_above_the_budget_streams(tmp_path):
 
 
 def tv_spec(tmp_path, **fields) -> DataSpec:
-    return DataSpec(**({"source": "torchvision", "root": tmp_path / "tv", "val_size": 6, "labeled": 0, "unlabeled": 0} | fields))
+    return DataSpec(
+        **({"source": "torchvision", "root": tmp_path / "tv", "val_size": 6, "labeled": 0, "unlabeled": 0} | fields)
+    )
 
 
 def test_torchvision_fakedata_has_its_test_split_carved(tmp_path):
@@ -352,11 +377,17 @@ def test_torchvision_class_with_split_argument_but_no_test_split(tmp_path, monke
 
 def test_torchvision_missing_dataset_and_unknown_name(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "Absent", Absent, raising=False)
-    with pytest.raises(KdsearchError, match=r"^torchvision.datasets.Absent is not in .*tv \(You can use download=True to "
-                       r"download it\); set data.download = true to fetch it there"):  # fmt: skip
+    with pytest.raises(
+        KdsearchError,
+        match=r"^torchvision.datasets.Absent is not in .*tv \(You can use download=True to "
+        r"download it\); set data.download = true to fetch it there",
+    ):
         load_splits(tv_spec(tmp_path, dataset="Absent"), cache_dir=tmp_path / "c")
-    with pytest.raises(KdsearchError, match=r"data.dataset = 'CIFAR1000' is not a class of torchvision.datasets; "
-                       r"did you mean CIFAR100, CIFAR10"):  # fmt: skip
+    with pytest.raises(
+        KdsearchError,
+        match=r"data.dataset = 'CIFAR1000' is not a class of torchvision.datasets; "
+        r"did you mean CIFAR100, CIFAR10",
+    ):
         load_splits(tv_spec(tmp_path, dataset="CIFAR1000"), cache_dir=tmp_path / "c")
     with pytest.raises(KdsearchError, match=r"did you mean FashionMNIST"):
         load_splits(tv_spec(tmp_path, dataset="fashionmnist"), cache_dir=tmp_path / "c")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx
 from PIL import Image
 
 import kdsearch.data.cifar10 as cifar10_module
@@ -32,8 +33,6 @@ from kdsearch.data import (
 from kdsearch.errors import KdsearchError
 from kdsearch.spec import DataSpec, spec_from_dict
 
-from conftest import write_idx
-
 COLORS = {"cat": (200, 40, 40), "dog": (40, 60, 220), "HP": (230, 200, 30), "SSA": (20, 160, 90)}
 
 
@@ -50,13 +49,22 @@ def make_class_folder(root: Path, counts: dict[str, int], seed: int = 0) -> Path
     """``root/<class>/<i>.png|jpg`` (alternating formats)."""
     for k, (name, n) in enumerate(counts.items()):
         for i in range(n):
-            save_image(root / name / f"{i:03d}.{'png' if i % 2 else 'jpg'}", COLORS.get(name, (90, 90, 90)), seed + 100 * k + i)
+            save_image(
+                root / name / f"{i:03d}.{'png' if i % 2 else 'jpg'}", COLORS.get(name, (90, 90, 90)), seed + 100 * k + i
+            )
     return root
 
 
 def folder_spec(root: Path, **kw) -> DataSpec:
-    fields = {"source": "image_folder", "root": root, "image_size": 8, "val_size": 6, "test_size": 0.25,
-              "labeled": 0, "unlabeled": 10} | kw  # fmt: skip
+    fields = {
+        "source": "image_folder",
+        "root": root,
+        "image_size": 8,
+        "val_size": 6,
+        "test_size": 0.25,
+        "labeled": 0,
+        "unlabeled": 10,
+    } | kw
     return DataSpec(**fields)
 
 
@@ -146,7 +154,10 @@ def test_image_folder_layout_errors_name_the_folder(tmp_path, cache):
 
 
 def test_memory_budget_is_enforced_with_the_fix(cats_dogs, cache):
-    with pytest.raises(KdsearchError, match=r"exceeds data.memory_budget_mb = 1.*lower data.image_size \(data.image_size = 33 would fit\), or set data.stream"):
+    with pytest.raises(
+        KdsearchError,
+        match=r"exceeds data.memory_budget_mb = 1.*lower data.image_size \(data.image_size = 33 would fit\), or set data.stream",
+    ):
         load_splits(folder_spec(cats_dogs, image_size=256, memory_budget_mb=1, stream="never"), cache_dir=cache)
     assert not cache.exists() or not list(cache.glob("*.pt"))  # nothing decoded
 
@@ -259,7 +270,9 @@ def write_mhist(root: Path, rows: list[list[str]] | None = None, header: list[st
 
 
 def csv_spec(root: Path, **kw) -> DataSpec:
-    return DataSpec(**({"source": "csv", "root": root, "image_size": 8, "val_size": 0.2, "labeled": 0, "unlabeled": 0} | kw))
+    return DataSpec(
+        **({"source": "csv", "root": root, "image_size": 8, "val_size": 0.2, "labeled": 0, "unlabeled": 0} | kw)
+    )
 
 
 def test_csv_binary_dataset_gives_two_classes_and_partitions(tmp_path, cache):
@@ -284,16 +297,24 @@ def test_csv_with_custom_columns_and_no_partition_column(tmp_path, cache):
 
 def test_csv_missing_column_is_named(tmp_path, cache):
     root = write_mhist(tmp_path / "m", header=["Image Name", "Label", "x", "Partition"])
-    with pytest.raises(KdsearchError, match=r"annotations\.csv has no column 'Majority Vote Label' \(data\.label_column\).*'Label'"):
+    with pytest.raises(
+        KdsearchError, match=r"annotations\.csv has no column 'Majority Vote Label' \(data\.label_column\).*'Label'"
+    ):
         load_splits(csv_spec(root), cache_dir=cache)
 
 
 @pytest.mark.parametrize(
     ("bad_row", "message"),
     [
-        (["MHIST_900.png", "SSA", "5", "validation"], r"line 3 \(MHIST_900\.png\): Partition 'validation' is neither 'train' nor 'test'.*data\.train_value"),
+        (
+            ["MHIST_900.png", "SSA", "5", "validation"],
+            r"line 3 \(MHIST_900\.png\): Partition 'validation' is neither 'train' nor 'test'.*data\.train_value",
+        ),
         (["MHIST_901.png", "", "5", "train"], r"line 3 \(MHIST_901\.png\): no label in column 'Majority Vote Label'"),
-        (["MHIST_902.png", "Unknown", "5", "train"], r"line 3: image .*images/MHIST_902\.png not found.*data\.image_dir"),
+        (
+            ["MHIST_902.png", "Unknown", "5", "train"],
+            r"line 3: image .*images/MHIST_902\.png not found.*data\.image_dir",
+        ),
     ],
 )
 def test_csv_bad_rows_name_the_file_and_line(tmp_path, cache, bad_row, message):
@@ -309,9 +330,16 @@ def test_csv_bad_rows_name_the_file_and_line(tmp_path, cache, bad_row, message):
 
 
 def test_csv_reports_every_bad_row_at_once(tmp_path):
-    rows = [["a.png", "HP", "5", "train"], ["b.png", "", "5", "train"], ["c.png", "SSA", "5", "dev"], ["d.png", "SSA", "5", "test"]]
+    rows = [
+        ["a.png", "HP", "5", "train"],
+        ["b.png", "", "5", "train"],
+        ["c.png", "SSA", "5", "dev"],
+        ["d.png", "SSA", "5", "test"],
+    ]
     root = write_mhist(tmp_path / "m", rows)
-    with pytest.raises(KdsearchError, match=r"3 bad row\(s\): line 3 .*line 3: image .*b\.png not found; line 4 .*'dev'"):
+    with pytest.raises(
+        KdsearchError, match=r"3 bad row\(s\): line 3 .*line 3: image .*b\.png not found; line 4 .*'dev'"
+    ):
         read_csv_index(root / "annotations.csv", root / "images")
 
 
@@ -379,7 +407,9 @@ def write_cifar(folder: Path, per_batch: int = 8, n_test: int = 6, meta: bool = 
             data[j, :1024], data[j, 1024:2048], data[j, 2048:] = counter % 256, 100, 200
             counter += 1
         labels = [(counter - n + j) % 10 for j in range(n)]
-        dump_batch({b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": []}, folder / name, py2)
+        dump_batch(
+            {b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": []}, folder / name, py2
+        )
     if meta:
         names = [f"class{i}".encode() for i in range(10)]
         dump_batch({b"label_names": names, b"num_cases_per_batch": per_batch}, folder / "batches.meta", py2)
@@ -388,8 +418,15 @@ def write_cifar(folder: Path, per_batch: int = 8, n_test: int = 6, meta: bool = 
 
 def test_cifar10_batches_load_in_chw_order(tmp_path, cache):
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", py2=True)
-    spec = DataSpec(source="cifar10", root=tmp_path / "data", val_size=8, labeled=20, unlabeled=12,
-                    mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])  # fmt: skip
+    spec = DataSpec(
+        source="cifar10",
+        root=tmp_path / "data",
+        val_size=8,
+        labeled=20,
+        unlabeled=12,
+        mean=[0.0, 0.0, 0.0],
+        std=[1.0, 1.0, 1.0],
+    )
     splits = load_splits(spec, cache_dir=cache)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (32, 8, 6)
     assert splits.train.x.shape == (32, 3, 32, 32) and splits.in_channels == 3 and splits.image_size == 32
@@ -403,8 +440,17 @@ def test_cifar10_batches_load_in_chw_order(tmp_path, cache):
 
 def test_cifar10_resized_gray_and_limited_without_meta(tmp_path, cache):
     root = write_cifar(tmp_path / "batches", meta=False)
-    spec = DataSpec(source="cifar10", root=root, val_size=0.25, labeled=10, unlabeled=5, train_limit=30,
-                    test_limit=4, image_size=16, channels=1)  # fmt: skip
+    spec = DataSpec(
+        source="cifar10",
+        root=root,
+        val_size=0.25,
+        labeled=10,
+        unlabeled=5,
+        train_limit=30,
+        test_limit=4,
+        image_size=16,
+        channels=1,
+    )
     splits = load_splits(spec, cache_dir=cache)
     assert splits.class_names == CIFAR10_CLASSES
     assert (len(splits.train), len(splits.val), len(splits.test)) == (22, 8, 4)
@@ -440,14 +486,18 @@ def test_cifar10_download_flag_uses_torchvision_only_when_asked(tmp_path, monkey
     with pytest.raises(KdsearchError, match="no CIFAR-10 batches"):
         find_cifar10_folder(tmp_path)
     assert calls == []
-    splits = load_splits(DataSpec(source="cifar10", root=tmp_path, download=True, val_size=4, labeled=4, unlabeled=4),
-                         cache_dir=tmp_path / "cache")  # fmt: skip
+    splits = load_splits(
+        DataSpec(source="cifar10", root=tmp_path, download=True, val_size=4, labeled=4, unlabeled=4),
+        cache_dir=tmp_path / "cache",
+    )
     assert calls == [tmp_path] and len(splits.test) == 6
     load_splits(DataSpec(source="cifar10", root=tmp_path, download=True, val_size=4, labeled=4, unlabeled=4))
     assert len(calls) == 1  # already there: no second download
 
 
-@pytest.mark.parametrize(("download", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST"), (True, "FashionMNIST")])
+@pytest.mark.parametrize(
+    ("download", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST"), (True, "FashionMNIST")]
+)
 def test_idx_download_fetches_the_named_dataset_once(tmp_path, monkeypatch, download, folder):
     """data.download names the IDX dataset; torchvision's class of that name fetches it into root/<class>/raw
     (faked here: no network), a second load finds it there, and files already in root are used as they are."""
@@ -482,16 +532,22 @@ def test_a_failed_download_is_one_message(tmp_path, monkeypatch):
     import torchvision.datasets
 
     def offline(root: str, train: bool, download: bool) -> None:
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n<urlopen error [Errno -2] Name or service not known>")
+        raise RuntimeError(
+            "Error downloading train-images-idx3-ubyte.gz:\n<urlopen error [Errno -2] Name or service not known>"
+        )
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
-    with pytest.raises(KdsearchError, match=r"could not download MNIST into .* \(<urlopen error .*\); check the internet"):
+    with pytest.raises(
+        KdsearchError, match=r"could not download MNIST into .* \(<urlopen error .*\); check the internet"
+    ):
         load_splits(DataSpec(source="idx", root=tmp_path / "mnist", download="mnist"))
 
 
 def test_idx_download_is_skipped_when_root_holds_the_files(idx_dataset, monkeypatch):
     monkeypatch.setattr(idx_module, "download_idx", lambda root, dataset: pytest.fail("downloaded although present"))
-    splits = load_splits(DataSpec(source="idx", root=idx_dataset, download="mnist", val_size=20, labeled=50, unlabeled=0))
+    splits = load_splits(
+        DataSpec(source="idx", root=idx_dataset, download="mnist", val_size=20, labeled=50, unlabeled=0)
+    )
     assert len(splits.test) == 100
 
 
@@ -521,8 +577,14 @@ def test_sizes_and_all_labeled():
     ("data", "message"),
     [
         ({"file_column": "name"}, "data: file_column is only read with source = 'csv' (source is 'idx')"),
-        ({"source": "image_folder", "root": "/d", "train_limit": 5}, "train_limit is only read with source = 'idx' or 'cifar10'"),
-        ({"source": "image_folder", "root": "/d", "download": True}, "download is only read with source = 'idx' or 'cifar10'"),
+        (
+            {"source": "image_folder", "root": "/d", "train_limit": 5},
+            "train_limit is only read with source = 'idx' or 'cifar10'",
+        ),
+        (
+            {"source": "image_folder", "root": "/d", "download": True},
+            "download is only read with source = 'idx' or 'cifar10'",
+        ),
         ({"source": "cifar10", "root": "/d", "download": "mnist"}, "download = 'mnist' names an IDX dataset"),
         ({"download": "emnist"}, "Input should be 'fashion_mnist' or 'mnist'"),
         ({"test_size": 0.2}, "test_size is only read with source = 'image_folder' or 'csv'"),
@@ -531,14 +593,22 @@ def test_sizes_and_all_labeled():
         ({"val_size": 0}, "data.val_size: 0 is not a count >= 1"),
         ({"source": "image_folder", "root": "/d", "mean": [0.5]}, "mean and std: give both"),
         ({"source": "image_folder", "root": "/d", "mean": [0.5], "std": [0.2]}, "one value per channel (3)"),
-        ({"source": "cifar10", "root": "/d", "mean": [125.3, 123.0, 113.9], "std": [0.2] * 3}, "divide 0-255 values by 255"),
-        ({"source": "csv", "root": "/d", "test_size": 0.2}, "test_size: the test split comes from the column 'Partition'"),
+        (
+            {"source": "cifar10", "root": "/d", "mean": [125.3, 123.0, 113.9], "std": [0.2] * 3},
+            "divide 0-255 values by 255",
+        ),
+        (
+            {"source": "csv", "root": "/d", "test_size": 0.2},
+            "test_size: the test split comes from the column 'Partition'",
+        ),
         ({"source": "image_folder", "root": "/d", "channels": 2}, "data.channels"),
         ({"source": "imagenet"}, "data.source"),
     ],
 )
 def test_data_spec_fields_are_validated_per_source(data, message):
-    with pytest.raises(KdsearchError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.").replace("[", r"\[")):
+    with pytest.raises(
+        KdsearchError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.").replace("[", r"\[")
+    ):
         spec_from_dict({"data": data}, source="my.toml")
 
 

@@ -76,8 +76,13 @@ def test_exported_files_give_the_students_logits_and_the_card_describes_them(tmp
     model = trained_small_cnn()
     assert not torch.equal(model.features[1].running_mean, torch.zeros(8))
     x = torch.randn(16, 1, 28, 28)
-    card = {"architecture": "SmallCNN", "class_names": [str(i) for i in range(10)], "seed": 3,
-            "params": {"T": 4.0, "alpha": 0.5}, "test": {"accuracy": 0.9, "auc": 0.99}}  # fmt: skip
+    card = {
+        "architecture": "SmallCNN",
+        "class_names": [str(i) for i in range(10)],
+        "seed": 3,
+        "params": {"T": 4.0, "alpha": 0.5},
+        "test": {"accuracy": 0.9, "auc": 0.99},
+    }
 
     exported = export_student(model, tmp_path / "student", sample=x[:2], card=card, check_inputs=x)
 
@@ -111,6 +116,7 @@ def test_exported_files_give_the_students_logits_and_the_card_describes_them(tmp
     assert onnx.load(str(exported.files["onnx"])).opset_import[0].version >= 17
 
 
+@pytest.mark.slow
 def test_torchvision_students_export_including_the_gray_to_rgb_pre_hook(tmp_path):
     torch.manual_seed(0)
     mobilenet = torchvision.models.mobilenet_v2(weights=None, num_classes=3)
@@ -143,11 +149,15 @@ def test_an_onnx_file_that_disagrees_with_pytorch_is_refused_naming_the_differen
     assert card["files"]["onnx"] is None and "differ" in card["errors"]["onnx"]
 
 
+@pytest.mark.slow
 def test_an_op_onnx_cannot_export_still_leaves_weights_torchscript_and_card(tmp_path):
     x = torch.randn(3, 1, 28, 28)
     export_student(SmallCNN(), tmp_path, sample=x, card={})  # an earlier export in the same folder
-    with pytest.raises(KdsearchError, match=r"could not write student\.onnx \(.*cummax.*student\.safetensors, "
-                                            r"student\.torchscript\.pt, card\.json"):  # fmt: skip
+    with pytest.raises(
+        KdsearchError,
+        match=r"could not write student\.onnx \(.*cummax.*student\.safetensors, "
+        r"student\.torchscript\.pt, card\.json",
+    ):
         export_student(CumMax(), tmp_path, sample=x, card={"architecture": "CumMax"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["card.json", "student.safetensors", "student.torchscript.pt"]
     scripted = torch.jit.load(str(tmp_path / "student.torchscript.pt"))
@@ -160,6 +170,7 @@ def test_an_op_onnx_cannot_export_still_leaves_weights_torchscript_and_card(tmp_
     assert set(exported.files) == {"safetensors", "torchscript", "card"} and "onnx" in exported.errors
 
 
+@pytest.mark.slow
 def test_an_op_only_the_dynamo_exporter_maps_is_exported_by_it_into_one_file(tmp_path):
     x = torch.randn(3, 1, 28, 28)
     exported = export_student(Erfcx(), tmp_path, sample=x, card={})

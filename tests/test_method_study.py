@@ -26,6 +26,7 @@ def _study_setup(spec_path, **search):
     return spec, splits, teacher
 
 
+@pytest.mark.slow
 def test_all_five_methods_complete_and_reach_the_final_comparison(write_spec):
     spec, splits, teacher = _study_setup(write_spec(), methods=ALL_METHODS)
     data = prepare_study_data(spec, splits, teacher, torch.device("cpu"))
@@ -36,7 +37,7 @@ def test_all_five_methods_complete_and_reach_the_final_comparison(write_spec):
     study.optimize(make_objective(data), n_trials=len(ALL_METHODS))
     done = {t.params["method"]: t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert sorted(done) == sorted(ALL_METHODS)
-    for m, t in done.items():
+    for t in done.values():
         assert 0 < t.value <= 1 and t.user_attrs["teacher_mode"] == "cached"
 
     final = final_comparison(data, study, teacher)
@@ -66,6 +67,7 @@ def test_teacher_mode_is_searched_and_consistent_mode_adds_an_augmented_scratch(
     assert {t.params["teacher_mode"] for t in study.trials} == {"cached", "consistent"}
 
 
+@pytest.mark.slow
 def test_a_consistent_winner_is_compared_with_an_equally_augmented_scratch(write_spec):
     spec, splits, teacher = _study_setup(write_spec(), methods=["kd"], teacher_modes=["consistent"])
     data = prepare_study_data(spec, splits, teacher, torch.device("cpu"))
@@ -73,8 +75,12 @@ def test_a_consistent_winner_is_compared_with_an_equally_augmented_scratch(write
     study.optimize(make_objective(data), n_trials=1)
     final = final_comparison(data, study, teacher)
     modes = {s["label"]: s["teacher_mode"] for s in final["students"]}
-    assert modes == {"best kd": "consistent", "scratch": "cached", "pseudo-label": "cached",
-                     "scratch (augmented)": "consistent"}  # fmt: skip
+    assert modes == {
+        "best kd": "consistent",
+        "scratch": "cached",
+        "pseudo-label": "cached",
+        "scratch (augmented)": "consistent",
+    }
 
 
 def test_augmentation_shifts_and_flips_within_the_image():

@@ -91,7 +91,9 @@ def test_identical_student_and_teacher_have_zero_soft_loss():
     s, _, y, labeled = logits_batch()
     for temperature in (0.5, 1.0, 4.0, 20.0):
         torch.testing.assert_close(soft_kl(s, s.clone(), temperature), torch.tensor(0.0), atol=1e-6, rtol=0)
-        torch.testing.assert_close(kd_loss(s, s.clone(), y, labeled, temperature, alpha=0.0), torch.tensor(0.0), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            kd_loss(s, s.clone(), y, labeled, temperature, alpha=0.0), torch.tensor(0.0), atol=1e-6, rtol=0
+        )
 
 
 def _soft_grad_norm(temperature: float, with_t_squared: bool) -> float:
@@ -310,7 +312,9 @@ def test_feature_methods_declare_that_they_need_features():
 
 
 def test_study_spec_accepts_range_overrides_for_the_new_methods():
-    spec = spec_from_dict({"search": {"methods": ALL_METHODS}, "methods": {"dkd": {"beta": [1, 8]}, "hint": {"feature_weight": [0.1, 1]}}})
+    spec = spec_from_dict(
+        {"search": {"methods": ALL_METHODS}, "methods": {"dkd": {"beta": [1, 8]}, "hint": {"feature_weight": [0.1, 1]}}}
+    )
     assert spec.method_space("dkd")["beta"] == ParamRange(1, 8, log=True)
     assert spec.method_space("hint")["feature_weight"].high == 1
 

@@ -12,8 +12,16 @@ from kdsearch.errors import KdsearchError
 from kdsearch.metrics import cost_row, count_parameters, flops_per_image, size_mb
 from kdsearch.models import MODELS, FeatureTap, build_model, default_feature_layer, load_checkpoint, read_checkpoint
 
-SMALL = ["bn_cnn", "light_nn", "deep_nn", "keras_mnist_teacher", "keras_mnist_student", "cnn_big", "cnn_small",
-         "conv3_student"]  # fmt: skip
+SMALL = [
+    "bn_cnn",
+    "light_nn",
+    "deep_nn",
+    "keras_mnist_teacher",
+    "keras_mnist_student",
+    "cnn_big",
+    "cnn_small",
+    "conv3_student",
+]
 TORCHVISION = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "densenet121"]
 
 
@@ -61,7 +69,9 @@ def test_checkpoint_round_trip_state_dict_wrapped_and_torchscript(tmp_path):
 def test_checkpoint_mismatch_shows_the_first_keys(tmp_path):
     path = tmp_path / "resnet.pt"
     torch.save(build_model("resnet18", 1000, 3, 32).state_dict(), path)
-    with pytest.raises(KdsearchError, match=r"does not fit teacher.arch = 'resnet18' \(shape \(file vs model\): fc.weight"):
+    with pytest.raises(
+        KdsearchError, match=r"does not fit teacher.arch = 'resnet18' \(shape \(file vs model\): fc.weight"
+    ):
         load_checkpoint(build_model("resnet18", 10, 3, 32), path, role="teacher", arch="resnet18")
     with pytest.raises(KdsearchError, match=r"checkpoint_ignore = \['fc\.'\]"):  # the hint names the model's own head
         load_checkpoint(build_model("resnet18", 10, 3, 32), path, role="teacher", arch="resnet18")

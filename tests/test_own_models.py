@@ -69,11 +69,22 @@ def run(spec: Path, *args: str):
     return runner.invoke(app, ["run", "--spec", str(spec), "--trials", "2", *args])
 
 
+@pytest.mark.slow
 def test_models_from_the_users_module_with_arch_args(write_spec, tmp_path, nets):
     spec = write_spec(epochs=1)
-    result = run(spec, "--set", f'teacher.arch="{nets}:Teacher"', "--set", "teacher.arch_args={width = 16}",
-                 "--set", f'student.arch="{nets}:student"', "--set", "student.arch_args={width = 4}",
-                 "--set", 'search.methods=["kd", "cosine"]')  # fmt: skip
+    result = run(
+        spec,
+        "--set",
+        f'teacher.arch="{nets}:Teacher"',
+        "--set",
+        "teacher.arch_args={width = 16}",
+        "--set",
+        f'student.arch="{nets}:student"',
+        "--set",
+        "student.arch_args={width = 4}",
+        "--set",
+        'search.methods=["kd", "cosine"]',
+    )
     assert result.exit_code == 0, result.output
     assert "trained and cached" in result.output
     # the default feature layers of a user's model: the module just before the last Linear, said in the output
@@ -104,23 +115,30 @@ def test_a_bad_student_import_is_one_line_before_the_teacher_is_built(write_spec
     assert result.exit_code == 2, result.output
     assert message.format(nets=nets, folder=tmp_path) in result.output
     assert "Traceback" not in result.output
-    assert not (tmp_path / "fresh-cache" / "teachers").exists() or not any((tmp_path / "fresh-cache" / "teachers").glob("*.pt"))
+    assert not (tmp_path / "fresh-cache" / "teachers").exists() or not any(
+        (tmp_path / "fresh-cache" / "teachers").glob("*.pt")
+    )
 
 
 def test_a_spec_arch_that_is_neither_a_name_nor_an_import_path_is_refused(write_spec):
     result = run(write_spec(), "--set", 'student.arch="my nets.Student"')
     assert result.exit_code == 2
-    assert "unknown model 'my nets.Student'; give a known model" in result.output and "'package.module:callable'" in result.output
+    assert (
+        "unknown model 'my nets.Student'; give a known model" in result.output
+        and "'package.module:callable'" in result.output
+    )
     result = run(write_spec(), "--set", "student.arch_args={width = 3}")
     assert result.exit_code == 2 and "arch_args: only an import-path arch takes arguments" in result.output
 
 
 def _teacher_module() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(8 * 14 * 14, 10)).eval()  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 14 * 14, 10)
+    ).eval()
 
 
+@pytest.mark.slow
 def test_a_torchscript_teacher_needs_no_class(write_spec, tmp_path):
     path = tmp_path / "teacher.pt"
     with warnings.catch_warnings():
@@ -131,21 +149,37 @@ def test_a_torchscript_teacher_needs_no_class(write_spec, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"loaded from {path}, not fine-tuned" in result.output
     # feature methods cannot read a layer inside a TorchScript graph: one line that says what to do instead
-    again = run(spec, "--study", "ts-cosine", "--set", 'teacher.arch="torchscript"', "--set", f'teacher.checkpoint="{path}"',
-                "--set", 'search.methods=["cosine"]')  # fmt: skip
+    again = run(
+        spec,
+        "--study",
+        "ts-cosine",
+        "--set",
+        'teacher.arch="torchscript"',
+        "--set",
+        f'teacher.checkpoint="{path}"',
+        "--set",
+        'search.methods=["cosine"]',
+    )
     assert again.exit_code == 2, again.output
     assert "cannot read a layer of a TorchScript teacher" in again.output and "'exported'" in again.output
 
 
+@pytest.mark.slow
 def test_an_exported_program_teacher_keeps_its_layers_for_feature_methods(write_spec, tmp_path):
     model = _teacher_module()
-    program = torch.export.export(model, (torch.zeros(2, 1, 28, 28),),
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},))  # fmt: skip
+    program = torch.export.export(model, (torch.zeros(2, 1, 28, 28),), dynamic_shapes=({0: torch.export.Dim("batch")},))
     path = tmp_path / "teacher.pt2"
     torch.export.save(program, str(path))
     spec = write_spec(epochs=1)
-    result = run(spec, "--set", 'teacher.arch="exported"', "--set", f'teacher.checkpoint="{path}"',
-                 "--set", 'search.methods=["cosine"]')  # fmt: skip
+    result = run(
+        spec,
+        "--set",
+        'teacher.arch="exported"',
+        "--set",
+        f'teacher.checkpoint="{path}"',
+        "--set",
+        'search.methods=["cosine"]',
+    )
     assert result.exit_code == 0, result.output
     assert "teacher feature layer: '3'" in result.output  # the Flatten before its Linear, found in the program
 

@@ -48,6 +48,7 @@ def onnx_logits(path: Path, x: torch.Tensor) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
 
 
+@pytest.mark.slow
 def test_readme_example_runs_and_ships_the_student(tmp_path, monkeypatch):
     """The three files of README's example, a teacher checkpoint, `kdsearch run`, then `kdsearch export`."""
     monkeypatch.chdir(tmp_path)
@@ -60,8 +61,14 @@ def test_readme_example_runs_and_ships_the_student(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     x_train, y_train = separable_arrays(300)
     x_test, y_test = separable_arrays(60, seed=1)
-    np.savez(tmp_path / "data" / "my_arrays.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-             classes=np.array(["dark", "grey", "bright"]))  # fmt: skip
+    np.savez(
+        tmp_path / "data" / "my_arrays.npz",
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        classes=np.array(["dark", "grey", "bright"]),
+    )
     import importlib
     import sys
 
@@ -72,8 +79,16 @@ def test_readme_example_runs_and_ships_the_student(tmp_path, monkeypatch):
         sys.path.remove(str(tmp_path))
     torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
 
-    tiny = ["--set", "student.epochs=1", "--set", "final.seeds=2", "--set", f'runtime.cache_dir="{tmp_path / "cache"}"',
-            "--set", "teacher.fine_tune_epochs=1"]  # fmt: skip
+    tiny = [
+        "--set",
+        "student.epochs=1",
+        "--set",
+        "final.seeds=2",
+        "--set",
+        f'runtime.cache_dir="{tmp_path / "cache"}"',
+        "--set",
+        "teacher.fine_tune_epochs=1",
+    ]
     result = runner.invoke(app, ["run", "--spec", "my.toml", "--trials", "3", *tiny])
     assert result.exit_code == 0, result.output
     assert "loaded from teacher.pt, fine-tuned 1 epoch" in result.output
@@ -92,8 +107,22 @@ def test_readme_example_runs_and_ships_the_student(tmp_path, monkeypatch):
     report = (tmp_path / "runs" / "my_study" / "report.html").read_text()
     assert 'id="students"' in report and f'href="students/{best[0]}/student.onnx"' in report
 
-    shipped = runner.invoke(app, ["export", "--spec", "my.toml", "--epochs", "2", "--train-on", "train+val",
-                                  "--out", "shipped", "--device", "cpu"])  # fmt: skip
+    shipped = runner.invoke(
+        app,
+        [
+            "export",
+            "--spec",
+            "my.toml",
+            "--epochs",
+            "2",
+            "--train-on",
+            "train+val",
+            "--out",
+            "shipped",
+            "--device",
+            "cpu",
+        ],
+    )
     assert shipped.exit_code == 0, shipped.output
     card = json.loads((tmp_path / "shipped" / "card.json").read_text())
     assert card["training"] == {"epochs": 2, "batch_size": 128, "lr": 0.001, "train_on": "train+val"}
@@ -117,6 +146,7 @@ def test_readme_example_runs_and_ships_the_student(tmp_path, monkeypatch):
     assert np.abs(onnx_logits(tmp_path / "shipped" / "student.onnx", x) - expected.numpy()).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_a_trial_that_is_not_there_cannot_be_exported(write_spec, tmp_path):
     spec = write_spec(epochs=1)
     assert runner.invoke(app, ["run", "--spec", str(spec), "--trials", "1"]).exit_code == 0
@@ -139,8 +169,9 @@ class Teacher(nn.Module):
 class Student(nn.Module):
     def __init__(self, width: int = 4) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                                 nn.Linear(4 * width, 3))  # fmt: skip
+        self.net = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, 3)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -149,11 +180,14 @@ class Student(nn.Module):
 def _datasets() -> dict:
     x, y = separable_arrays(240)
     xt, yt = separable_arrays(60, seed=1)
-    return {"train": TensorDataset(torch.from_numpy(x)[:, None], torch.from_numpy(y)),
-            "test": TensorDataset(torch.from_numpy(xt)[:, None], torch.from_numpy(yt)),
-            "classes": ["a", "b", "c"]}  # fmt: skip
+    return {
+        "train": TensorDataset(torch.from_numpy(x)[:, None], torch.from_numpy(y)),
+        "test": TensorDataset(torch.from_numpy(xt)[:, None], torch.from_numpy(yt)),
+        "classes": ["a", "b", "c"],
+    }
 
 
+@pytest.mark.slow
 def test_run_study_from_python_with_objects(tmp_path):
     teacher = Teacher()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -167,8 +201,9 @@ def test_run_study_from_python_with_objects(tmp_path):
         "runtime": {"cache_dir": str(tmp_path / "cache")},
     }
     data = _datasets()
-    result = kdsearch.run_study(spec, trials=2, teacher=teacher, student=lambda: Student(width=4), data=data,
-                                verbose=False)  # fmt: skip
+    result = kdsearch.run_study(
+        spec, trials=2, teacher=teacher, student=lambda: Student(width=4), data=data, verbose=False
+    )
     assert set(result.best) == {"kd"}
     assert set(result.best["kd"]["params"]) == {"temperature", "alpha"}
     assert result.best["kd"]["trial"] in (0, 1) and 0.0 <= result.best["kd"]["value"] <= 1.0
@@ -183,17 +218,40 @@ def test_run_study_from_python_with_objects(tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())  # used as is, never changed
 
     # the handed teacher is cached by its weights: the same weights hit the cache, other weights do not
-    again = kdsearch.run_study(spec, trials=1, teacher=teacher, student=lambda: Student(width=4), data=data,
-                               name="api2", output_dir=tmp_path / "api2", verbose=False)  # fmt: skip
+    again = kdsearch.run_study(
+        spec,
+        trials=1,
+        teacher=teacher,
+        student=lambda: Student(width=4),
+        data=data,
+        name="api2",
+        output_dir=tmp_path / "api2",
+        verbose=False,
+    )
     assert len(again.study.trials) == 1
     assert len(list((tmp_path / "cache" / "teachers").glob("*.pt"))) == 1
     other = Teacher()
-    kdsearch.run_study(spec, trials=1, teacher=other, student=lambda: Student(width=4), data=data, name="api3",
-                       output_dir=tmp_path / "api3", verbose=False)  # fmt: skip
+    kdsearch.run_study(
+        spec,
+        trials=1,
+        teacher=other,
+        student=lambda: Student(width=4),
+        data=data,
+        name="api3",
+        output_dir=tmp_path / "api3",
+        verbose=False,
+    )
     assert len(list((tmp_path / "cache" / "teachers").glob("*.pt"))) == 2
 
-    shipped = kdsearch.export_student_of(result, tmp_path / "shipped", epochs=2, teacher=teacher,
-                                         student=lambda: Student(width=4), data=data, verbose=False)  # fmt: skip
+    shipped = kdsearch.export_student_of(
+        result,
+        tmp_path / "shipped",
+        epochs=2,
+        teacher=teacher,
+        student=lambda: Student(width=4),
+        data=data,
+        verbose=False,
+    )
     fresh = Student(width=4)
     fresh.load_state_dict(load_file(shipped.files["safetensors"]))
     x = torch.randn(3, 1, 12, 12)
@@ -202,11 +260,17 @@ def test_run_study_from_python_with_objects(tmp_path):
 
 
 def test_objects_that_do_not_fit_are_one_clear_error(tmp_path):
-    spec = {"name": "bad", "output_dir": str(tmp_path / "bad"), "runtime": {"cache_dir": str(tmp_path / "cache")},
-            "data": {"val_size": 40, "labeled": 100, "unlabeled": 100}}  # fmt: skip
+    spec = {
+        "name": "bad",
+        "output_dir": str(tmp_path / "bad"),
+        "runtime": {"cache_dir": str(tmp_path / "cache")},
+        "data": {"val_size": 40, "labeled": 100, "unlabeled": 100},
+    }
     with pytest.raises(KdsearchError, match="student= must be a factory"):
         kdsearch.run_study(spec, student=Student(), data=_datasets(), verbose=False)
     with pytest.raises(KdsearchError, match="teacher= must be a torch.nn.Module"):
         kdsearch.run_study(spec, teacher=lambda: Teacher(), data=_datasets(), verbose=False)
     with pytest.raises(KdsearchError, match=r"expected \(N, 3\) logits"):
-        kdsearch.run_study(spec, teacher=nn.Sequential(nn.Flatten(), nn.Linear(144, 5)), data=_datasets(), verbose=False)
+        kdsearch.run_study(
+            spec, teacher=nn.Sequential(nn.Flatten(), nn.Linear(144, 5)), data=_datasets(), verbose=False
+        )

@@ -393,13 +393,42 @@ def test_consistent_winner_is_measured_against_the_augmented_scratch():
     def runs(acc):
         return [{"seed": 1, "accuracy": acc, "auc": 0.9}, {"seed": 2, "accuracy": acc, "auc": 0.9}]
 
-    final = {"students": [
-        {"label": "best kd", "method": "kd", "params": {}, "trial": 3, "teacher_mode": "consistent", "runs": runs(0.85)},
-        {"label": "best dkd", "method": "dkd", "params": {}, "trial": 4, "teacher_mode": "cached", "runs": runs(0.84)},
-        {"label": "scratch", "method": "scratch", "params": {}, "trial": None, "teacher_mode": "cached", "runs": runs(0.80)},
-        {"label": "scratch (augmented)", "method": "scratch", "params": {}, "trial": None, "teacher_mode": "consistent",
-         "runs": runs(0.82)},
-    ]}  # fmt: skip
+    final = {
+        "students": [
+            {
+                "label": "best kd",
+                "method": "kd",
+                "params": {},
+                "trial": 3,
+                "teacher_mode": "consistent",
+                "runs": runs(0.85),
+            },
+            {
+                "label": "best dkd",
+                "method": "dkd",
+                "params": {},
+                "trial": 4,
+                "teacher_mode": "cached",
+                "runs": runs(0.84),
+            },
+            {
+                "label": "scratch",
+                "method": "scratch",
+                "params": {},
+                "trial": None,
+                "teacher_mode": "cached",
+                "runs": runs(0.80),
+            },
+            {
+                "label": "scratch (augmented)",
+                "method": "scratch",
+                "params": {},
+                "trial": None,
+                "teacher_mode": "consistent",
+                "runs": runs(0.82),
+            },
+        ]
+    }
     by_label = {s.label: s for s in final_stats(final)}
     assert by_label["best kd"].accuracy_vs_scratch_pp == pytest.approx(3.0)
     assert by_label["best dkd"].accuracy_vs_scratch_pp == pytest.approx(4.0)
@@ -472,8 +501,10 @@ def test_a_re_run_final_comparison_is_labelled(tmp_path: Path) -> None:
 
 
 def test_param_maps_for_logit_methods_with_enough_trials() -> None:
-    lskd = [("lskd", {"temperature": t, "alpha": a}, 0.80 + 0.01 * i, 0.97, TrialState.COMPLETE)
-            for i, (t, a) in enumerate([(1.0, 0.001), (2.0, 0.01), (8.0, 0.1), (16.0, 0.5), (4.0, 0.003)])]  # fmt: skip
+    lskd = [
+        ("lskd", {"temperature": t, "alpha": a}, 0.80 + 0.01 * i, 0.97, TrialState.COMPLETE)
+        for i, (t, a) in enumerate([(1.0, 0.001), (2.0, 0.01), (8.0, 0.1), (16.0, 0.5), (4.0, 0.003)])
+    ]
     study = make_study(TRIALS + lskd, final=None)
     fig = param_map_figure(trial_points(study), "accuracy")
     heatmaps = [t for t in fig.data if isinstance(t, go.Heatmap)]

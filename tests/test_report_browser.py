@@ -64,10 +64,12 @@ def _tiny_study(tmp_path: Path, write_spec) -> Path:
     return report
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(tmp_path: Path, write_spec) -> None:
     chromium = _chromium()
     try:
-        from playwright.sync_api import TimeoutError as PlaywrightTimeoutError, sync_playwright
+        from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+        from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.fail("the Python package playwright is missing; run `make test` (it installs the test extras)")
 

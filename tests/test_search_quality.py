@@ -224,7 +224,9 @@ def test_paired_by_seed_pairs_runs_of_the_same_seed():
 
 def test_t_quantiles():
     assert t_quantile_975(1) == pytest.approx(12.7062) and t_quantile_975(4) == pytest.approx(2.7764)
-    assert t_quantile_975(31) == pytest.approx(2.0395, abs=2e-4) and t_quantile_975(1000) == pytest.approx(1.9623, abs=2e-4)
+    assert t_quantile_975(31) == pytest.approx(2.0395, abs=2e-4) and t_quantile_975(1000) == pytest.approx(
+        1.9623, abs=2e-4
+    )
 
 
 # --------------------------------------------------------------------------- sampler and storage
@@ -246,7 +248,6 @@ def test_tpe_uses_constant_liar_and_the_objective_is_named():
 def binary_idx(tmp_path):
     """A small 2-class IDX dataset (images brighter for class 1)."""
     import numpy as np
-
     from conftest import write_idx
 
     rng = np.random.default_rng(0)
@@ -254,15 +255,18 @@ def binary_idx(tmp_path):
     root.mkdir()
     for part, n in (("train", 300), ("t10k", 60)):
         labels = rng.integers(0, 2, n)
-        write_idx(root / f"{part}-images-idx3-ubyte.gz", rng.integers(0, 100, (n, 28, 28)) + labels[:, None, None] * 100)
+        write_idx(
+            root / f"{part}-images-idx3-ubyte.gz", rng.integers(0, 100, (n, 28, 28)) + labels[:, None, None] * 100
+        )
         write_idx(root / f"{part}-labels-idx1-ubyte.gz", labels)
     return root
 
 
 def _binary_spec(tmp_path, root, methods: list[str]):
     path = tmp_path / "binary.toml"
-    path.write_text(f"""name = "binary"
-output_dir = "{tmp_path / 'run'}"
+    path.write_text(
+        f"""name = "binary"
+output_dir = "{tmp_path / "run"}"
 [data]
 root = "{root}"
 val_size = 40
@@ -278,8 +282,9 @@ pruner = "none"
 [final]
 seeds = 1
 [runtime]
-cache_dir = "{tmp_path / 'cache'}"
-""".replace("'", '"'))
+cache_dir = "{tmp_path / "cache"}"
+""".replace("'", '"')
+    )
     return path
 
 
@@ -288,7 +293,9 @@ def test_a_binary_study_of_lskd_and_dkd_is_refused_before_the_teacher_is_built(t
 
     from kdsearch.cli import app
 
-    result = CliRunner().invoke(app, ["run", "--spec", str(_binary_spec(tmp_path, binary_idx, ["lskd", "dkd"])), "--trials", "1"])
+    result = CliRunner().invoke(
+        app, ["run", "--spec", str(_binary_spec(tmp_path, binary_idx, ["lskd", "dkd"])), "--trials", "1"]
+    )
     assert result.exit_code == 2, result.output
     assert "cannot distill on 2 classes" in result.output and "Traceback" not in result.output
     assert not list((tmp_path / "cache").glob("teachers/*.pt"))  # refused before the teacher was trained

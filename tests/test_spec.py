@@ -36,7 +36,10 @@ def test_range_override_replaces_the_default():
     ("raw", "message"),
     [
         ({"methods": {"kd": {"alpha": [0.0, 1.5]}}}, "methods.kd.alpha: alpha weights the hard-label loss"),
-        ({"methods": {"kd": {"temperature": [0.0, 4.0]}}}, "methods.kd.temperature: this parameter is searched on a log scale"),
+        (
+            {"methods": {"kd": {"temperature": [0.0, 4.0]}}},
+            "methods.kd.temperature: this parameter is searched on a log scale",
+        ),
         ({"methods": {"kd": {"temperature": [4.0, 2.0]}}}, "must have low < high"),
         ({"methods": {"kd": {"tau": [1.0, 2.0]}}}, "methods.kd.tau: kd has no parameter 'tau'"),
         ({"search": {"methods": ["kdd"]}}, "search.methods: unknown method 'kdd'"),
@@ -80,6 +83,12 @@ def test_set_overrides_take_toml_values_and_bare_words():
 
 
 def test_paths_starting_with_tilde_mean_the_home_folder():
-    spec = spec_from_dict({"data": {"root": "~/fmnist"}, "runtime": {"cache_dir": "~/kd-cache"}, "output_dir": "~/runs/x"})
+    spec = spec_from_dict(
+        {"data": {"root": "~/fmnist"}, "runtime": {"cache_dir": "~/kd-cache"}, "output_dir": "~/runs/x"}
+    )
     home = Path.home()
-    assert (spec.data.root, spec.runtime.cache_dir, spec.output_dir) == (home / "fmnist", home / "kd-cache", home / "runs/x")
+    assert (spec.data.root, spec.runtime.cache_dir, spec.output_dir) == (
+        home / "fmnist",
+        home / "kd-cache",
+        home / "runs/x",
+    )

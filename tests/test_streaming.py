@@ -7,6 +7,7 @@ import logging
 import optuna
 import pytest
 import torch
+from test_data_sources import folder_spec, make_class_folder, write_mhist
 from typer.testing import CliRunner
 
 import kdsearch.teacher as teacher_module
@@ -15,7 +16,6 @@ from kdsearch.data import ImageStore, load_splits
 from kdsearch.search import prepare_study_data, train_student
 from kdsearch.spec import DataSpec, spec_from_dict
 from kdsearch.teacher import prepare_teacher
-from test_data_sources import folder_spec, make_class_folder, write_mhist
 
 
 @pytest.fixture
@@ -51,7 +51,10 @@ def test_data_above_the_budget_streams_and_gives_the_in_memory_tensors(cats_dogs
     import os
 
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert load_splits(folder_spec(cats_dogs, image_size=64, memory_budget_mb=1), cache_dir=cache).fingerprint != streamed.fingerprint
+    assert (
+        load_splits(folder_spec(cats_dogs, image_size=64, memory_budget_mb=1), cache_dir=cache).fingerprint
+        != streamed.fingerprint
+    )
 
 
 def test_stream_always_never_and_unreadable_files(cats_dogs, tmp_path):
@@ -70,22 +73,37 @@ def test_stream_always_never_and_unreadable_files(cats_dogs, tmp_path):
         DataSpec(stream="always")
 
 
+@pytest.mark.slow
 def test_teacher_runs_once_per_image_and_trials_never_run_it(cats_dogs, tmp_path, monkeypatch):
-    spec = spec_from_dict({
-        "data": {"source": "image_folder", "root": str(cats_dogs), "image_size": 16, "val_size": 6, "test_size": 6,
-                 "labeled": 10, "unlabeled": 30, "stream": "always"},
-        "teacher": {"epochs": 1, "batch_size": 8},
-        "student": {"epochs": 2, "batch_size": 8},
-        "search": {"methods": ["kd", "cosine"]},
-        "runtime": {"cache_dir": str(tmp_path / "cache")},
-    })  # fmt: skip
+    spec = spec_from_dict(
+        {
+            "data": {
+                "source": "image_folder",
+                "root": str(cats_dogs),
+                "image_size": 16,
+                "val_size": 6,
+                "test_size": 6,
+                "labeled": 10,
+                "unlabeled": 30,
+                "stream": "always",
+            },
+            "teacher": {"epochs": 1, "batch_size": 8},
+            "student": {"epochs": 2, "batch_size": 8},
+            "search": {"methods": ["kd", "cosine"]},
+            "runtime": {"cache_dir": str(tmp_path / "cache")},
+        }
+    )
     splits = load_splits(spec.data, cache_dir=tmp_path / "cache" / "data")
     seen = {"eval": 0, "train": 0}
     built = teacher_module.build_model
 
     def counting_build(*args, **kw):
         model = built(*args, **kw)
-        model.register_forward_hook(lambda m, inp, out: seen.__setitem__("train" if m.training else "eval", seen["train" if m.training else "eval"] + len(inp[0])))
+        model.register_forward_hook(
+            lambda m, inp, out: seen.__setitem__(
+                "train" if m.training else "eval", seen["train" if m.training else "eval"] + len(inp[0])
+            )
+        )
         return model
 
     monkeypatch.setattr(teacher_module, "build_model", counting_build)
@@ -116,19 +134,43 @@ def test_teacher_runs_once_per_image_and_trials_never_run_it(cats_dogs, tmp_path
     assert [r.accuracy for r in streamed_history] == [r.accuracy for r in mem_history]
 
 
+@pytest.mark.slow
 def test_streamed_study_runs_end_to_end_through_the_cli(tmp_path):
     root = write_mhist(tmp_path / "mhist")
     sets = [
-        "data.source='csv'", "data.image_size=16", "data.stream='always'", "data.loader_workers=1", "data.val_size=4",
-        "data.labeled=0", "data.unlabeled=6", "teacher.arch='cnn_small'", "student.arch='cnn_small'",
-        "teacher.epochs=1", "student.epochs=1", "teacher.batch_size=8", "student.batch_size=8",
-        "search.methods=['kd', 'hint']", "search.teacher_modes=['cached', 'consistent']", "final.seeds=1",
-        f"runtime.cache_dir={str(tmp_path / 'cache')!r}", "runtime.threads=1",
-    ]  # fmt: skip
+        "data.source='csv'",
+        "data.image_size=16",
+        "data.stream='always'",
+        "data.loader_workers=1",
+        "data.val_size=4",
+        "data.labeled=0",
+        "data.unlabeled=6",
+        "teacher.arch='cnn_small'",
+        "student.arch='cnn_small'",
+        "teacher.epochs=1",
+        "student.epochs=1",
+        "teacher.batch_size=8",
+        "student.batch_size=8",
+        "search.methods=['kd', 'hint']",
+        "search.teacher_modes=['cached', 'consistent']",
+        "final.seeds=1",
+        f"runtime.cache_dir={str(tmp_path / 'cache')!r}",
+        "runtime.threads=1",
+    ]
     spec_path = tmp_path / "study.toml"
     spec_path.write_text('name = "streamed"\n')
-    args = ["run", "--spec", str(spec_path), "--data-root", str(root), "--trials", "2",
-            "--output-dir", str(tmp_path / "out"), *[a for s in sets for a in ("--set", s)]]  # fmt: skip
+    args = [
+        "run",
+        "--spec",
+        str(spec_path),
+        "--data-root",
+        str(root),
+        "--trials",
+        "2",
+        "--output-dir",
+        str(tmp_path / "out"),
+        *[a for s in sets for a in ("--set", s)],
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "streaming from disk with 1 loader workers" in result.output
@@ -158,8 +200,20 @@ def test_truncated_jpeg_is_found_before_streaming_starts(tmp_path):
 
 
 def test_a_streamed_split_too_big_for_the_budget_stays_streamed(cats_dogs, tmp_path):
-    spec = spec_from_dict({"data": {"source": "image_folder", "root": str(cats_dogs), "image_size": 16, "val_size": 6,
-                                    "test_size": 6, "labeled": 10, "unlabeled": 0, "stream": "always"}})  # fmt: skip
+    spec = spec_from_dict(
+        {
+            "data": {
+                "source": "image_folder",
+                "root": str(cats_dogs),
+                "image_size": 16,
+                "val_size": 6,
+                "test_size": 6,
+                "labeled": 10,
+                "unlabeled": 0,
+                "stream": "always",
+            }
+        }
+    )
     splits = load_splits(spec.data, cache_dir=tmp_path / "cache")
     assert isinstance(splits.val.in_memory("cpu", budget_mb=1e-6).x, ImageStore)
     assert isinstance(splits.val.in_memory("cpu", budget_mb=64).x, torch.Tensor)

@@ -8,13 +8,13 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from conftest import FASHION_MNIST, write_idx
+from test_data_sources import make_class_folder, write_cifar, write_mhist
 from typer.testing import CliRunner
 
-from conftest import FASHION_MNIST, write_idx
 from kdsearch.cli import app
 from kdsearch.models import build_model
 from kdsearch.spec import load_spec
-from test_data_sources import make_class_folder, write_cifar, write_mhist
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
@@ -47,15 +47,25 @@ def fake_mhist(root: Path) -> tuple[Path, list[str]]:
     ckpt.mkdir()
     torch.save(build_model("resnet50", 1000, 3, 32).state_dict(), ckpt / "resnet50.pt")  # "ImageNet" heads
     torch.save(build_model("mobilenet_v2", 1000, 3, 32).state_dict(), ckpt / "mobilenet_v2.pt")
-    return root, ["data.image_size=32", f"teacher.checkpoint={str(ckpt / 'resnet50.pt')!r}",
-                  f"student.checkpoint={str(ckpt / 'mobilenet_v2.pt')!r}", "teacher.fine_tune_epochs=1"]  # fmt: skip
+    return root, [
+        "data.image_size=32",
+        f"teacher.checkpoint={str(ckpt / 'resnet50.pt')!r}",
+        f"student.checkpoint={str(ckpt / 'mobilenet_v2.pt')!r}",
+        "teacher.fine_tune_epochs=1",
+    ]
 
 
 def real_fashion_mnist_slice(root: Path) -> tuple[Path, list[str]]:
     """The default studies read the Debian package's Fashion-MNIST: a small slice of it."""
     if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
         pytest.fail("Fashion-MNIST is missing: run `make test` (it installs dataset-fashion-mnist)")
-    sizes = ["data.train_limit=1000", "data.test_limit=200", "data.val_size=200", "data.labeled=200", "data.unlabeled=400"]
+    sizes = [
+        "data.train_limit=1000",
+        "data.test_limit=200",
+        "data.val_size=200",
+        "data.labeled=200",
+        "data.unlabeled=400",
+    ]
     return FASHION_MNIST, sizes
 
 
@@ -77,16 +87,32 @@ def test_every_study_file_is_covered_and_valid():
         load_spec(STUDIES / name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("study", sorted(CASES))
 def test_study_runs_two_trials_on_small_local_files(study, tmp_path):
     root, extra = CASES[study](tmp_path / "data")
     spec = load_spec(STUDIES / study)
     shrink = [
-        "teacher.epochs=1", "student.epochs=1", "teacher.batch_size=16", "student.batch_size=16",
-        "final.seeds=1", f"runtime.cache_dir={str(tmp_path / 'cache')!r}", "runtime.threads=1",
-    ]  # fmt: skip
-    args = ["run", "--spec", str(STUDIES / study), "--data-root", str(root), "--trials", str(len(spec.search.methods) + 1),
-            "--output-dir", str(tmp_path / "out"), *[a for s in shrink + extra for a in ("--set", s)]]  # fmt: skip
+        "teacher.epochs=1",
+        "student.epochs=1",
+        "teacher.batch_size=16",
+        "student.batch_size=16",
+        "final.seeds=1",
+        f"runtime.cache_dir={str(tmp_path / 'cache')!r}",
+        "runtime.threads=1",
+    ]
+    args = [
+        "run",
+        "--spec",
+        str(STUDIES / study),
+        "--data-root",
+        str(root),
+        "--trials",
+        str(len(spec.search.methods) + 1),
+        "--output-dir",
+        str(tmp_path / "out"),
+        *[a for s in shrink + extra for a in ("--set", s)],
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     study_db = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
@@ -95,7 +121,9 @@ def test_study_runs_two_trials_on_small_local_files(study, tmp_path):
     final = study_db.user_attrs["final_comparison"]
     labels = [s["label"] for s in final["students"]]
     assert "scratch" in labels and labels[0].startswith("best ")
-    assert ("pseudo-label" in labels) == (spec.data.unlabeled > 0)  # the hard-label baseline when there are unlabeled images
+    assert ("pseudo-label" in labels) == (
+        spec.data.unlabeled > 0
+    )  # the hard-label baseline when there are unlabeled images
     teacher_arch = "resnet18" if study == "cats_vs_dogs.toml" else spec.teacher.arch
     assert set(final["cost"]) == {f"teacher ({teacher_arch})", f"student ({spec.student.arch})"}
     assert (tmp_path / "out" / "report.html").is_file()

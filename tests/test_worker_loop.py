@@ -119,7 +119,12 @@ def test_a_trial_failed_by_another_worker_meanwhile_does_not_stop_this_worker(ca
 
     ran = run_worker(study, objective, 3, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01)
     assert ran == 4
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert [t.state for t in study.trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+        TrialState.COMPLETE,
+    ]
     assert "trial 1 was marked FAILED by another worker" in capsys.readouterr().err
 
 

@@ -39,7 +39,9 @@ FAST_RETRY = "threads = 1\nheartbeat_interval = 1\ngrace_period = 6\n"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def start_worker(tmp_path: Path, spec: Path | None, storage: str, *, trials: int, rank: int) -> tuple[subprocess.Popen, Path]:
+def start_worker(
+    tmp_path: Path, spec: Path | None, storage: str, *, trials: int, rank: int
+) -> tuple[subprocess.Popen, Path]:
     """``kdsearch worker`` as a real process; stdout and stderr go to files (nobody reads pipes while we wait).
 
     Without ``spec`` it joins the study by name, as a worker on another machine would.
@@ -49,8 +51,10 @@ def start_worker(tmp_path: Path, spec: Path | None, storage: str, *, trials: int
     with open(err, "w") as err_file, open(tmp_path / f"worker-{rank}.out", "w") as out_file:
         proc = subprocess.Popen(
             [*KDSEARCH, "worker", *how, "--storage", storage, "--trials", str(trials), "--rank", str(rank)],
-            stdout=out_file, stderr=err_file, env=ENV,
-        )  # fmt: skip
+            stdout=out_file,
+            stderr=err_file,
+            env=ENV,
+        )
     return proc, err
 
 
@@ -87,11 +91,17 @@ def assert_clean(*logs: Path) -> None:
         assert "Traceback" not in text, f"{log}:\n{text}"
 
 
+@pytest.mark.slow
 def test_run_with_4_workers_on_sqlite(write_spec, tmp_path):
     """`run --workers 4`: 4 processes on one SQLite file (WAL), 12 trials exactly, report made once by the parent."""
     spec = write_spec(epochs=1, extra=FAST)
-    proc = subprocess.run([*KDSEARCH, "run", "--spec", str(spec), "--workers", "4", "--trials", "12"],
-                          capture_output=True, text=True, env=ENV, timeout=240)  # fmt: skip
+    proc = subprocess.run(
+        [*KDSEARCH, "run", "--spec", str(spec), "--workers", "4", "--trials", "12"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "started 4 workers (cpu, cpu, cpu, cpu; 1 thread each)" in proc.stdout
     db = tmp_path / "run" / "study.db"
@@ -108,6 +118,7 @@ def test_run_with_4_workers_on_sqlite(write_spec, tmp_path):
         assert "loaded from cache (no retraining)" in log.read_text()
 
 
+@pytest.mark.slow
 def test_4_workers_on_journal_storage(write_spec, tmp_path):
     """Four bare `kdsearch worker` processes racing to create and fill a study in a journal file."""
     spec = write_spec(epochs=1, extra=FAST)
@@ -139,6 +150,7 @@ def wait_for_finished(storage: str, n: int, proc: subprocess.Popen, timeout: flo
             continue
 
 
+@pytest.mark.slow
 def test_ctrl_c_reaches_every_worker_of_run(write_spec, tmp_path):
     """Ctrl-C on `run --workers 2` is forwarded once to each worker: both stop, their running trials
     are FAILED (none left RUNNING), finished trials are kept, and the command says how to resume."""
@@ -146,8 +158,12 @@ def test_ctrl_c_reaches_every_worker_of_run(write_spec, tmp_path):
     storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     err = tmp_path / "run.err"
     with open(err, "w") as err_file:
-        proc = subprocess.Popen([*KDSEARCH, "run", "--spec", str(spec), "--workers", "2", "--trials", "500"],
-                                stdout=subprocess.DEVNULL, stderr=err_file, env=ENV)  # fmt: skip
+        proc = subprocess.Popen(
+            [*KDSEARCH, "run", "--spec", str(spec), "--workers", "2", "--trials", "500"],
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+            env=ENV,
+        )
     try:
         wait_for_finished(storage, 4, proc)
         proc.send_signal(signal.SIGINT)
@@ -162,14 +178,33 @@ def test_ctrl_c_reaches_every_worker_of_run(write_spec, tmp_path):
         assert "interrupted" in log.read_text().strip().splitlines()[-1], log.read_text()[-1000:]
 
 
+@pytest.mark.slow
 def test_when_every_worker_fails_run_says_so_and_why(write_spec, tmp_path):
     """Each worker stops on a setting every trial would fail on; the parent shows their error lines and
     ends with one line of its own (exit 2) instead of a final comparison over nothing."""
     spec = write_spec(epochs=1, extra=FAST)
-    proc = subprocess.run([*KDSEARCH, "run", "--spec", str(spec), "--workers", "2", "--trials", "4",
-                           "--set", 'search.methods=["hint"]', "--set", 'student.feature_layer="classifier"',
-                           "--set", 'teacher.feature_layer="classifier"'],
-                          capture_output=True, text=True, env=ENV, timeout=240)  # fmt: skip
+    proc = subprocess.run(
+        [
+            *KDSEARCH,
+            "run",
+            "--spec",
+            str(spec),
+            "--workers",
+            "2",
+            "--trials",
+            "4",
+            "--set",
+            'search.methods=["hint"]',
+            "--set",
+            'student.feature_layer="classifier"',
+            "--set",
+            'teacher.feature_layer="classifier"',
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=240,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.count("method 'hint' cannot pair") == 2  # each worker's last log line, shown by the parent
     assert "error: every worker failed before a trial completed" in proc.stderr
@@ -197,14 +232,19 @@ def _running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
 def test_workers_stop_when_run_is_killed_with_sigkill(write_spec, tmp_path):
     """kill -9 on `run --workers 2` (no chance to forward anything): the workers notice their parent
     died, stop as on Ctrl-C, and leave no trial RUNNING instead of running on as orphans."""
     spec = write_spec(epochs=4, extra=FAST)
     storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
-    proc = subprocess.Popen([*KDSEARCH, "run", "--spec", str(spec), "--workers", "2", "--trials", "500"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)  # fmt: skip
+    proc = subprocess.Popen(
+        [*KDSEARCH, "run", "--spec", str(spec), "--workers", "2", "--trials", "500"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     workers: list[int] = []
     try:
         wait_for_finished(storage, 2, proc)
@@ -267,20 +307,49 @@ def postgres_url():
         as_user = ["runuser", "-u", name, "--"]
     data = base / "data"
     run = dict(cwd=base, capture_output=True, text=True, timeout=120)
-    init = subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "kdsearch", "--auth=trust",
-                           "-E", "UTF8", "--no-sync"], **run)  # fmt: skip
+    init = subprocess.run(
+        [
+            *as_user,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "kdsearch",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        **run,
+    )
     assert init.returncode == 0, init.stdout + init.stderr
     for _ in range(3):  # a free port may be taken before the server binds it: try another
         port = _free_port()
         options = f"-k {base} -p {port} -h 127.0.0.1 -c fsync=off -c max_connections=40"
-        start = subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w",
-                                "-t", "60", "-o", options, "start"], **run)  # fmt: skip
+        start = subprocess.run(
+            [
+                *as_user,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(base / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                options,
+                "start",
+            ],
+            **run,
+        )
         if start.returncode == 0:
             break
     assert start.returncode == 0, start.stdout + start.stderr + (base / "server.log").read_text(errors="replace")
     try:
-        made = subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "kdsearch", "kdsearch_test"],
-                              **run)  # fmt: skip
+        made = subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "kdsearch", "kdsearch_test"], **run
+        )
         assert made.returncode == 0, made.stderr
         yield f"postgresql://kdsearch@127.0.0.1:{port}/kdsearch_test"
     finally:
@@ -296,13 +365,16 @@ def _user_exists(name: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_2_workers_on_a_private_postgresql_server(write_spec, tmp_path, postgres_url):
     """Two workers at once: one with the spec, one joining the study by name and storage only
     (as on another machine; the study exists, e.g. made by `kdsearch run` or a first worker)."""
     spec = write_spec(epochs=3, extra=FAST)  # 8 trials of ~1 s: more work than the two start-ups differ by
     create_study(load_spec(spec), open_storage(postgres_url))
-    started = [start_worker(tmp_path, spec, postgres_url, trials=8, rank=0),
-               start_worker(tmp_path, None, postgres_url, trials=8, rank=1)]  # fmt: skip
+    started = [
+        start_worker(tmp_path, spec, postgres_url, trials=8, rank=0),
+        start_worker(tmp_path, None, postgres_url, trials=8, rank=1),
+    ]
     wait_all([p for p, _ in started], timeout=180)
     assert [p.returncode for p, _ in started] == [0, 0], [e.read_text()[-2000:] for _, e in started]
     study = check_study(postgres_url, 8)
@@ -316,6 +388,7 @@ def test_2_workers_on_a_private_postgresql_server(write_spec, tmp_path, postgres
 # --- a worker killed mid-trial --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_killed_worker_trial_is_failed_and_retried(write_spec, tmp_path, kind):
     """SIGKILL one of two workers mid-trial: its trial turns FAILED (SQLite: its heartbeat goes stale;
@@ -336,8 +409,13 @@ def test_killed_worker_trial_is_failed_and_retried(write_spec, tmp_path, kind):
                 trials = optuna.load_study(study_name="tiny", storage=store).trials
             except Exception:  # storage or study not created yet (KeyError), or the file half-made
                 continue
-            mine = [t.number for t in trials if t.state == TrialState.RUNNING and "seed" in t.user_attrs
-                    and t.user_attrs.get(WORKER_ATTR, {}).get("pid") == victim.pid]  # fmt: skip
+            mine = [
+                t.number
+                for t in trials
+                if t.state == TrialState.RUNNING
+                and "seed" in t.user_attrs
+                and t.user_attrs.get(WORKER_ATTR, {}).get("pid") == victim.pid
+            ]
             if not mine:
                 continue
             victim.send_signal(signal.SIGSTOP)  # frozen: the trial cannot finish between our look and the kill
@@ -378,6 +456,7 @@ def get_json(url: str) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_dashboard_serves_the_study_with_report_artifacts(write_spec, tmp_path):
     spec = write_spec(epochs=1, extra=FAST)
     result = CliRunner().invoke(app, ["run", "--spec", str(spec), "--trials", "2"])
@@ -385,8 +464,12 @@ def test_dashboard_serves_the_study_with_report_artifacts(write_spec, tmp_path):
     storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     out = tmp_path / "dashboard.out"
     with open(out, "w") as out_file:  # port 0: the server binds any free port and prints it
-        proc = subprocess.Popen([*KDSEARCH, "dashboard", "--storage", storage, "--port", "0"],
-                                stdout=out_file, stderr=subprocess.STDOUT, env=ENV)  # fmt: skip
+        proc = subprocess.Popen(
+            [*KDSEARCH, "dashboard", "--storage", storage, "--port", "0"],
+            stdout=out_file,
+            stderr=subprocess.STDOUT,
+            env=ENV,
+        )
     try:
         deadline = time.time() + 90
         while "dashboard: http://" not in out.read_text() and time.time() < deadline and proc.poll() is None:
@@ -405,6 +488,7 @@ def test_dashboard_serves_the_study_with_report_artifacts(write_spec, tmp_path):
         assert detail["objective_names"] == ["val_accuracy"]  # the dashboard names the objective (not "Objective 0")
         artifacts = {a["filename"]: a for a in detail["artifacts"]}
         assert set(artifacts) == {"report.html", "final_comparison.json"}
+
         def artifact_url(name: str) -> str:
             return f"{base}/artifacts/{summary['study_id']}/{artifacts[name]['artifact_id']}"
 

@@ -38,7 +38,24 @@ from typing import Any
 from ..errors import KdsearchError
 from ..spec import DataSpec
 from .cache import DATA_CACHE_VERSION, cached_decode, data_cache_dir, decode_cache_key, default_cache_root, save_atomic
+from .cifar10 import (
+    CIFAR10_CLASSES,
+    CIFAR10_FOLDER,
+    download_cifar10,
+    find_cifar10_folder,
+    load_cifar10,
+    read_cifar10_batch,
+    read_cifar10_dataset,
+)
+from .csv_source import load_csv, read_csv_index
+from .datasets import DatasetReader, load_datasets
+
+# the sources: importing a module registers it in SOURCES
+from .idx import IDX_DOWNLOADS, IDX_FILES, download_idx, find_idx_file, idx_folder, load_idx, read_idx, read_idx_dataset
+from .image_files import DEFAULT_IMAGE_SIZE, SPLIT_FOLDERS, ImageList, load_image_list
+from .image_folder import list_image_folder, load_image_folder
 from .images import IMAGE_EXTENSIONS, conform_images, decode_image, decode_images, probe_images
+from .python_source import load_python
 from .sources import SOURCES, Loader
 from .splits import (
     DEFAULT_TEST_FRACTION,
@@ -53,40 +70,71 @@ from .splits import (
     student_subsets,
 )
 from .store import FileReader, ImageReader, ImageStore, Part, RawDataset, Split, Splits, take
-
-# the sources: importing a module registers it in SOURCES
-from .idx import IDX_DOWNLOADS, IDX_FILES, download_idx, find_idx_file, idx_folder, load_idx, read_idx, read_idx_dataset
-from .cifar10 import (
-    CIFAR10_CLASSES,
-    CIFAR10_FOLDER,
-    download_cifar10,
-    find_cifar10_folder,
-    load_cifar10,
-    read_cifar10_batch,
-    read_cifar10_dataset,
-)
-from .image_files import DEFAULT_IMAGE_SIZE, SPLIT_FOLDERS, ImageList, load_image_list
-from .image_folder import list_image_folder, load_image_folder
-from .csv_source import load_csv, read_csv_index
 from .torchvision_source import load_torchvision
-from .python_source import load_python
-from .datasets import DatasetReader, load_datasets
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CIFAR10_CLASSES", "CIFAR10_FOLDER", "DATA_CACHE_VERSION", "DEFAULT_IMAGE_SIZE", "DEFAULT_TEST_FRACTION",
-    "IDX_DOWNLOADS", "IDX_FILES", "IMAGE_EXTENSIONS", "SOURCES", "SPLIT_FOLDERS", "STATS_SAMPLE",
-    "DatasetReader", "FileReader", "ImageList", "ImageReader", "ImageStore", "Loader", "Part", "RawDataset",
-    "Split", "Splits",
-    "assemble_splits", "cached_decode", "channel_stats", "check_memory_budget", "conform_images",
-    "data_cache_dir", "decode_cache_key", "decode_image", "decode_images", "default_cache_root",
-    "download_cifar10", "download_idx", "find_cifar10_folder", "find_idx_file", "fits_memory_budget",
-    "idx_folder", "list_image_folder", "load_cifar10", "load_csv", "load_datasets", "load_idx",
-    "load_image_folder", "load_image_list", "load_python", "load_splits", "load_torchvision", "probe_images",
-    "read_cifar10_batch", "read_cifar10_dataset", "read_csv_index", "read_idx", "read_idx_dataset",
-    "resolve_size", "sampled_channel_stats", "save_atomic", "split_indices", "student_subsets", "take",
-]  # fmt: skip
+    "CIFAR10_CLASSES",
+    "CIFAR10_FOLDER",
+    "DATA_CACHE_VERSION",
+    "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_TEST_FRACTION",
+    "IDX_DOWNLOADS",
+    "IDX_FILES",
+    "IMAGE_EXTENSIONS",
+    "SOURCES",
+    "SPLIT_FOLDERS",
+    "STATS_SAMPLE",
+    "DatasetReader",
+    "FileReader",
+    "ImageList",
+    "ImageReader",
+    "ImageStore",
+    "Loader",
+    "Part",
+    "RawDataset",
+    "Split",
+    "Splits",
+    "assemble_splits",
+    "cached_decode",
+    "channel_stats",
+    "check_memory_budget",
+    "conform_images",
+    "data_cache_dir",
+    "decode_cache_key",
+    "decode_image",
+    "decode_images",
+    "default_cache_root",
+    "download_cifar10",
+    "download_idx",
+    "find_cifar10_folder",
+    "find_idx_file",
+    "fits_memory_budget",
+    "idx_folder",
+    "list_image_folder",
+    "load_cifar10",
+    "load_csv",
+    "load_datasets",
+    "load_idx",
+    "load_image_folder",
+    "load_image_list",
+    "load_python",
+    "load_splits",
+    "load_torchvision",
+    "probe_images",
+    "read_cifar10_batch",
+    "read_cifar10_dataset",
+    "read_csv_index",
+    "read_idx",
+    "read_idx_dataset",
+    "resolve_size",
+    "sampled_channel_stats",
+    "save_atomic",
+    "split_indices",
+    "student_subsets",
+    "take",
+]
 
 
 def _where(spec: DataSpec, given: bool) -> str:
@@ -125,9 +173,19 @@ def load_splits(spec: DataSpec, *, cache_dir: Path | str | None = None, datasets
     splits = assemble_splits(spec, raw)
     log.info(
         "data: %s %s: %d train / %d val / %d test, %d classes, %d×%d×%d%s",
-        spec.source, _where(spec, datasets is not None), len(splits.train), len(splits.val), len(splits.test),
-        splits.num_classes, splits.in_channels, splits.image_size, splits.image_size,
-        (", streamed" if raw.origin else ", streamed from disk") if splits.streaming
-        else "" if splits.cache_hit is None else (", decoded images from cache" if splits.cache_hit else ", decoded now"),
-    )  # fmt: skip
+        spec.source,
+        _where(spec, datasets is not None),
+        len(splits.train),
+        len(splits.val),
+        len(splits.test),
+        splits.num_classes,
+        splits.in_channels,
+        splits.image_size,
+        splits.image_size,
+        (", streamed" if raw.origin else ", streamed from disk")
+        if splits.streaming
+        else ""
+        if splits.cache_hit is None
+        else (", decoded images from cache" if splits.cache_hit else ", decoded now"),
+    )
     return splits

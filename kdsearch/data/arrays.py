@@ -33,9 +33,12 @@ def conform_parts(
     if (size, channels) == (h, c):
         return parts, None
     settings = {
-        "source": spec.source, "size": size, "channels": channels,
-        "limits": [spec.train_limit, spec.test_limit], "counts": [len(p.y) for p in parts],
-    }  # fmt: skip
+        "source": spec.source,
+        "size": size,
+        "channels": channels,
+        "limits": [spec.train_limit, spec.test_limit],
+        "counts": [len(p.y) for p in parts],
+    }
 
     def build() -> tuple[np.ndarray, list[tuple[int, str]]]:
         return conform_images(torch.cat([p.x for p in parts]).numpy(), size, channels), []

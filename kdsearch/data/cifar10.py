@@ -142,8 +142,9 @@ def load_cifar10(spec: DataSpec, cache_dir: Path | None = None) -> RawDataset:
     top = int(max(train_y.max(initial=0), test_y.max(initial=0)))
     if top >= len(names) or min(train_y.min(initial=0), test_y.min(initial=0)) < 0:
         raise KdsearchError(f"{folder}: labels run from 0 to {top} but batches.meta names {len(names)} classes")
-    train, test = Part(torch.from_numpy(train_x.copy()), torch.from_numpy(train_y)), Part(
-        torch.from_numpy(test_x.copy()), torch.from_numpy(test_y)
+    train, test = (
+        Part(torch.from_numpy(train_x.copy()), torch.from_numpy(train_y)),
+        Part(torch.from_numpy(test_x.copy()), torch.from_numpy(test_y)),
     )
     files = [folder / n for n in (*CIFAR10_TRAIN_BATCHES, CIFAR10_TEST_BATCH)]
     (train, test), hit = conform_parts(spec, [train, test], files, cache_dir)

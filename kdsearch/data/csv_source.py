@@ -34,7 +34,9 @@ def read_csv_index(
     if not csv_path.is_file():
         raise KdsearchError(f"CSV file {csv_path} not found; set data.csv_file (relative to data.root, or absolute)")
     if not image_dir.is_dir():
-        raise KdsearchError(f"image folder {image_dir} not found; set data.image_dir (relative to data.root, or absolute)")
+        raise KdsearchError(
+            f"image folder {image_dir} not found; set data.image_dir (relative to data.root, or absolute)"
+        )
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -92,7 +94,7 @@ def read_csv_index(
             value = train_value if split == "train" else test_value
             raise KdsearchError(
                 f"{csv_path} has no rows with {partition_column} = {value!r}, so the {split} split is empty; "
-                f"set data.{split}_value to the CSV's value, or partition_column = \"\" to carve a seeded test split"
+                f'set data.{split}_value to the CSV\'s value, or partition_column = "" to carve a seeded test split'
             )
         if not items:
             raise KdsearchError(f"{csv_path} has no data rows; it needs one row per image")

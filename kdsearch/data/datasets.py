@@ -59,7 +59,9 @@ class DatasetReader(ImageReader):
             return conform_image(image, self.size, self.channels)
         except Exception as err:  # noqa: BLE001 - PIL raises many types for modes it cannot convert
             shape = f"{self.channels}×{self.size}×{self.size}"
-            raise KdsearchError(f"{where}: converting it to {shape} raised {type(err).__name__}: {first_line(err)}") from None
+            raise KdsearchError(
+                f"{where}: converting it to {shape} raised {type(err).__name__}: {first_line(err)}"
+            ) from None
 
     def failure(self, i: int, why: str) -> str:
         return why if why.startswith(f"{self.split} item {i}") else f"{self.split} item {i}: {why}"
@@ -80,7 +82,9 @@ class Scan:
     size: int | None  # the items' common square size (None when data.image_size is given)
 
 
-def scan_items(datasets: dict[str, Any], counts: dict[str, int], num_classes: int | None, image_size: int | None) -> Scan:
+def scan_items(
+    datasets: dict[str, Any], counts: dict[str, int], num_classes: int | None, image_size: int | None
+) -> Scan:
     """Read, check and hash every item once; without ``image_size`` all images must share one square size."""
     labels: dict[str, Tensor] = {}
     digests: dict[str, str] = {}
@@ -183,9 +187,12 @@ def load_datasets(
         return out, []
 
     settings = {  # the items themselves, not where they came from: changed data is never served stale
-        "items": [scan.digests[s] for s in datasets], "counts": [counts[s] for s in datasets],
-        "size": size, "channels": channels, "resample": "bilinear",
-    }  # fmt: skip
+        "items": [scan.digests[s] for s in datasets],
+        "counts": [counts[s] for s in datasets],
+        "size": size,
+        "channels": channels,
+        "resample": "bilinear",
+    }
     images, _, hit, _ = cached_decode([], settings, n, build, cache_dir)
     parts, start = {}, 0
     for s in datasets:

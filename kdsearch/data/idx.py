@@ -29,7 +29,14 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -117,7 +124,9 @@ def read_idx_dataset(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
                 "expected N×H×W uint8 images and N labels (are the images and labels files swapped?)"
             )
         if len(images) != len(labels):
-            raise KdsearchError(f"{where}: {len(images)} images but {len(labels)} labels; the files do not belong together")
+            raise KdsearchError(
+                f"{where}: {len(images)} images but {len(labels)} labels; the files do not belong together"
+            )
         if len(images) == 0:
             raise KdsearchError(f"{where} hold no images")
         if labels.min() < 0:

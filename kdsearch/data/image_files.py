@@ -68,9 +68,10 @@ def load_image_list(spec: DataSpec, images: ImageList, cache_dir: Path | None = 
     streaming = ""
     if stream:
         why = (
-            'data.stream = "always"' if fits_memory_budget(len(files), channels, size, spec.memory_budget_mb)
+            'data.stream = "always"'
+            if fits_memory_budget(len(files), channels, size, spec.memory_budget_mb)
             else f"{len(files)} images exceed memory_budget_mb = {spec.memory_budget_mb}"
-        )  # fmt: skip
+        )
         streaming = f"{why}; streaming from disk with {spec.loader_workers} loader workers"
         log.info("data: %s", streaming)
         reader = FileReader(tuple(str(f) for f in files), size, channels)
@@ -78,9 +79,13 @@ def load_image_list(spec: DataSpec, images: ImageList, cache_dir: Path | None = 
     else:
         settings = {"size": size, "channels": channels, "resample": "bilinear"}
         decoded, bad, hit, _ = cached_decode(
-            files, settings, len(files), lambda: decode_images(files, size, channels), cache_dir,
+            files,
+            settings,
+            len(files),
+            lambda: decode_images(files, size, channels),
+            cache_dir,
             keep_failed=spec.skip_unreadable,
-        )  # fmt: skip
+        )
     if bad and not spec.skip_unreadable:
         raise KdsearchError(
             f"{len(bad)} unreadable image(s) under {images.root}: "
@@ -98,7 +103,9 @@ def load_image_list(spec: DataSpec, images: ImageList, cache_dir: Path | None = 
     for s in order:
         n = len(images.files[s])
         mask = keep[start : start + n]
-        part = Part(take(take(decoded, slice(start, start + n)), mask), torch.tensor(images.labels[s], dtype=torch.int64)[mask])
+        part = Part(
+            take(take(decoded, slice(start, start + n)), mask), torch.tensor(images.labels[s], dtype=torch.int64)[mask]
+        )
         if len(part.y) == 0:
             raise KdsearchError(f"every {s} image under {images.root} is unreadable; nothing is left for the {s} split")
         parts[s] = part

@@ -40,7 +40,9 @@ def list_image_folder(root: Path) -> ImageList:
     split_roots = {s: root / s for s in SPLIT_FOLDERS if (root / s).is_dir()}
     if split_roots and "train" not in split_roots:
         present = ", ".join(f"{s}/" for s in split_roots)
-        raise KdsearchError(f"{root} has {present} but no train/ folder; add {root / 'train'} with one folder per class")
+        raise KdsearchError(
+            f"{root} has {present} but no train/ folder; add {root / 'train'} with one folder per class"
+        )
     if not split_roots:
         split_roots = {"train": root}
     classes_per_split = {s: {p.name: p for p in class_folders(folder)} for s, folder in split_roots.items()}
@@ -53,7 +55,9 @@ def list_image_folder(root: Path) -> ImageList:
             f"{train_root} has no class folders{why}; expected {train_root}/<class>/<image>.png (or .jpg, .jpeg, .bmp, .webp)"
         )
     if len(class_names) < 2:
-        raise KdsearchError(f"{train_root} has only one class folder ({class_names[0]}); a classifier needs at least two")
+        raise KdsearchError(
+            f"{train_root} has only one class folder ({class_names[0]}); a classifier needs at least two"
+        )
     index = {name: i for i, name in enumerate(class_names)}
     files: dict[str, list[Path]] = {}
     labels: dict[str, list[int]] = {}

@@ -88,9 +88,7 @@ def to_uint8(arr: np.ndarray, where: str) -> np.ndarray:
         return arr
     kind = arr.dtype.kind
     if kind not in "iuf" or arr.size == 0:
-        raise KdsearchError(
-            f"{where}: image is {describe(arr)}; expected uint8 (0-255) or float (0-1) pixels"
-        )
+        raise KdsearchError(f"{where}: image is {describe(arr)}; expected uint8 (0-255) or float (0-1) pixels")
     lo, hi = arr.min(), arr.max()
     if kind == "f":
         if not (np.isfinite(lo) and np.isfinite(hi) and lo >= 0 and hi <= 1):

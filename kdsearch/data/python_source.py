@@ -65,7 +65,9 @@ def named_datasets(given: Any, origin: str) -> tuple[dict[str, Any], list[str] |
         if not isinstance(classes, (list, tuple)) or not classes:
             return datasets, None
     elif isinstance(classes, str) or not isinstance(classes, (list, tuple)) or not classes:
-        raise KdsearchError(f"{origin} returned 'classes' as {describe(classes)}; give a list of class names, one per label")
+        raise KdsearchError(
+            f"{origin} returned 'classes' as {describe(classes)}; give a list of class names, one per label"
+        )
     return datasets, [str(c) for c in classes]
 
 

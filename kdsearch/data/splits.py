@@ -124,8 +124,9 @@ def sampled_channel_stats(store: ImageStore, seed: int, budget_mb: int) -> tuple
     x = torch.cat(list(raw.subset(rows).split(256)))
     log.info(
         "data: mean/std estimated from %s of the %d streamed training images (set data.mean and data.std to fix them)",
-        "all" if len(rows) == n else f"a seeded sample of {len(rows)}", n,
-    )  # fmt: skip
+        "all" if len(rows) == n else f"a seeded sample of {len(rows)}",
+        n,
+    )
     return channel_stats(x)
 
 

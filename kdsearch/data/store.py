@@ -168,10 +168,13 @@ class ImageStore(Dataset):
                 yield cpu[b].to(self.device, non_blocking=True)
             return
         loader = torch.utils.data.DataLoader(
-            cpu, sampler=batches, batch_size=None, num_workers=min(self.workers, len(batches)),
+            cpu,
+            sampler=batches,
+            batch_size=None,
+            num_workers=min(self.workers, len(batches)),
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),  # worker seeds from its own generator: the global RNG (dropout) is untouched
-        )  # fmt: skip
+        )
         try:
             for x in loader:
                 yield x.to(self.device, non_blocking=True)

@@ -31,8 +31,11 @@ def torchvision_class(name: str) -> type:
     found = getattr(torchvision.datasets, name, None)
     if inspect.isclass(found) and not name.startswith("_"):
         return found
-    names = [n for n in getattr(torchvision.datasets, "__all__", dir(torchvision.datasets))
-             if inspect.isclass(getattr(torchvision.datasets, n, None))]  # fmt: skip
+    names = [
+        n
+        for n in getattr(torchvision.datasets, "__all__", dir(torchvision.datasets))
+        if inspect.isclass(getattr(torchvision.datasets, n, None))
+    ]
     lower = {n.lower(): n for n in names}
     close = [lower[c] for c in difflib.get_close_matches(name.lower(), list(lower), n=5, cutoff=0.5)]
     hint = f"did you mean {', '.join(close)}?" if close else f"it has {', '.join(sorted(names)[:12])}, …"
@@ -96,7 +99,10 @@ def torchvision_datasets(cls: type, spec: DataSpec) -> dict[str, Any]:
     elif spec.download:
         log.warning("data: torchvision.datasets.%s takes no download argument; data.download is not used", cls.__name__)
     if "train" in params:
-        return {"train": build_split(cls, spec, kwargs, train=True), "test": build_split(cls, spec, kwargs, train=False)}
+        return {
+            "train": build_split(cls, spec, kwargs, train=True),
+            "test": build_split(cls, spec, kwargs, train=False),
+        }
     if "split" in params:
         datasets = {"train": build_split(cls, spec, kwargs, split="train")}
         test = build_split(cls, spec, kwargs, optional=True, split="test")
