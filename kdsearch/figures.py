@@ -178,6 +178,18 @@ def _edges(values: Sequence[float], bins: int, log: bool) -> list[float]:
     return [lo + (hi - lo) * i / bins for i in range(bins + 1)]
 
 
+def _log10_axis(title: str, values: Sequence[float], edges: Sequence[float]) -> dict:
+    """Axis settings for data drawn in log10 units: 1-2-5 ticks labelled with the values themselves."""
+    ticks = log_ticks(values)
+    return dict(
+        title_text=f"{title} (log scale)",
+        tickmode="array",
+        tickvals=[math.log10(t) for t in ticks],
+        ticktext=[f"{t:g}" for t in ticks],
+        range=[edges[0], edges[-1]],
+    )
+
+
 def param_map_figure(points: Sequence[TrialPoint], metric: str) -> go.Figure | None:
     """Per logit method (kd, lskd: T × alpha; dkd: T × beta), a heatmap of the best completed trial's
     validation ``metric`` in each cell of a binned, log-T grid, with every completed trial drawn on top.
@@ -239,27 +251,9 @@ def param_map_figure(points: Sequence[TrialPoint], metric: str) -> go.Figure | N
             row=1,
             col=col,
         )
-        t_ticks = [t for t in log_ticks([p.params["temperature"] for p in pts])]
-        fig.update_xaxes(
-            title_text="T (log scale)",
-            tickmode="array",
-            tickvals=[math.log10(t) for t in t_ticks],
-            ticktext=[f"{t:g}" for t in t_ticks],
-            range=[xe[0], xe[-1]],
-            row=1,
-            col=col,
-        )
+        fig.update_xaxes(**_log10_axis("T", [p.params["temperature"] for p in pts], xe), row=1, col=col)
         if log_param:
-            p_ticks = log_ticks([p.params[param] for p in pts])
-            fig.update_yaxes(
-                title_text=f"{param} (log scale)",
-                tickmode="array",
-                tickvals=[math.log10(t) for t in p_ticks],
-                ticktext=[f"{t:g}" for t in p_ticks],
-                range=[ye[0], ye[-1]],
-                row=1,
-                col=col,
-            )
+            fig.update_yaxes(**_log10_axis(param, [p.params[param] for p in pts], ye), row=1, col=col)
         else:
             fig.update_yaxes(title_text=param, range=[ye[0], ye[-1]], row=1, col=col)
     fig.update_layout(coloraxis=dict(colorscale="Viridis", colorbar=dict(title=f"val {label}")))

@@ -244,10 +244,9 @@ def build_student_model(spec: StudySpec, splits: Splits) -> nn.Module:
     )
 
 
-def check_student(data: StudyData) -> None:
-    """Fail before the first trial on what every trial would fail on: a KdsearchError when the student's
-    checkpoint does not fit it, or when a feature method's loss cannot pair the student's and the
-    teacher's feature layers (tried on two images at the low end of the method's ranges)."""
+def fresh_student(data: StudyData) -> nn.Module:
+    """A new student of the study's architecture (its init from torch's current seed), with
+    ``student.checkpoint``'s weights when the spec names one."""
     spec = data.spec
     model = build_student_model(spec, data.splits)
     if data.student_init is not None:
@@ -259,6 +258,15 @@ def check_student(data: StudyData) -> None:
             ignore=tuple(spec.student.checkpoint_ignore),
             source=spec.student.checkpoint,
         )
+    return model
+
+
+def check_student(data: StudyData) -> None:
+    """Fail before the first trial on what every trial would fail on: a KdsearchError when the student's
+    checkpoint does not fit it, or when a feature method's loss cannot pair the student's and the
+    teacher's feature layers (tried on two images at the low end of the method's ranges)."""
+    spec = data.spec
+    model = fresh_student(data)
     methods = [m for m in spec.search.methods if METHODS.get(m).needs_features]
     if not methods:
         return
@@ -365,18 +373,9 @@ def train_student(
     student. In ``consistent`` mode the student sees augmented batches and the teacher runs live
     on the same batch (scratch gets the same augmentation, so the comparison stays fair).
     """
-    spec, splits = data.spec, data.splits
+    spec = data.spec
     torch.manual_seed(seed)
-    model = build_student_model(spec, splits)
-    if data.student_init is not None:
-        load_state(
-            model,
-            data.student_init,
-            role="student",
-            arch=spec.student.arch,
-            ignore=tuple(spec.student.checkpoint_ignore),
-            source=spec.student.checkpoint,
-        )
+    model = fresh_student(data)
     model = model.to(data.device)
     impl = build_method(method)
     consistent = teacher_mode == "consistent"
