@@ -137,8 +137,10 @@ def temperature_figure(points: Sequence[TrialPoint], metric: str) -> go.Figure:
         line = best_per_bin_line([(p.params["temperature"], p.metric(metric), p.number) for p in pts])
         if line:
 
-            def pruned_in(b, cut: Sequence[TrialPoint] = cut) -> int:
-                return sum(b.low <= p.params["temperature"] <= b.high for p in cut)
+            def pruned_in(b, cut: Sequence[TrialPoint] = cut, top: float = line[-1].high) -> int:
+                # half-open bins as in best_per_bin, the top one closed: a trial on an edge counts once
+                ts = [p.params["temperature"] for p in cut]
+                return sum(b.low <= t < b.high or t == b.high == top for t in ts)
 
             fig.add_trace(
                 go.Scatter(

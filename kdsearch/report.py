@@ -100,7 +100,7 @@ def final_table(final: Mapping) -> str:
     head = (
         "<tr><th>student</th><th>trial</th><th>params</th><th class=num>test accuracy</th>"
         "<th class=num>Δ accuracy vs scratch</th><th class=num>test AUC</th><th class=num>Δ AUC vs scratch</th>"
-        + ("<th class=num>Δ accuracy vs pseudo-label</th>" if pseudo else "")
+        + ("<th class=num>Δ accuracy vs pseudo-label</th><th class=num>Δ AUC vs pseudo-label</th>" if pseudo else "")
         + "<th class=num>seeds</th></tr>"
     )
 
@@ -114,7 +114,11 @@ def final_table(final: Mapping) -> str:
             f"<td>{html.escape(format_params(s.params)) or '—'}</td>"
             f"<td class=num>{s.accuracy_mean:.4f} ± {s.accuracy_std:.4f}</td><td class=num>{acc_delta}</td>"
             f"<td class=num>{s.auc_mean:.4f} ± {s.auc_std:.4f}</td><td class=num>{auc_delta}</td>"
-            + (f"<td class=num>{_delta_cell(vp.get('accuracy'))}</td>" if pseudo else "")
+            + (
+                f"<td class=num>{_delta_cell(vp.get('accuracy'))}</td><td class=num>{_delta_cell(vp.get('auc'))}</td>"
+                if pseudo
+                else ""
+            )
             + f"<td class=num>{s.n}</td></tr>"
         )
 
@@ -125,7 +129,7 @@ def final_table(final: Mapping) -> str:
             f'<tr class="ref"><td><span class="sw dash"></span>teacher</td><td>—</td><td>—</td>'
             f"<td class=num>{_fmt(teacher.get('accuracy'))}</td><td class=num></td>"
             f"<td class=num>{_fmt(teacher.get('auc'))}</td><td class=num></td>"
-            + ("<td class=num></td>" if pseudo else "")
+            + ("<td class=num></td>" * 2 if pseudo else "")
             + "<td class=num>—</td></tr>"
         )
     return f'<table id="final-comparison" class="data">{head}{body}</table>'
@@ -152,9 +156,10 @@ def rerun_text(final: Mapping) -> str | None:
     if run < 2:
         return None
     earlier = ", ".join(str(n) for n in final.get("earlier_runs_trials") or []) or "?"
+    now = final.get("n_complete_trials")
     return (
         f"re-run {run}: the test split was scored before, after {earlier} completed trial(s); this comparison "
-        f"ran after {final.get('n_complete_trials')}. Choosing between runs by their test scores tunes on test"
+        f"ran after {'?' if now is None else now}. Choosing between runs by their test scores tunes on test"
     )
 
 

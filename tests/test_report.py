@@ -193,6 +193,20 @@ def test_best_per_t_bin_line_sits_on_the_best_trial_of_each_bin() -> None:
         assert b.y == max(y for x, y in points if b.low <= x <= b.high)
 
 
+def test_best_per_t_bin_hover_counts_the_completed_and_pruned_trials_of_its_bin() -> None:
+    done = _many_kd_trials()
+    bins = best_per_bin([(p["temperature"], acc, i) for i, (_, p, acc, _, _) in enumerate(done)], bins=8)
+    edge = bins[2].high  # shared by the third and fourth bin: a pruned trial there counts once, in the fourth
+    cut = [("kd", {"temperature": t, "alpha": 0.5}, 0.5, 0.9, TrialState.PRUNED) for t in (0.51, 0.52, edge)]
+    traces = _traces(temperature_figure(trial_points(make_study(done + cut, final=None)), "accuracy"))
+    assert sorted(traces["kd: pruned (last epoch run)"].x) == [0.51, 0.52, edge]
+    hover = traces["kd: best per T bin"].text
+    completed = [int(re.search(r"best of (\d+) completed", h).group(1)) for h in hover]
+    pruned = [int(re.search(r"\((\d+) pruned there\)", h).group(1)) for h in hover]
+    assert completed == [b.count for b in bins] and sum(completed) == len(done)
+    assert pruned == [2, 0, 0, 1, 0, 0, 0, 0]
+
+
 def test_best_per_bin_line_is_skipped_without_enough_trials() -> None:
     assert best_per_bin_line([]) == []
     assert best_per_bin_line([(1.0, 0.8, 0), (2.0, 0.9, 1), (4.0, 0.7, 2)]) == []  # 3 trials: too few bins
@@ -476,7 +490,10 @@ def test_pseudo_label_is_a_baseline_and_each_distilled_student_is_compared_with_
     assert kd.mean == pytest.approx((0.03 + 0.02 + 0.05) / 3) and kd.n == 3
     assert stats["pseudo-label"].vs_pseudo_label is None and stats["pseudo-label"].vs_scratch is not None
     table = final_table(final)
-    assert "Δ accuracy vs pseudo-label" in table and table.count("<tr") == 1 + 4 + 1
+    assert "Δ accuracy vs pseudo-label" in table and "Δ AUC vs pseudo-label" in table
+    assert table.count("<tr") == 1 + 4 + 1
+    # kd - pseudo-label AUC per seed: 0.009, 0.014, 0.012 -> mean +1.17 pp; every row has every column
+    assert "+1.17 pp" in table and len({row.count("<td") for row in table.split("<tr")[2:]}) == 1
     study = make_study(final=final)
     rows = dict(summary_rows(study))
     assert "; vs pseudo-label: accuracy +3.33 pp" in rows["best kd (test, 3 seeds)"]
