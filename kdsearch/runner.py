@@ -153,8 +153,13 @@ def check_models(spec, splits) -> None:
             check_model_output(build(), role=role, arch=arch, **shape)
 
 
-def prepare(spec, console: Console, *, datasets: Any = None):
-    """Data and teacher, with a progress bar while the teacher trains; (splits, teacher, device)."""
+def prepare(
+    spec, console: Console, *, datasets: Any = None, study: Any = None, url: Optional[str] = None, storage=None
+):
+    """Data and teacher, with a progress bar while the teacher trains; (splits, teacher, device).
+
+    With ``study`` the teacher is the study's one teacher (``teacher_share.share_teacher``): with its storage
+    ``url`` and ``storage``, the first process publishes its teacher; without, the recorded one is only used."""
     from .data import load_splits
     from .imports import use_python_path
     from .teacher import cache_root, prepare_teacher, teacher_steps
@@ -182,17 +187,26 @@ def prepare(spec, console: Console, *, datasets: Any = None):
     for method, why in dropped.items():
         echo(f"warning: method {method} is dropped from this study: on {splits.num_classes} classes {why}")
     check_models(spec, splits)
-    bar = console.progress(teacher_steps(spec, splits), f"teacher {spec.teacher.arch}", "step", leave=False)
-    try:
-        teacher = prepare_teacher(
-            spec,
-            splits,
-            device,
-            on_step=lambda: bar.update(),
-            on_epoch=lambda r: bar.set_postfix(epoch=r.epoch, val_acc=f"{r.accuracy:.4f}"),
-        )
-    finally:
-        bar.close()
+
+    def build():
+        bar = console.progress(teacher_steps(spec, splits), f"teacher {spec.teacher.arch}", "step", leave=False)
+        try:
+            return prepare_teacher(
+                spec,
+                splits,
+                device,
+                on_step=lambda: bar.update(),
+                on_epoch=lambda r: bar.set_postfix(epoch=r.epoch, val_acc=f"{r.accuracy:.4f}"),
+            )
+        finally:
+            bar.close()
+
+    if study is None:
+        teacher = build()
+    else:
+        from .teacher_share import share_teacher
+
+        teacher = share_teacher(spec, splits, device, study, url=url, storage=storage, build=build, echo=echo)
     tuned = spec.teacher.fine_tune_epochs
     tuning = f"fine-tuned {tuned} epoch{'s' * (tuned != 1)}" if tuned else "not fine-tuned"
     if teacher.from_cache:
@@ -328,8 +342,7 @@ def run(
     writable_dir(spec.resolved_output_dir(), "the output folder (--output-dir, output_dir in the spec)")
     store = spec_storage(spec, url)  # with heartbeats: a trial of a killed run is retried by the next run
     study = create_study(spec, store)  # a resume with other settings is refused before the teacher is built
-    splits, teacher, dev = prepare(spec, console, datasets=datasets)
-    study.set_user_attr(TEACHER_ATTR, teacher.metrics)
+    splits, teacher, dev = prepare(spec, console, datasets=datasets, study=study, url=url, storage=store)
     already = len(study.trials)
     if already:
         echo(f"study {spec.name!r}: resuming, {already} trials already in {url}")
@@ -507,9 +520,7 @@ def work(
     name = study.study_name
     total = trials or spec.search.trials
     console.echo(f"worker {rank}: study {name!r} in {url}: {finished_count(study)} of {total} trials finished")
-    splits, teacher_, dev = prepare(spec, console)
-    if study.user_attrs.get(TEACHER_ATTR) != teacher_.metrics:  # also after the study adopted new settings
-        study.set_user_attr(TEACHER_ATTR, teacher_.metrics)
+    splits, teacher_, dev = prepare(spec, console, study=study, url=url, storage=store)  # the study's one teacher
     data = study_data(spec, splits, teacher_, dev, console)
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -558,7 +569,7 @@ def rebuild_report(study, spec, out: Path, console: Console) -> Path:
     writable_dir(out.parent, "the report's folder")
     if FINAL_ATTR not in study.user_attrs:
         console.echo("no final comparison stored yet: running it now")
-        splits, teacher, dev = prepare(spec, console)
+        splits, teacher, dev = prepare(spec, console, study=study)
         final_and_report(study, study_data(spec, splits, teacher, dev, console), teacher, out, console)
         return out
     path = write_report(study, out)
@@ -589,7 +600,7 @@ def export_trial(
         spec = with_runtime(spec, overrides=[f"student.epochs={epochs}"])
     chosen = pick_trial(study, method=method, trial=trial)
     writable_dir(out, "--out")
-    splits, teacher, dev = prepare(spec, console, datasets=datasets)
+    splits, teacher, dev = prepare(spec, console, datasets=datasets, study=study)
     data = study_data(spec, splits, teacher, dev, console)
     return export_one(data, study, chosen, out, train_on=train_on, console=console)
 

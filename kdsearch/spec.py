@@ -372,6 +372,12 @@ class RuntimeSpec(_Section):
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: all cores)")
     cache_dir: Path | None = Field(None, description="teacher cache (default: $KDSEARCH_CACHE or ~/.cache/kdsearch)")
+    artifact_store: str | None = Field(
+        None,
+        description="where the study's teacher is shared with its other workers: a folder, or s3://bucket/prefix "
+        "(boto3; endpoint and credentials from the AWS_* variables); default: <output_dir>/artifacts for SQLite and "
+        "journal storages, none for PostgreSQL (each machine builds the teacher and must get the recorded one)",
+    )
     heartbeat_interval: int = Field(
         10, ge=0, description="seconds between a running trial's heartbeats (SQLite/PostgreSQL storages; 0: off)"
     )

@@ -39,6 +39,7 @@ class Teacher:
     metrics: dict[str, float]  # val_accuracy, val_auc (the test split is scored only by the final comparison)
     from_cache: bool
     path: Path
+    digest: str  # sha256 of the weights (``weights_digest``): the same weights, the same digest, on every machine
 
 
 def cache_root(spec: StudySpec) -> Path:
@@ -66,6 +67,32 @@ def teacher_key(spec: StudySpec, splits: Splits) -> str:
         "teacher": teacher,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 (hex) of ``model``'s state_dict: names, dtypes, shapes and bytes, in name order (not pickle bytes)."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{list(value.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def teacher_cache_path(spec: StudySpec, splits: Splits) -> Path:
+    """The cache file of this spec's teacher on this data (``<cache>/teachers/<arch>-<teacher_key>.pt``)."""
+    return cache_root(spec) / "teachers" / f"{spec.teacher.arch}-{teacher_key(spec, splits)}.pt"
+
+
+def cache_teacher(
+    model: nn.Module, metrics: dict[str, float], splits: Splits, device: torch.device, path: Path
+) -> Teacher:
+    """Compute ``model``'s logits on the training split and write the cache entry at ``path`` (atomically)."""
+    model = model.to(device).eval()
+    train_logits = predict(model, splits.train.x.to(device)).cpu()
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    save_atomic({"state_dict": state, "train_logits": train_logits, "metrics": metrics}, path)
+    return Teacher(model, train_logits, metrics, False, path, weights_digest(model))
 
 
 def _file_sha256(path: Path) -> str:
@@ -151,10 +178,8 @@ def prepare_teacher(
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> Teacher:
     """Load the cached teacher for this spec and data, or train, score (validation split) and cache it (under a lock)."""
-    key = teacher_key(spec, splits)
-    folder = cache_root(spec) / "teachers"
-    path = folder / f"{spec.teacher.arch}-{key}.pt"
-    folder.mkdir(parents=True, exist_ok=True)
+    path = teacher_cache_path(spec, splits)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             try:
@@ -164,7 +189,8 @@ def prepare_teacher(
                 metrics = {
                     k: v for k, v in entry["metrics"].items() if k.startswith("val_")
                 }  # older entries held test too
-                return Teacher(model.to(device).eval(), entry["train_logits"], metrics, True, path)
+                model = model.to(device).eval()
+                return Teacher(model, entry["train_logits"], metrics, True, path, weights_digest(model))
             except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
                 # damaged (empty, truncated, not a dict), or the model changed
                 log.warning(
@@ -172,11 +198,7 @@ def prepare_teacher(
                 )
         model = train_teacher(spec, splits, device, on_step=on_step, on_epoch=on_epoch)
         val_acc, val_auc = evaluate(model, splits.val.to(device))
-        metrics = {"val_accuracy": val_acc, "val_auc": val_auc}
-        train_logits = predict(model, splits.train.x.to(device)).cpu()
-        state = {k: v.cpu() for k, v in model.state_dict().items()}
-        save_atomic({"state_dict": state, "train_logits": train_logits, "metrics": metrics}, path)
-        return Teacher(model.eval(), train_logits, metrics, False, path)
+        return cache_teacher(model, {"val_accuracy": val_acc, "val_auc": val_auc}, splits, device, path)
 
 
 def feature_cache_mb(n_rows: int, shape: tuple[int, ...]) -> float:
