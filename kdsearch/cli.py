@@ -103,12 +103,27 @@ DeviceOpt = typer.Option(None, "--device", help="'cpu', 'cuda', 'cuda:N' or 'aut
 SetOpt = typer.Option(
     None, "--set", help="Override a spec field, TOML value: --set student.epochs=2 --set 'search.methods=[\"kd\"]'."
 )
+TrialsPerDeviceOpt = typer.Option(
+    None,
+    "--trials-per-device",
+    "-k",
+    help="Trials trained at once per process, stacked as one model: a number, or 'auto' (on a GPU: picked from a "
+    "short probe; 1 on a CPU). Sets runtime.trials_per_device.",
+)
 ThreadsOpt = typer.Option(
     None,
     "--threads",
     min=1,
     help="torch CPU threads per process (with --workers: per worker; default cores // workers).",
 )
+
+
+def with_trials_per_device(overrides: Optional[list[str]], k: Optional[str]) -> Optional[list[str]]:
+    """``--trials-per-device K`` as the ``--set runtime.trials_per_device=K`` it stands for (so worker processes get it too)."""
+    if k is None:
+        return overrides
+    value = '"auto"' if k.strip().lower() == "auto" else k.strip()
+    return [*(overrides or []), f"runtime.trials_per_device={value}"]
 
 
 def console() -> Console:
@@ -135,9 +150,11 @@ def run(
         "`kdsearch worker`; the final comparison and the report run once, here, when they are done.",
     ),
     threads: Optional[int] = ThreadsOpt,
+    trials_per_device: Optional[str] = TrialsPerDeviceOpt,
     overrides: Optional[list[str]] = SetOpt,
 ) -> None:
     """Run the study: teacher once, N trials, final comparison on the test split, report.html, students/."""
+    overrides = with_trials_per_device(overrides, trials_per_device)
     spec, path = load_study_spec(
         spec_path,
         data_root=data_root,
@@ -192,6 +209,7 @@ def worker(
     device: Optional[str] = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
     data_root: Optional[Path] = DataRootOpt,
+    trials_per_device: Optional[str] = TrialsPerDeviceOpt,
     overrides: Optional[list[str]] = SetOpt,
     parent_pid: Optional[int] = typer.Option(
         None, "--parent-pid", hidden=True, help="Stop (as on Ctrl-C) when this process, the worker's parent, dies."
@@ -201,6 +219,7 @@ def worker(
 
     No final comparison or report: run `kdsearch report` when the study is done (or use `run --workers N`).
     """
+    overrides = with_trials_per_device(overrides, trials_per_device)
     with StopSignals() as stop:
         try:
             if parent_pid is not None:

@@ -111,7 +111,8 @@ def masked_cross_entropy(logits: Tensor, labels: Tensor, labeled: Tensor) -> Ten
 
 def scaled_kl(log_p_student: Tensor, log_p_teacher: Tensor, temperature: float) -> Tensor:
     """``T**2 * KL(p_teacher || p_student)`` from log-probabilities, averaged over rows."""
-    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    # F.kl_div(..., reduction="batchmean", log_target=True) written out: it has no vmap batching rule (stacked.py)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum() / log_p_student.shape[0]
     return kl * temperature**2
 
 
@@ -192,8 +193,16 @@ def nckd_term(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, te
     return scaled_kl(non_target_log_probs(student_logits), non_target_log_probs(teacher_logits), temperature)
 
 
-def warmup_factor(progress: float, warmup_epochs: float) -> float:
-    """``min(progress / warmup_epochs, 1)``: the linear warm-up of DKD's distillation terms (1 without warm-up)."""
+def warmup_factor(progress: float | Tensor, warmup_epochs: float | Tensor) -> float | Tensor:
+    """``min(progress / warmup_epochs, 1)``: the linear warm-up of DKD's distillation terms (1 without warm-up).
+
+    Floats give a float; tensors (one value per stacked student, under ``vmap``) give a tensor, without
+    data-dependent branches.
+    """
+    if isinstance(progress, Tensor) or isinstance(warmup_epochs, Tensor):
+        progress, warmup_epochs = torch.as_tensor(progress), torch.as_tensor(warmup_epochs)
+        ramp = (progress / warmup_epochs.clamp_min(1e-12)).clamp(max=1.0)
+        return torch.where(warmup_epochs <= 0, torch.ones_like(ramp), ramp)
     if warmup_epochs <= 0:
         return 1.0
     return min(progress / warmup_epochs, 1.0)

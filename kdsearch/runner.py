@@ -330,9 +330,10 @@ def run(
     """
     import optuna
 
-    from .search import TEACHER_ATTR, create_study, make_objective
+    from .search import create_study, make_objective
+    from .stacked_trials import resolve_trials_per_device
     from .storage import spec_storage
-    from .workers import worker_count
+    from .workers import finished_count, worker_count
 
     console = console or Console()
     echo = console.echo
@@ -388,8 +389,13 @@ def run(
 
     try:
         with StopSignals() as stop:
+            k = resolve_trials_per_device(data, echo=echo)
             with shielded():  # Optuna's storage writes finish; a Ctrl-C interrupts the training (signals.py)
-                study.optimize(make_objective(data), n_trials=n, callbacks=[on_trial, stop_if_requested])
+                if k > 1:
+                    total = finished_count(study) + n
+                    stacked_trials(study, store, url, data, k, total, callbacks=(on_trial,), echo=echo)
+                else:
+                    study.optimize(make_objective(data), n_trials=n, callbacks=[on_trial, stop_if_requested])
             bar.close()
             comparison, students = final_and_report(study, data, teacher, report_path, console)
     except KeyboardInterrupt:
@@ -494,7 +500,8 @@ def work(
     no final comparison. Returns the number of trials this worker ran."""
     import optuna
 
-    from .search import TEACHER_ATTR, create_study, load_study, make_objective, study_spec
+    from .search import create_study, load_study, make_objective, study_spec
+    from .stacked_trials import resolve_trials_per_device
     from .storage import open_existing_storage, spec_storage
     from .workers import finished_count, join_study, work_on_study
 
@@ -540,23 +547,69 @@ def work(
             )
         waiting.append(running)
 
-    ran = work_on_study(
-        study,
-        store,
-        url,
-        make_objective(data),
-        total,
-        max_retry=spec.runtime.max_retry,
-        rank=rank,
-        callbacks=(on_trial,),
-        poll_s=1.0,
-        on_wait=on_wait,
-    )
+    k = resolve_trials_per_device(data, echo=console.echo)
+    if k > 1:
+        ran = stacked_trials(study, store, url, data, k, total, callbacks=(on_trial,), rank=rank, on_wait=on_wait)
+    else:
+        ran = work_on_study(
+            study,
+            store,
+            url,
+            make_objective(data),
+            total,
+            max_retry=spec.runtime.max_retry,
+            rank=rank,
+            callbacks=(on_trial,),
+            poll_s=1.0,
+            on_wait=on_wait,
+        )
     console.echo(
         f"worker {rank}: done, ran {ran} trials; the study holds {finished_count(study)} finished trials.\n"
         f"final comparison and report: kdsearch report --storage {url} --study {name}"
     )
     return ran
+
+
+def stacked_trials(
+    study,
+    store,
+    url: str,
+    data,
+    k: int,
+    total: int,
+    *,
+    callbacks: tuple = (),
+    rank: int = 0,
+    on_wait: Optional[Callable[[int], None]] = None,
+    echo: Callable[..., None] = print,
+) -> int:
+    """Trials until the study holds ``total`` finished ones, K at a time in this process, trained stacked
+    (``stacked_trials.run_stacked`` over ``workers.work_on_study``); how many this process ran."""
+    from .stacked_trials import run_stacked
+    from .workers import work_on_study
+
+    echo(f"{k} trials at once on {data.device}, trained as one stacked model (runtime.trials_per_device)")
+
+    def work(objective, idle: Callable[[int], None]) -> int:
+        def waiting(running: int) -> None:
+            idle(running)
+            if on_wait is not None:
+                on_wait(running)
+
+        return work_on_study(
+            study,
+            store,
+            url,
+            objective,
+            total,
+            max_retry=data.spec.runtime.max_retry,
+            rank=rank,
+            callbacks=callbacks,
+            poll_s=0.5,
+            on_wait=waiting,
+        )
+
+    return run_stacked(data, k, work, echo=echo)
 
 
 def rebuild_report(study, spec, out: Path, console: Console) -> Path:

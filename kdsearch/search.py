@@ -366,6 +366,7 @@ def train_student(
     on_epoch: Callable[[EpochResult], None] | None = None,
     *,
     teacher_mode: str = "cached",
+    on_step: Callable[[], None] | None = None,
 ) -> tuple[nn.Module, list[EpochResult]]:
     """A fresh student (init, batch order, augmentation from ``seed``) trained with ``method``.
 
@@ -398,6 +399,7 @@ def train_student(
         augment=augment,
         student_layer=data.student_layer,
         on_epoch=on_epoch,
+        on_step=on_step,
     )
     return model, history
 
@@ -418,12 +420,21 @@ def make_objective(data: StudyData, *, train: TrainFn | None = None) -> Callable
         def train(method, params, seed, on_epoch, mode):  # type: ignore[no-redef]
             return train_student(data, method, params, seed, on_epoch, teacher_mode=mode)[1]
 
+    # which teacher, device and torch each trial ran with (workers of one study must share the teacher)
+    provenance = {
+        "teacher_sha256": data.teacher.digest,
+        "device": str(data.device),
+        "torch_version": torch.__version__,
+    }
+
     def run(trial: optuna.Trial) -> float:
         method, params = trial_params(trial, spec)
         mode = trial_teacher_mode(trial, spec)
         seed = trial.user_attrs.get("seed", spec.search.trial_seed + trial.number)  # a retry keeps its seed
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("teacher_mode", mode)
+        for key, value in provenance.items():
+            trial.set_user_attr(key, value)
         start = time.perf_counter()
 
         def on_epoch(r: EpochResult) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from contextlib import contextmanager, nullcontext
 from typing import ContextManager, Iterator, Optional
 
@@ -79,14 +80,20 @@ class StopSignals:
 _active: Optional[StopSignals] = None
 
 
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def shielded() -> ContextManager[None]:
-    """``StopSignals.shielded`` of the active instance; nothing when none is installed."""
-    return _active.shielded() if _active is not None else nullcontext()
+    """``StopSignals.shielded`` of the active instance; nothing when none is installed, or outside the main
+    thread (signals reach only the main thread; the trial threads of stacked training stop another way)."""
+    return _active.shielded() if _active is not None and _in_main_thread() else nullcontext()
 
 
 def interruptible() -> ContextManager[None]:
-    """``StopSignals.interruptible`` of the active instance; nothing when none is installed."""
-    return _active.interruptible() if _active is not None else nullcontext()
+    """``StopSignals.interruptible`` of the active instance; nothing when none is installed or outside the
+    main thread (see ``shielded``)."""
+    return _active.interruptible() if _active is not None and _in_main_thread() else nullcontext()
 
 
 def stop_requested() -> bool:

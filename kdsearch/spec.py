@@ -378,6 +378,11 @@ class RuntimeSpec(_Section):
         "(boto3; endpoint and credentials from the AWS_* variables); default: <output_dir>/artifacts for SQLite and "
         "journal storages, none for PostgreSQL (each machine builds the teacher and must get the recorded one)",
     )
+    trials_per_device: int | Literal["auto"] = Field(
+        1,
+        description="trials trained at once per process, stacked as one model (vmap): 1 trains one at a time; 'auto' "
+        "picks K on a GPU from a short probe of throughput and memory, 1 on a CPU",
+    )
     heartbeat_interval: int = Field(
         10, ge=0, description="seconds between a running trial's heartbeats (SQLite/PostgreSQL storages; 0: off)"
     )
@@ -388,6 +393,13 @@ class RuntimeSpec(_Section):
         description="folders searched for import-path models and data factories, besides the study file's folder "
         "and the working directory (relative ones: to the study file)",
     )
+
+    @field_validator("trials_per_device")
+    @classmethod
+    def _positive_k(cls, k: int | str) -> int | str:
+        if isinstance(k, int) and k < 1:
+            raise ValueError(f"trials_per_device must be 1 or more, or 'auto' (got {k})")
+        return k
 
     @model_validator(mode="after")
     def _grace_after_heartbeat(self) -> "RuntimeSpec":

@@ -1,0 +1,132 @@
+"""K trials in flight per process (runtime.trials_per_device), trained stacked, end to end through the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from kdsearch.cli import app, with_trials_per_device
+from kdsearch.errors import KdsearchError
+from kdsearch.spec import apply_overrides, load_spec, spec_from_dict
+from kdsearch.storage import open_storage
+from kdsearch.workers import WORKER_ATTR
+
+KDSEARCH = [sys.executable, "-m", "kdsearch.cli"]
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# what search.make_objective stores on every trial (the worker loop adds WORKER_ATTR)
+ONE_AT_A_TIME_ATTRS = {
+    "seed",
+    "teacher_mode",
+    "epochs_run",
+    "accuracy",
+    "auc",
+    "wall_time_s",
+    "teacher_sha256",
+    "device",
+    "torch_version",
+}
+
+
+def trials_of(tmp_path) -> list[optuna.trial.FrozenTrial]:
+    storage = open_storage(f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    return optuna.load_study(study_name="tiny", storage=storage).trials
+
+
+def test_the_cli_flag_sets_the_spec_field_and_bad_values_are_refused(write_spec):
+    assert with_trials_per_device(["a=1"], "4") == ["a=1", "runtime.trials_per_device=4"]
+    assert with_trials_per_device(None, "auto") == ['runtime.trials_per_device="auto"']
+    assert with_trials_per_device(None, None) is None
+    raw = load_spec(write_spec()).model_dump(mode="json")
+    spec = spec_from_dict(apply_overrides(raw, ['runtime.trials_per_device="auto"']))
+    assert spec.runtime.trials_per_device == "auto"
+    for bad in ("0", '"many"'):
+        with pytest.raises(KdsearchError, match="trials_per_device"):
+            spec_from_dict(apply_overrides(raw, [f"runtime.trials_per_device={bad}"]))
+
+
+@pytest.mark.slow
+def test_three_trials_per_device_run_exactly_the_asked_trials_and_store_what_one_at_a_time_stores(write_spec, tmp_path):
+    """--trials 7 with K = 3 ends with exactly 7 finished trials, none RUNNING; each has the user attrs and
+    per-epoch intermediate values of a trial run one at a time; the stacked ones were in flight together."""
+    spec = write_spec(epochs=2, pruner="median", startup=2)
+    spec.write_text(spec.read_text().replace("trials = 3\n", "trials = 3\nmethods = ['kd', 'lskd', 'dkd']\n"))
+    result = CliRunner().invoke(app, ["run", "--spec", str(spec), "--trials", "7", "-k", "3", "--set", "final.seeds=1"])
+    assert result.exit_code == 0, result.output
+    assert "3 trials at once on cpu" in result.output
+    trials = trials_of(tmp_path)
+    assert len(trials) == 7 and all(t.state in FINISHED for t in trials), [t.state for t in trials]
+    assert {t.params["method"] for t in trials} <= {"kd", "lskd", "dkd"}
+    for t in trials:
+        assert set(t.user_attrs) == {*ONE_AT_A_TIME_ATTRS, WORKER_ATTR}
+        assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs_run"] + 1))
+        if t.state == TrialState.COMPLETE:
+            assert t.value == pytest.approx(t.intermediate_values[2])
+    first_three = sorted(trials, key=lambda t: t.number)[:3]
+    latest_start = max(t.datetime_start for t in first_three)
+    assert all(t.datetime_complete > latest_start for t in first_three)  # trained together, not one after another
+
+
+@pytest.mark.slow
+def test_a_method_that_cannot_stack_runs_one_at_a_time_and_says_why(write_spec, tmp_path):
+    spec = write_spec(epochs=1)
+    spec.write_text(spec.read_text().replace("trials = 3\n", "trials = 3\nmethods = ['kd', 'cosine']\n"))
+    result = CliRunner().invoke(app, ["run", "--spec", str(spec), "--trials", "4", "-k", "2"])
+    assert result.exit_code == 0, result.output
+    trials = trials_of(tmp_path)
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    if any(t.params["method"] == "cosine" for t in trials):
+        assert "trials of cosine run one at a time, not stacked: cosine reads feature maps" in result.output
+        assert result.output.count("run one at a time") == 1  # said once
+
+
+def wait_for_running(storage: str, n: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the run ended before its trials were in flight"
+        trials = []
+        if Path(storage.removeprefix("sqlite:///")).is_file():
+            try:
+                trials = optuna.load_study(study_name="tiny", storage=storage).trials
+            except KeyError:  # the study is not created yet
+                pass
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
+        if len(running) >= n:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"never saw {n} trials in flight")
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_three_trials_in_flight_leaves_none_running(write_spec, tmp_path):
+    spec = write_spec(epochs=6, extra="threads = 1\n")
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    err = tmp_path / "run.err"
+    with open(err, "w") as err_file:
+        proc = subprocess.Popen(
+            [*KDSEARCH, "run", "--spec", str(spec), "--trials", "50", "-k", "3"],
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        wait_for_running(storage, 3, proc)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = err.read_text()
+    assert proc.returncode == 130, text[-2000:]
+    assert "Traceback" not in text and "resume with: kdsearch run" in text
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=storage).trials]
+    assert TrialState.RUNNING not in states and states.count(TrialState.FAIL) >= 3, states
