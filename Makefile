@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Both set everything up first.
 TRIALS ?= 50
 
-.PHONY: run test test-fast setup setup-test bench bench-search
+.PHONY: run test test-fast setup setup-test bench bench-search bench-trials-per-device
 
 setup:
 	@bash scripts/setup.sh
@@ -26,3 +26,7 @@ bench: setup
 bench-search: setup
 	.venv/bin/python benchmarks/bench_search.py grid --out benchmarks/search/grid.json
 	.venv/bin/python benchmarks/bench_search.py simulate --grid benchmarks/search/grid.json --out benchmarks/search
+
+# Trials/hour with K trials trained at once (stacked) vs one at a time (benchmarks/RESULTS.md §8)
+bench-trials-per-device: setup
+	.venv/bin/python benchmarks/bench_trials_per_device.py --json benchmarks/trials_per_device/result.json

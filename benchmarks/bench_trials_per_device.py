@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                 "device_name": name,
                 "threads": threads,
                 "torch": torch.__version__,
-                "spec": args.spec,
+                "spec": str(Path(args.spec).resolve().relative_to(REPO))
+                if Path(args.spec).resolve().is_relative_to(REPO)
+                else args.spec,
                 "overrides": overrides,
                 "student": spec.student.arch,
                 "batch_size": spec.student.batch_size,

@@ -286,10 +286,14 @@ def best_summary(study) -> dict[str, dict[str, Any]]:
     }
 
 
-def final_and_report(study, data, teacher, report_path: Path, console: Console) -> tuple[dict, dict]:
-    """The final comparison on test (retraining with several seeds), the exported students, the report."""
+def final_and_report(
+    study, data, teacher, report_path: Path, console: Console, *, k: Optional[int] = None
+) -> tuple[dict, dict]:
+    """The final comparison on test (retraining with several seeds; K seeds at once as a stack when
+    ``runtime.trials_per_device``, or ``k``, is above 1), the exported students, the report."""
     from .report import summary_text, write_report
     from .search import final_candidates, final_comparison
+    from .stacked_trials import resolve_trials_per_device, stacked_seed_trainer
     from .students import StudentKeeper, export_summary
 
     f = data.spec.final
@@ -297,7 +301,15 @@ def final_and_report(study, data, teacher, report_path: Path, console: Console) 
     keeper = StudentKeeper(data, study, report_path.parent / "students")
     bar = console.progress(n_runs, "final comparison on test", "run", leave=False)
     try:
-        result = final_comparison(data, study, teacher, on_run=lambda label, seed: bar.update(), on_student=keeper.keep)
+        k = resolve_trials_per_device(data, echo=console.echo) if k is None else k
+        result = final_comparison(
+            data,
+            study,
+            teacher,
+            on_run=lambda label, seed: bar.update(),
+            on_student=keeper.keep,
+            train_seeds=stacked_seed_trainer(data, k, echo=console.echo) if k > 1 else None,
+        )
     finally:
         bar.close()
     exported = keeper.export(console)
@@ -397,7 +409,7 @@ def run(
                 else:
                     study.optimize(make_objective(data), n_trials=n, callbacks=[on_trial, stop_if_requested])
             bar.close()
-            comparison, students = final_and_report(study, data, teacher, report_path, console)
+            comparison, students = final_and_report(study, data, teacher, report_path, console, k=k)
     except KeyboardInterrupt:
         bar.close()
         done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))

@@ -501,6 +501,7 @@ def final_comparison(
     *,
     on_run: Callable[[str, int], None] | None = None,
     on_student: Callable[[dict, dict, nn.Module], None] | None = None,
+    train_seeds: Callable[[str, Mapping[str, float], list[int], str], list[nn.Module]] | None = None,
 ) -> dict:
     """Retrain the best trial of each method and the baselines with K seeds; score them and the teacher on **test**.
 
@@ -510,7 +511,9 @@ def final_comparison(
     ``final_comparison``) and returned; a comparison run after an earlier one is numbered (``run``) and
     remembers how many trials the earlier ones saw. ``on_student(candidate, run, model)`` sees each
     retrained student (e.g. to keep it as files); ``candidate`` holds label, method, params, trial and
-    teacher mode, ``run`` the seed and its test scores.
+    teacher mode, ``run`` the seed and its test scores. ``train_seeds(method, params, seeds, mode)`` trains one
+    candidate's students, one per seed (default: ``train_student`` seed after seed; ``stacked_trials`` passes
+    one that trains the seeds at once as a stack).
     """
     best = best_trials_per_method(study)
     if not best:
@@ -520,10 +523,14 @@ def final_comparison(
     test = data.splits.test.in_memory(data.device, data.spec.data.memory_budget_mb / 2)
     candidates = final_candidates(study, unlabeled=len(data.splits.unlabeled) > 0, students=f.students)
     students = []
+    if train_seeds is None:
+
+        def train_seeds(method, params, seeds, mode):
+            return [train_student(data, method, params, seed, teacher_mode=mode)[0] for seed in seeds]
+
     for label, method, params, number, mode in candidates:
         runs = []
-        for seed in seeds:
-            model, _ = train_student(data, method, params, seed, teacher_mode=mode)
+        for seed, model in zip(seeds, train_seeds(method, params, seeds, mode)):
             acc, roc = evaluate(model, test)
             runs.append({"seed": seed, "accuracy": acc, "auc": roc})
             if on_student is not None:

@@ -241,7 +241,8 @@ class StudentStack:
                     inputs = (logits, y, labeled, t_logits, progress)
                     if not every:
                         inputs = tuple(None if t is None else t.index_select(0, at) for t in inputs)
-                    member_losses = vmap(_member_loss(method))(*inputs[:4], hp, inputs[4])
+                    dims = (0, 0, 0, None if inputs[3] is None else 0, 0, 0)  # scratch: no teacher logits
+                    member_losses = vmap(_member_loss(method), in_dims=dims)(*inputs[:4], hp, inputs[4])
                     losses = member_losses if every else losses.to(member_losses.dtype).index_add(0, at, member_losses)
             for p in params:
                 p.grad = None

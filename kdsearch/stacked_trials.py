@@ -25,6 +25,7 @@ from typing import Callable, Mapping
 
 import optuna
 import torch
+from torch import nn
 
 from .methods import build_method
 from .search import StudyData, fresh_student, make_objective, train_student
@@ -275,6 +276,53 @@ def run_stacked(
     if failure is not None:
         raise failure
     return sum(ran)
+
+
+def stacked_seed_trainer(
+    data: StudyData, k: int, *, echo: Callable[[str], None] = print
+) -> Callable[[str, Mapping[str, float], list[int], str], list[nn.Module]]:
+    """``final_comparison``'s ``train_seeds``: a candidate's seeds trained K at a time as one stack (each seed's
+    init and batch order as alone); one that cannot stack is trained seed after seed, saying why once."""
+    told: set[str] = set()
+    refusal: list[str | None] = []  # whether this student stacks at all, probed once
+
+    def train(method: str, params: Mapping[str, float], seeds: list[int], mode: str) -> list[nn.Module]:
+        spec = data.spec
+        impl = build_method(method)
+        train_set = data.distill_set if impl.needs_teacher else data.labeled_set
+        why = stack_refusal(impl, train_set, live_teacher=mode == "consistent" and impl.needs_teacher)
+        if why is None and len(train_set) < spec.student.batch_size:
+            why = "its training rows are fewer than one batch"
+        if why is None:
+            if not refusal:
+                refusal.append(probe(fresh_student(data), impl, params, train_set, data.val))
+            why = None if refusal[0] is None else f"the student cannot be stacked ({refusal[0]})"
+        if why is not None:
+            if why not in told:
+                told.add(why)
+                echo(f"final comparison: {method} students are trained one seed at a time: {why}")
+            return [train_student(data, method, params, seed, teacher_mode=mode)[0] for seed in seeds]
+        models: list[nn.Module] = []
+        for start in range(0, len(seeds), k):
+            chunk = seeds[start : start + k]
+            stack = StudentStack(
+                fresh_student(data),
+                data.val,
+                batch_size=spec.student.batch_size,
+                lr=spec.student.lr,
+                steps=data.steps,
+                device=data.device,
+            )
+            for seed in chunk:
+                torch.manual_seed(seed)  # the init it would get alone (train_student)
+                stack.add(seed, fresh_student(data), impl, params, seed, train_set)
+            with interruptible():
+                for _ in range(spec.student.epochs):
+                    stack.run_epoch()
+            models += [stack.member_model(seed, fresh_student(data)).to(data.device) for seed in chunk]
+        return models
+
+    return train
 
 
 def resolve_trials_per_device(data: StudyData, *, echo: Callable[[str], None] = print) -> int:

@@ -177,3 +177,13 @@ def test_members_must_share_the_batch_size(task):
     small = TrainSet(train.x[:10], train.y[:10], train.labeled[:10], train.teacher_logits[:10])
     with pytest.raises(ValueError, match="same batch size"):
         add(stack, 1, "kd", CONFIGS[0][1], 2, small)
+
+
+def test_scratch_members_stack_without_teacher_logits(task):
+    train, val = task
+    labeled = TrainSet(train.x[:120], train.y[:120], torch.ones(120, dtype=torch.bool))
+    expected = alone("scratch", {}, 5, labeled, val, epochs=1)[1]  # 120 rows: 3 steps of 32
+    stack = StudentStack(student(), val, batch_size=32, lr=1e-3, steps=3, device=torch.device("cpu"))
+    for key, seed in (("a", 5), ("b", 6)):
+        add(stack, key, "scratch", {}, seed, labeled)
+    assert_same(stack.run_epoch()["a"], expected[0], 1e-4)

@@ -284,7 +284,10 @@ def test_two_worker_processes_started_at_once_train_one_teacher(idx_dataset, tmp
     assert sum("downloaded the teacher of study 'tiny'" in log for log in logs) == 1, logs
     assert not any("Traceback" in log for log in logs), logs
 
-    record = optuna.load_study(study_name="tiny", storage=open_storage(storage)).user_attrs[RECORD_ATTR]
+    study = optuna.load_study(study_name="tiny", storage=open_storage(storage))
+    record = study.user_attrs[RECORD_ATTR]
+    assert {t.user_attrs["teacher_sha256"] for t in study.trials} == {record["sha256"]}  # every trial, one teacher
+    assert {t.user_attrs["torch_version"] for t in study.trials} == {torch.__version__}
     digests = set()
     for rank in range(2):
         (cached,) = (tmp_path / f"cache-{rank}" / "teachers").glob("*.pt")
