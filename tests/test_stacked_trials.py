@@ -167,3 +167,92 @@ def test_on_a_two_gpu_box_each_worker_gets_its_gpu_and_the_trials_per_device(wri
         cmd = workers.worker_command(spec, tmp_path / "s.toml", "sqlite:///x.db", device, threads, 10, rank, overrides)
         assert cmd[cmd.index("--device") + 1] == "cuda"
         assert "runtime.trials_per_device=8" in cmd
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, fashion_root, teacher_cache):
+    """The tiny study's data and teacher, prepared once for this module's in-process tests."""
+    from conftest import TINY_SPEC
+
+    from kdsearch.runner import Console, prepare, study_data
+
+    folder = tmp_path_factory.mktemp("tiny-data")
+    text = TINY_SPEC.format(
+        name="tiny", out=folder / "run", root=fashion_root, epochs=1, pruner="none", startup=0, cache=teacher_cache
+    )
+    (folder / "tiny.toml").write_text(text)
+    spec = load_spec(folder / "tiny.toml")
+    quiet = Console(echo=lambda text, err=False: None, bars=False)
+    splits, teacher, device = prepare(spec, quiet)
+    return study_data(spec, splits, teacher, device, quiet)
+
+
+def test_auto_is_one_on_a_cpu_and_the_probe_measures_each_k(tiny_data):
+    from kdsearch.stacked_trials import probe_trials_per_device, resolve_trials_per_device
+
+    auto = tiny_data.spec.model_copy(
+        update={"runtime": tiny_data.spec.runtime.model_copy(update={"trials_per_device": "auto"})}
+    )
+    assert resolve_trials_per_device(type(tiny_data)(**{**vars(tiny_data), "spec": auto})) == 1
+    assert resolve_trials_per_device(tiny_data) == 1  # the tiny spec's default
+    best, rates = probe_trials_per_device(tiny_data, candidates=(1, 2), steps=1)
+    assert set(rates) <= {1, 2} and 1 in rates and best in rates and all(r > 0 for r in rates.values())
+
+
+def test_an_error_in_one_trial_thread_stops_the_others_and_leaves_no_trial_running(tiny_data):
+    """One thread's error (here: its loop raises) ends every trial in flight as FAILED and is raised once."""
+    import threading
+
+    from kdsearch.stacked_trials import run_stacked
+
+    study = optuna.create_study(direction="maximize")
+    calls = []
+    lock = threading.Lock()
+
+    def work(objective, idle):
+        with lock:
+            calls.append(1)
+            mine = len(calls)
+        if mine == 1:
+            time.sleep(1.0)  # the others' trials are in flight by now
+            raise ValueError("boom in one thread")
+        study.optimize(objective, n_trials=5)
+        return 5
+
+    with pytest.raises(ValueError, match="boom in one thread"):
+        run_stacked(tiny_data, 3, work, echo=lambda text: None)
+    states = [t.state for t in study.trials]
+    assert states and TrialState.RUNNING not in states
+    assert TrialState.FAIL in states  # the trials in flight when it happened
+
+
+@pytest.mark.slow
+def test_kill_9_with_three_trials_in_flight_they_are_retried_with_their_seeds(write_spec, tmp_path):
+    """SIGKILL a worker with 3 stacked trials in flight: each turns FAILED once its heartbeat is stale, and the
+    next worker (also stacked) re-runs each with its params and seed; the study reaches its count."""
+    spec = write_spec(epochs=6, extra="threads = 1\nheartbeat_interval = 1\ngrace_period = 6\n")
+    storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    cmd = [*KDSEARCH, "worker", "--spec", str(spec), "--storage", storage, "-k", "3"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / "victim.log", "w") as log:
+        victim = subprocess.Popen([*cmd, "--trials", "6"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for_running(storage, 3, victim)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    killed = {t.number: t for t in optuna.load_study(study_name="tiny", storage=storage).trials}
+    in_flight = [t for t in killed.values() if t.state == TrialState.RUNNING]
+    assert len(in_flight) >= 3
+    survivor = subprocess.run([*cmd, "--trials", "6"], capture_output=True, text=True, env=env, timeout=240)
+    assert survivor.returncode == 0, survivor.stdout[-2000:] + survivor.stderr[-2000:]
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert sum(t.state in FINISHED for t in study.trials) == 6
+    assert TrialState.RUNNING not in [t.state for t in study.trials]
+    for dead in in_flight:
+        assert study.trials[dead.number].state == TrialState.FAIL
+        (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
+        assert retry.params == dead.params and retry.user_attrs["seed"] == dead.user_attrs["seed"]
+        assert retry.state in FINISHED
