@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Both set everything up first.
 TRIALS ?= 50
 
-.PHONY: run test test-fast setup setup-test bench bench-search bench-trials-per-device
+.PHONY: run test test-fast setup setup-test bench bench-search bench-trials-per-device bench-compile
 
 setup:
 	@bash scripts/setup.sh
@@ -30,3 +30,7 @@ bench-search: setup
 # Trials/hour with K trials trained at once (stacked) vs one at a time (benchmarks/RESULTS.md §8)
 bench-trials-per-device: setup
 	.venv/bin/python benchmarks/bench_trials_per_device.py --json benchmarks/trials_per_device/result.json
+
+# Seconds per trial, eager vs runtime.compile (torch.compile, compile time included), 50 default-study trials
+bench-compile: setup
+	.venv/bin/python benchmarks/bench_compile.py --json benchmarks/compile/result.json

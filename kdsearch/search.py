@@ -400,6 +400,7 @@ def train_student(
         student_layer=data.student_layer,
         on_epoch=on_epoch,
         on_step=on_step,
+        compile=spec.runtime.compile,
     )
     return model, history
 

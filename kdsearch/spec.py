@@ -383,6 +383,13 @@ class RuntimeSpec(_Section):
         description="trials trained at once per process, stacked as one model (vmap): 1 trains one at a time; 'auto' "
         "picks K on a GPU from a short probe of throughput and memory, 1 on a CPU",
     )
+    compile: bool = Field(
+        False,
+        description="train the student's forward (and its backward) through torch.compile: compiled once per "
+        "architecture and batch shape per process and reused by every trial (feature methods and stacked trials "
+        "stay eager); dropout then draws other masks than eager with the same seed. benchmarks/bench_compile.py "
+        "measures whether it pays",
+    )
     heartbeat_interval: int = Field(
         10, ge=0, description="seconds between a running trial's heartbeats (SQLite/PostgreSQL storages; 0: off)"
     )

@@ -2,11 +2,17 @@
 
 ``fit`` knows nothing about Optuna: it calls ``on_epoch`` after each epoch, and a callback that
 raises (e.g. ``optuna.TrialPruned``) stops training.
+
+Precision, step by step (CPU: float32 throughout). On CUDA: the training forward and loss run under
+bf16 autocast (``_autocast``), the weights, gradients and Adam state stay float32; evaluation (``predict``)
+and the teacher outputs cached from it are float32, never autocast; float32 matrix products and
+convolutions may use TF32 (``enable_tf32``, turned on when ``resolve_device`` resolves a CUDA device).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -16,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import ImageStore, Split
-from .errors import KdsearchError
+from .data import ImageStore, Split, to_device
+from .errors import KdsearchError, first_line, out_of_memory
 from .methods import DistillBatch, Method
 from .metrics import accuracy, auc
 from .models import FeatureTap
@@ -42,13 +48,20 @@ class TrainSet:
         return int(self.y.shape[0])
 
     def to(self, device: torch.device) -> "TrainSet":
-        def move(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device)
+        """These rows on ``device``, images channels-last. CPU tensors bound for CUDA are copied from pinned
+        memory without blocking (``data.to_device``); tensors already there are kept as they are; a streamed
+        ``x`` stays a store whose batches land on ``device``."""
 
+        device = torch.device(device)
+
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else to_device(t, device)
+
+        x = self.x.to(device) if isinstance(self.x, ImageStore) else move(self.x)
         return TrainSet(
-            channels_last(self.x.to(device)),
-            self.y.to(device),
-            self.labeled.to(device),
+            channels_last(x),
+            move(self.y),
+            move(self.labeled),
             move(self.teacher_logits),
             move(self.teacher_features),
         )
@@ -105,8 +118,30 @@ class EpochResult:
     train_loss: float
 
 
+def enable_tf32() -> None:
+    """Let float32 matrix products (cuBLAS) and convolutions (cuDNN) on CUDA run on TF32 tensor cores.
+
+    TF32 keeps float32's range and float32 accumulation, with 10-bit mantissa inputs (bf16: 7): several
+    times the float32 throughput, while results stay float32 (``predict``'s logits keep their ranks apart).
+    Process-wide and idempotent; ``resolve_device`` calls it when it resolves a CUDA device. CPU ops
+    ignore these flags.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def resolve_device(name: str) -> torch.device:
-    """'auto' → cuda when available, else cpu; 'cpu', 'cuda', 'cuda:N' as given, checked against this machine."""
+    """'auto' → cuda when available, else cpu; 'cpu', 'cuda', 'cuda:N' as given, checked against this machine.
+
+    A CUDA device also turns TF32 on for this process (``enable_tf32``); a CPU device changes nothing.
+    """
+    device = _named_device(name)
+    if device.type == "cuda":
+        enable_tf32()
+    return device
+
+
+def _named_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -148,6 +183,9 @@ def batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generato
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """The precision of a training step's forward and loss: bf16 autocast on CUDA (matmuls and convolutions
+    in bf16, softmaxes, norms and reductions in float32; the weights and their gradients stay float32, no
+    loss scaling needed with bf16's range); float32 (nothing) on CPU."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -158,7 +196,8 @@ def predict(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
     """Logits of ``model`` on ``x`` (a tensor, or an ``ImageStore`` decoded chunk by chunk) in eval mode, as float32 on x's device.
 
     Always computed in float32, also on CUDA (no autocast): bf16 logits tie AUC ranks and coarsen the
-    cached soft targets every trial learns from.
+    cached soft targets every trial learns from. Its matmuls and convolutions may use TF32 on CUDA
+    (``enable_tf32``), which rounds their inputs, not the float32 result. Never compiled: it runs eager.
     """
     model.eval().to(memory_format=torch.channels_last)
     return torch.cat([model(channels_last(chunk)).float() for chunk in x.split(batch_size)])
@@ -168,6 +207,45 @@ def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
     """(accuracy, AUC) of ``model`` on a split."""
     logits = predict(model, split.x)
     return accuracy(logits, split.y), auc(logits, split.y)
+
+
+def _forward(model: nn.Module, x: Tensor) -> Tensor:
+    return model(x)
+
+
+@functools.cache
+def compiled_forward() -> Callable[[nn.Module, Tensor], Tensor]:
+    """``model(x)`` through ``torch.compile``: one compiled function for the process, shared by every ``fit``.
+
+    The model is an argument, not captured: dynamo traces its parameters and buffers as graph inputs and
+    guards on its class, its submodules' structure and attributes, the input's shape and ``model.training``.
+    So a fresh student of an architecture already seen (the next trial) reuses the compiled graph, and a new
+    architecture or batch shape compiles once more (static shapes; after ``torch._dynamo.config.recompile_limit``
+    of them dynamo runs the rest eager). The backward is compiled with the forward (AOTAutograd).
+    """
+    return torch.compile(_forward, dynamic=False)
+
+
+def _student_forward(model: nn.Module, compile: bool) -> Callable[[Tensor], Tensor]:
+    """``model`` itself (eager), or ``model(x)`` through ``compiled_forward`` with a compile failure as a
+    KdsearchError naming ``runtime.compile``."""
+    if not compile:
+        return model
+    forward = compiled_forward()
+    from torch._dynamo.exc import BackendCompilerFailed  # loaded by torch.compile already
+
+    def run(x: Tensor) -> Tensor:
+        try:
+            return forward(model, x)
+        except BackendCompilerFailed as err:
+            if out_of_memory(err):
+                raise
+            raise KdsearchError(
+                f"runtime.compile = true, but torch.compile cannot compile the student {type(model).__name__}: "
+                f"{first_line(err)}. Set runtime.compile = false (--set runtime.compile=false) to train it eager"
+            ) from err
+
+    return run
 
 
 def _feature_shape(model: nn.Module, layer: str, x: Tensor, role: str) -> tuple[int, ...]:
@@ -202,6 +280,7 @@ def fit(
     student_layer: str | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_step: Callable[[], None] | None = None,
+    compile: bool = False,
 ) -> list[EpochResult]:
     """Train ``model`` in place with ``method``'s loss for ``epochs`` × ``steps`` Adam steps.
 
@@ -211,6 +290,13 @@ def fit(
     (possibly ``augment``-ed) batch. Feature methods read the student's ``student_layer``; a
     method's regressor (hint) is trained with the student's optimizer. After each epoch the
     model is evaluated on ``val`` and ``on_epoch`` is called with the result.
+
+    Precision: each step's forward and loss in bf16 autocast on CUDA, float32 on CPU (``_autocast``); the
+    weights, Adam and the per-epoch evaluation (``predict``) in float32. ``compile`` runs the student's
+    training forward and its backward through ``torch.compile`` (``compiled_forward``: compiled once per
+    architecture and batch shape in this process, reused by later trials); the loss, Adam and evaluation stay
+    eager, and so does the whole step of a feature method (its forward hook reads the student's layer).
+    Compiled dropout draws other masks than eager from the same seed. Off, the step is the eager one, unchanged.
     """
     device = train.x.device
     model.to(memory_format=torch.channels_last)
@@ -240,6 +326,7 @@ def fit(
             regressor = regressor.to(device)
             params_to_train += list(regressor.parameters())
     optimizer = torch.optim.Adam(params_to_train, lr=lr)
+    student = _student_forward(model, compile and student_tap is None)
     if live_teacher is not None:
         live_teacher.model.eval()
     history: list[EpochResult] = []
@@ -266,7 +353,7 @@ def fit(
                         t_logits = None if train.teacher_logits is None else train.teacher_logits[rows]
                         t_features = None if train.teacher_features is None else train.teacher_features[rows].float()
                     batch = DistillBatch(
-                        student_logits=model(x).float(),
+                        student_logits=student(x).float(),
                         labels=train.y[rows],
                         labeled=train.labeled[rows],
                         teacher_logits=t_logits,

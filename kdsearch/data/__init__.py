@@ -69,7 +69,7 @@ from .splits import (
     split_indices,
     student_subsets,
 )
-from .store import FileReader, ImageReader, ImageStore, Part, RawDataset, Split, Splits, take
+from .store import FileReader, ImageReader, ImageStore, Part, RawDataset, Split, Splits, take, to_device
 from .torchvision_source import load_torchvision
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ __all__ = [
     "split_indices",
     "student_subsets",
     "take",
+    "to_device",
 ]
 
 

@@ -165,7 +165,7 @@ class ImageStore(Dataset):
         batches = [b.tolist() if isinstance(b, Tensor) else list(b) for b in index_batches]
         if self.workers == 0 or len(batches) == 0:
             for b in batches:
-                yield cpu[b].to(self.device, non_blocking=True)
+                yield to_device(cpu[b], self.device)
             return
         loader = torch.utils.data.DataLoader(
             cpu,
@@ -192,6 +192,15 @@ class ImageStore(Dataset):
         return self.reader.key(self.rows)
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``: a CPU tensor bound for CUDA goes through pinned memory as an asynchronous
+    (``non_blocking``) copy, ordered before later work on the current stream; anything else is ``t.to(device)``
+    (``t`` itself when it is already there, e.g. every tensor on a CPU run)."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def take(x: Tensor | ImageStore, rows: Tensor) -> Tensor | ImageStore:
     """``x[rows]`` for a tensor; the lazy subset for an ``ImageStore`` (nothing is decoded)."""
     return x.subset(rows) if isinstance(x, ImageStore) else x[rows]
@@ -208,7 +217,11 @@ class Split:
         return int(self.y.shape[0])
 
     def to(self, device: torch.device | str) -> "Split":
-        return Split(self.x.to(device), self.y.to(device))
+        """This split on ``device`` (tensors through ``to_device``; a streamed ``x`` stays a store whose batches
+        land there)."""
+        device = torch.device(device)
+        x = self.x.to(device) if isinstance(self.x, ImageStore) else to_device(self.x, device)
+        return Split(x, to_device(self.y, device))
 
     def in_memory(self, device: torch.device | str, budget_mb: float) -> "Split":
         """This split on ``device``; a streamed one is decoded once into a tensor when it fits ``budget_mb``
