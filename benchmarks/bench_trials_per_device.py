@@ -42,7 +42,7 @@ from kdsearch.data import load_splits  # noqa: E402
 from kdsearch.methods import build_method  # noqa: E402
 from kdsearch.search import fresh_student, prepare_study_data  # noqa: E402
 from kdsearch.spec import apply_overrides, load_spec, spec_from_dict  # noqa: E402
-from kdsearch.stacked import StudentStack  # noqa: E402
+from kdsearch.stacked_trials import add_fresh, empty_stack  # noqa: E402
 from kdsearch.teacher import prepare_teacher  # noqa: E402
 from kdsearch.train import configure_threads, fit, resolve_device  # noqa: E402
 
@@ -101,18 +101,9 @@ def time_alone(data, epochs: int) -> float:
 
 def time_stacked(data, k: int, epochs: int) -> float:
     """Median seconds per epoch of a K-member stack (after a warm-up epoch)."""
-    spec = data.spec
-    stack = StudentStack(
-        fresh_student(data),
-        data.val,
-        batch_size=spec.student.batch_size,
-        lr=spec.student.lr,
-        steps=data.steps,
-        device=data.device,
-    )
+    stack = empty_stack(data)
     for i in range(k):
-        torch.manual_seed(i)
-        stack.add(i, fresh_student(data), build_method("kd"), params_for(i), i, data.distill_set)
+        add_fresh(stack, data, i, "kd", params_for(i), i)
     times: list[float] = []
     for e in range(epochs + 1):
         sync(data.device)

@@ -27,13 +27,45 @@ import optuna
 import torch
 from torch import nn
 
-from .methods import build_method
+from .methods import Method, build_method
 from .search import StudyData, fresh_student, make_objective, train_student
 from .signals import interruptible, shielded
 from .stacked import StudentStack, probe, stack_refusal
-from .train import EpochResult
+from .train import EpochResult, TrainSet
 
 JOIN_WAIT_S = 5.0  # the longest an epoch boundary waits for threads that are starting their next trial
+
+
+def empty_stack(data: StudyData) -> StudentStack:
+    """A stack with no member yet, for the study's student, data and training settings."""
+    spec = data.spec
+    return StudentStack(
+        fresh_student(data),
+        data.val,
+        batch_size=spec.student.batch_size,
+        lr=spec.student.lr,
+        steps=data.steps,
+        device=data.device,
+    )
+
+
+def add_fresh(stack: StudentStack, data: StudyData, key, method: str, params: Mapping[str, float], seed: int) -> None:
+    """Add a fresh student of the study, initialized under ``seed`` as ``train_student`` would (same weights,
+    same batch order), learning with ``method`` on the rows that method trains on."""
+    impl = build_method(method)
+    torch.manual_seed(seed)
+    stack.add(key, fresh_student(data), impl, params, seed, rows_for(data, impl))
+
+
+def rows_for(data: StudyData, method: Method) -> TrainSet:
+    """The rows ``method`` trains on: the labeled and unlabeled pool, or the labeled rows for teacher-free scratch."""
+    return data.distill_set if method.needs_teacher else data.labeled_set
+
+
+def why_alone(data: StudyData, method: str, mode: str) -> str | None:
+    """Why a trial of ``method`` in teacher ``mode`` cannot join a stack (``stacked.stack_refusal``), or None."""
+    impl = build_method(method)
+    return stack_refusal(impl, rows_for(data, impl), live_teacher=mode == "consistent" and impl.needs_teacher)
 
 
 class StackStopped(KeyboardInterrupt):
@@ -67,14 +99,7 @@ class StackServer:
         self.threads = threads
         self.echo = echo
         self.epochs = spec.student.epochs
-        self.stack = StudentStack(
-            fresh_student(data),
-            data.val,
-            batch_size=spec.student.batch_size,
-            lr=spec.student.lr,
-            steps=data.steps,
-            device=data.device,
-        )
+        self.stack = empty_stack(data)
         self.cv = threading.Condition()
         self.pending: list[_Seat] = []
         self.starting: set[int] = set(range(threads))  # trial threads expected to hand over a trial soon
@@ -91,10 +116,7 @@ class StackServer:
         self, method: str, params: Mapping[str, float], seed: int, on_epoch: Callable[[EpochResult], None], mode: str
     ) -> list[EpochResult]:
         """``search.TrainFn`` for a trial thread: blocks until the trial has trained (or left the stack)."""
-        impl = build_method(method)
-        train_set = self.data.distill_set if impl.needs_teacher else self.data.labeled_set
-        why = stack_refusal(impl, train_set, live_teacher=mode == "consistent" and impl.needs_teacher)
-        seat = _Seat(method, params, seed, alone=why, on_epoch=on_epoch, mode=mode)
+        seat = _Seat(method, params, seed, alone=why_alone(self.data, method, mode), on_epoch=on_epoch, mode=mode)
         with self.cv:
             self._raise_if_stopped()
             self.pending.append(seat)
@@ -185,11 +207,10 @@ class StackServer:
             admitted, self.pending = self.pending, []
         data = self.data
         for seat in admitted:
-            impl = build_method(seat.method)
-            train_set = data.distill_set if impl.needs_teacher else data.labeled_set
             if seat.alone is None and not self.probed:  # whether this student stacks at all, tried once
                 self.probed = True
-                self.refusal = probe(fresh_student(data), impl, seat.params, train_set, data.val)
+                impl = build_method(seat.method)
+                self.refusal = probe(fresh_student(data), impl, seat.params, rows_for(data, impl), data.val)
             if seat.alone is None and self.refusal is not None:
                 seat.alone = f"the student cannot be stacked ({self.refusal})"
             if seat.alone is not None:
@@ -198,8 +219,7 @@ class StackServer:
                     self.echo(f"trials of {seat.method} run one at a time, not stacked: {seat.alone}")
                 self.alone.append(seat)
                 continue
-            torch.manual_seed(seat.seed)  # the init it would get alone (train_student)
-            self.stack.add(seat, fresh_student(data), impl, seat.params, seat.seed, train_set)
+            add_fresh(self.stack, data, seat, seat.method, seat.params, seat.seed)
 
     def _train_alone(self, seat: _Seat) -> None:
         """Train a trial that cannot stack here, one at a time, reporting through its ``on_epoch``; its thread
@@ -289,13 +309,13 @@ def stacked_seed_trainer(
     def train(method: str, params: Mapping[str, float], seeds: list[int], mode: str) -> list[nn.Module]:
         spec = data.spec
         impl = build_method(method)
-        train_set = data.distill_set if impl.needs_teacher else data.labeled_set
-        why = stack_refusal(impl, train_set, live_teacher=mode == "consistent" and impl.needs_teacher)
-        if why is None and len(train_set) < spec.student.batch_size:
+        rows = rows_for(data, impl)
+        why = why_alone(data, method, mode)
+        if why is None and len(rows) < spec.student.batch_size:
             why = "its training rows are fewer than one batch"
         if why is None:
             if not refusal:
-                refusal.append(probe(fresh_student(data), impl, params, train_set, data.val))
+                refusal.append(probe(fresh_student(data), impl, params, rows, data.val))
             why = None if refusal[0] is None else f"the student cannot be stacked ({refusal[0]})"
         if why is not None:
             if why not in told:
@@ -305,17 +325,9 @@ def stacked_seed_trainer(
         models: list[nn.Module] = []
         for start in range(0, len(seeds), k):
             chunk = seeds[start : start + k]
-            stack = StudentStack(
-                fresh_student(data),
-                data.val,
-                batch_size=spec.student.batch_size,
-                lr=spec.student.lr,
-                steps=data.steps,
-                device=data.device,
-            )
+            stack = empty_stack(data)
             for seed in chunk:
-                torch.manual_seed(seed)  # the init it would get alone (train_student)
-                stack.add(seed, fresh_student(data), impl, params, seed, train_set)
+                add_fresh(stack, data, seed, method, params, seed)
             with interruptible():
                 for _ in range(spec.student.epochs):
                     stack.run_epoch()
@@ -350,7 +362,6 @@ def probe_trials_per_device(
     """(best K, student-steps per second of each K tried): a few stacked kd steps per K on the study's data,
     stopping when the gain over the previous K falls under 10% or the device's memory passes ``memory_share``."""
     spec, device = data.spec, data.device
-    method = build_method("kd")
     params = {"temperature": 4.0, "alpha": 0.5}
     val = type(data.val)(data.val.x[:2], data.val.y[:2])
     rates: dict[int, float] = {}
@@ -361,7 +372,7 @@ def probe_trials_per_device(
         )
         try:
             for i in range(k):
-                stack.add(i, fresh_student(data), method, params, i, data.distill_set)
+                add_fresh(stack, data, i, "kd", params, i)
             with warnings.catch_warnings():  # two validation rows: AUC warns about a missing class
                 warnings.simplefilter("ignore", UserWarning)
                 stack.run_epoch()  # warm-up: kernels chosen, memory allocated

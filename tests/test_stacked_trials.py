@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -94,17 +95,24 @@ def test_a_method_that_cannot_stack_runs_one_at_a_time_and_says_why(write_spec, 
 
 
 def wait_for_running(storage: str, n: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Until ``n`` trials are RUNNING with a reported epoch, read straight from the SQLite file, read-only: opening
+    it through Optuna while the process creates the schema would race it (two schema set-ups, one fails)."""
+    path = Path(storage.removeprefix("sqlite:///"))
+    query = (
+        "SELECT COUNT(DISTINCT t.trial_id) FROM trials t JOIN trial_intermediate_values v ON v.trial_id = t.trial_id "
+        "WHERE t.state = 'RUNNING'"
+    )
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, "the run ended before its trials were in flight"
-        trials = []
-        if Path(storage.removeprefix("sqlite:///")).is_file():
+        running = 0
+        if path.is_file():
             try:
-                trials = optuna.load_study(study_name="tiny", storage=storage).trials
-            except KeyError:  # the study is not created yet
+                with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+                    running = db.execute(query).fetchone()[0]
+            except sqlite3.OperationalError:  # the tables are not made yet, or the file is locked for a moment
                 pass
-        running = [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
-        if len(running) >= n:
+        if running >= n:
             return
         time.sleep(0.5)
     raise AssertionError(f"never saw {n} trials in flight")
@@ -112,7 +120,7 @@ def wait_for_running(storage: str, n: int, proc: subprocess.Popen, timeout: floa
 
 @pytest.mark.slow
 def test_ctrl_c_with_three_trials_in_flight_leaves_none_running(write_spec, tmp_path):
-    spec = write_spec(epochs=6, extra="threads = 1\n")
+    spec = write_spec(epochs=30, extra="threads = 1\n")  # long trials: all three are still in flight at the signal
     storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     err = tmp_path / "run.err"
     with open(err, "w") as err_file:
