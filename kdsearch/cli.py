@@ -13,6 +13,7 @@ import typer
 
 from . import runner
 from .errors import KdsearchError, first_line, out_of_memory
+from .progress import configure_logging
 from .runner import Console, StudyInterrupted, load_study_spec, resume_command, with_runtime
 from .signals import StopSignals, stop_with_parent
 
@@ -67,8 +68,14 @@ def friendly(command: F) -> F:
 
 
 @app.callback()
-def _global(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+def _global(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Also show what data reading did (sources, splits, streaming)."
+    ),
+) -> None:
     STATE["debug"] = debug
+    configure_logging(verbose=verbose)
 
 
 class _DropInterruptTracebacks(logging.Filter):

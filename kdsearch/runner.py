@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from tqdm import tqdm
-
 from .errors import KdsearchError
+from .progress import Progress, progress_bar
 from .signals import StopSignals, shielded
 
 DEFAULT_SPEC = Path("studies") / "fashion_mnist.toml"
@@ -36,8 +35,9 @@ class Console:
     )
     bars: bool = True
 
-    def progress(self, total: int, desc: str, unit: str, *, leave: bool = True) -> tqdm:
-        return tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=not self.bars)
+    def progress(self, total: int, desc: str, unit: str, *, leave: bool = True) -> Progress:
+        """A bar on a terminal, a line at each tenth elsewhere (a log file, CI), nothing without ``bars``."""
+        return progress_bar(total, desc, unit, leave=leave, enabled=self.bars)
 
 
 def default_spec_path() -> Path:
