@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .data import ImageStore, Split
+from .errors import first_line
 from .methods import DistillBatch, Method
 from .metrics import accuracy, auc
 from .train import EpochResult, TrainSet, _autocast, batch_indices
@@ -314,5 +315,5 @@ def probe(template: nn.Module, method: Method, params: Mapping[str, float], trai
             warnings.simplefilter("ignore", UserWarning)
             stack.run_epoch()
     except (RuntimeError, ValueError, NotImplementedError, TypeError) as err:
-        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return first_line(err)
     return None

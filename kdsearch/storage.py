@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 import optuna
+from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import KdsearchError, first_line
 from .spec import StudySpec
@@ -81,7 +82,8 @@ def open_storage(
         raise KdsearchError(
             f"storage {url!r} needs a driver that is not installed ({err}); install it with pip"
         ) from None
-    except Exception as err:  # sqlalchemy raises many types for bad URLs and unreachable servers
+    except (SQLAlchemyError, OSError, ValueError, optuna.exceptions.StorageInternalError) as err:
+        # bad URLs, unreachable servers, unwritable files; anything else is a bug and keeps its traceback
         raise KdsearchError(
             f"cannot open storage {url!r}: {first_line(err)}; check the URL (sqlite:///path.db, journal:///path.log, "
             "postgresql://user:pass@host/db) and that the server is reachable"

@@ -56,6 +56,8 @@ def _read_cache(path: Path, n: int) -> tuple[Tensor, list[tuple[int, str]]] | No
         if entry["version"] != DATA_CACHE_VERSION or images.dtype != torch.uint8 or len(images) != n:
             raise ValueError("stale entry")
         return images, bad
+    except MemoryError:
+        raise
     except Exception as err:  # noqa: BLE001 - a damaged cache entry is rebuilt, never fatal
         log.warning("data: ignoring unreadable cache entry %s (%s); decoding again", path, err)
         return None

@@ -57,6 +57,8 @@ class DatasetReader(ImageReader):
         image = as_image(image, where)
         try:
             return conform_image(image, self.size, self.channels)
+        except MemoryError:
+            raise
         except Exception as err:  # noqa: BLE001 - PIL raises many types for modes it cannot convert
             shape = f"{self.channels}×{self.size}×{self.size}"
             raise KdsearchError(

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import KdsearchError
+from ..errors import KdsearchError, first_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -77,8 +77,10 @@ def fill_images(
             out[i] = work(i)
         except KdsearchError as err:  # already says what is wrong with which item
             bad.append((i, str(err)))
+        except MemoryError:  # this machine's problem, not the file's
+            raise
         except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt files
-            bad.append((i, f"{type(err).__name__}: {err}".splitlines()[0]))
+            bad.append((i, f"{type(err).__name__}: {first_line(err)}"))
 
     _each(n, one, threads)
     return out, sorted(bad)
@@ -101,8 +103,10 @@ def probe_images(paths: Sequence[Path]) -> list[tuple[int, str]]:
     def one(i: int) -> None:
         try:
             _probe_image(paths[i])
+        except MemoryError:  # this machine's problem, not the file's
+            raise
         except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt files
-            bad.append((i, f"{type(err).__name__}: {err}".splitlines()[0]))
+            bad.append((i, f"{type(err).__name__}: {first_line(err)}"))
 
     _each(len(paths), one, threads=True)
     return sorted(bad)
