@@ -7,7 +7,7 @@ import logging
 import optuna
 import pytest
 import torch
-from test_data_sources import folder_spec, make_class_folder, write_mhist
+from helpers import folder_spec, make_class_folder, write_mhist
 from typer.testing import CliRunner
 
 import kdsearch.teacher as teacher_module

@@ -9,7 +9,7 @@ import optuna
 import pytest
 import torch
 from conftest import FASHION_MNIST, write_idx
-from test_data_sources import make_class_folder, write_cifar, write_mhist
+from helpers import make_class_folder, write_cifar, write_mhist
 from typer.testing import CliRunner
 
 from kdsearch.cli import app
