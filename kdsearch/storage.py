@@ -170,3 +170,74 @@ def _heartbeat_kwargs(interval: int, grace: int, max_retry: int) -> dict:
 
 def has_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
     return isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
+
+
+class StorageLock:
+    """A cross-process lock that lives with a storage: a lock file ``<file><suffix>`` beside a SQLite or journal
+    file (one machine), a PostgreSQL advisory lock keyed by ``name`` (any number of machines), nothing for
+    other storages (``acquire`` then always succeeds). A killed holder releases it: the OS drops its file
+    lock, the server its session. ``where`` says which, for messages."""
+
+    def __init__(self, url: str, storage: optuna.storages.BaseStorage | None, name: str, suffix: str) -> None:
+        self.where = ""
+        self._file = None
+        self._engine = None
+        self._conn = None
+        for prefix in ("sqlite:///", "journal:///"):
+            if url.startswith(prefix) and url.removeprefix(prefix) not in ("", ":memory:"):
+                from filelock import FileLock
+
+                self.where = f"{url.removeprefix(prefix)}{suffix}"  # sqlite:////abs → /abs, sqlite:///rel → rel
+                self._file = FileLock(self.where)
+        if url.startswith(("postgresql", "postgres://")) and isinstance(storage, optuna.storages.RDBStorage):
+            import hashlib
+
+            self._engine = storage.engine
+            self._key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") >> 1
+            self.where = "a PostgreSQL advisory lock"
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take the lock, waiting up to ``timeout`` s (None: as long as it takes); whether it is held."""
+        if self._file is not None:
+            from filelock import Timeout
+
+            try:
+                self._file.acquire(timeout=-1 if timeout is None else timeout)
+            except Timeout:
+                return False
+            return True
+        if self._engine is None:
+            return True
+        import sqlalchemy
+
+        conn = self._engine.connect()
+        if timeout is None:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+            got = True
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                got = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
+                if got or time.monotonic() >= deadline:
+                    break
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        conn.commit()
+        if got:
+            self._conn = conn
+        else:
+            conn.close()
+        return bool(got)
+
+    def release(self) -> None:
+        if self._file is not None:
+            if self._file.is_locked:
+                self._file.release()
+        elif self._conn is not None:
+            import sqlalchemy
+
+            try:
+                self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+                self._conn.commit()
+            finally:
+                self._conn.close()
+                self._conn = None

@@ -26,7 +26,7 @@ from typing import IO, Any, Callable, Iterator
 
 import optuna
 import torch
-from filelock import FileLock, Timeout
+from filelock import FileLock
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 
 from .dashboard import ARTIFACT_DIR  # the default store: <output_dir>/artifacts, the folder the dashboard serves
@@ -34,6 +34,7 @@ from .data import Splits
 from .errors import KdsearchError, first_line
 from .search import TEACHER_ATTR
 from .spec import StudySpec
+from .storage import StorageLock
 from .teacher import Teacher, build_teacher_model, cache_teacher, teacher_cache_path, teacher_key, weights_digest
 
 RECORD_ATTR = "teacher_artifact"  # study user attr: the study's one teacher (see the module docstring)
@@ -111,57 +112,15 @@ class BuildLock:
     """
 
     def __init__(self, url: str, storage: optuna.storages.BaseStorage | None, study_name: str) -> None:
-        self.where = ""
-        self._file: FileLock | None = None
-        self._engine = None
-        self._conn = None
-        for prefix in ("sqlite:///", "journal:///"):
-            if url.startswith(prefix) and url.removeprefix(prefix) not in ("", ":memory:"):
-                path = url.removeprefix("journal://") if prefix == "journal:///" else url.removeprefix(prefix)
-                self.where = (
-                    "/" + path.lstrip("/") + ".teacher.lock" if path.startswith("/") else f"{path}.teacher.lock"
-                )
-                self._file = FileLock(self.where)
-        if url.startswith(("postgresql", "postgres://")) and isinstance(storage, optuna.storages.RDBStorage):
-            self._engine = storage.engine
-            digest = hashlib.sha256(f"kdsearch-teacher:{study_name}".encode()).digest()
-            self._key = int.from_bytes(digest[:8], "big") >> 1
-            self.where = "a PostgreSQL advisory lock"
+        self._lock = StorageLock(url, storage, f"kdsearch-teacher:{study_name}", ".teacher.lock")
+        self.where = self._lock.where
 
     def try_acquire(self, timeout: float) -> bool:
         """Take the lock, waiting up to ``timeout`` s; whether it is held."""
-        if self._file is not None:
-            try:
-                self._file.acquire(timeout=timeout)
-            except Timeout:
-                return False
-            return True
-        if self._engine is not None:
-            import sqlalchemy
-
-            conn = self._engine.connect()
-            got = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
-            conn.commit()
-            if got:
-                self._conn = conn
-                return True
-            conn.close()
-            time.sleep(timeout)
-            return False
-        return True
+        return self._lock.acquire(timeout)
 
     def release(self) -> None:
-        if self._file is not None and self._file.is_locked:
-            self._file.release()
-        elif self._conn is not None:
-            import sqlalchemy
-
-            try:
-                self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
-                self._conn.commit()
-            finally:
-                self._conn.close()
-                self._conn = None
+        self._lock.release()
 
     @contextmanager
     def held(self, study_name: str, echo: Callable[..., None], wait_s: float, poll_s: float) -> Iterator[None]:

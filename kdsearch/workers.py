@@ -22,7 +22,7 @@ import optuna
 from .search import check_same_settings, make_pruner, make_sampler
 from .signals import shielded, stop_requested
 from .spec import StudySpec
-from .storage import has_heartbeat, retry_callback
+from .storage import StorageLock, has_heartbeat, retry_callback
 
 # --- in each worker: trials on a study shared with other processes (or machines) ---------------------
 
@@ -59,49 +59,17 @@ class TrialSlot:
 
     def __init__(self, url: str, storage: optuna.storages.BaseStorage, study_name: str) -> None:
         self._held = False
-        self._file = None
-        self._engine = None
-        self._conn = None
-        for prefix in ("sqlite:///", "journal:///"):
-            if url.startswith(prefix) and url.removeprefix(prefix) not in ("", ":memory:"):
-                from filelock import FileLock
-
-                path = url.removeprefix("journal://") if prefix == "journal:///" else url.removeprefix(prefix)
-                self._file = FileLock(f"{path}.trials.lock")
-        if url.startswith(("postgresql", "postgres://")) and isinstance(storage, optuna.storages.RDBStorage):
-            import hashlib
-
-            self._engine = storage.engine
-            self._key = int.from_bytes(hashlib.sha256(f"kdsearch:{study_name}".encode()).digest()[:8], "big") >> 1
+        self._lock = StorageLock(url, storage, f"kdsearch:{study_name}", ".trials.lock")
 
     def acquire(self) -> None:
-        if self._held:
-            return
-        if self._file is not None:
-            self._file.acquire()
-        elif self._engine is not None:
-            import sqlalchemy
-
-            self._conn = self._engine.connect()
-            self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
-            self._conn.commit()
-        self._held = True
+        if not self._held:
+            self._lock.acquire()
+            self._held = True
 
     def release(self) -> None:
-        if not self._held:
-            return
-        self._held = False
-        if self._file is not None:
-            self._file.release()
-        elif self._conn is not None:
-            import sqlalchemy
-
-            try:
-                self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
-                self._conn.commit()
-            finally:
-                self._conn.close()
-                self._conn = None
+        if self._held:
+            self._held = False
+            self._lock.release()
 
     def __enter__(self) -> "TrialSlot":
         self.acquire()
