@@ -50,7 +50,9 @@ How a method declares what it needs (the training loop reads these class variabl
 Adding a method: write the loss as a pure function of tensors, then a small ``Method`` subclass
 registered with ``@METHODS.register(name)`` that sets ``name``, ``space`` (default ranges as
 ``ParamRange``; a study's ``[methods.<name>]`` table may override them; ``low == high`` is a fixed
-value, stored with the trial's params but not searched), and the flags above.
+value, stored with the trial's params but not searched), and the flags above. A shipped method also
+gets its line in ``kdsearch/catalog.py`` (same space and flags), which validates specs without torch;
+this module refuses to import while the two differ.
 """
 
 from __future__ import annotations
@@ -63,24 +65,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .catalog import METHOD_CATALOG, MethodInfo, ParamRange, check_catalog
 from .registry import Registry
 
 # Keeps the z-score finite for a row whose logits are all equal.
 _STD_EPS = 1e-7
-
-
-@dataclass(frozen=True)
-class ParamRange:
-    """A searched float parameter: sampled in [low, high], log-uniform when ``log``."""
-
-    low: float
-    high: float
-    log: bool = False
-
-    @property
-    def fixed(self) -> bool:
-        """A single value (``low == high``): set on every trial, not searched."""
-        return self.low == self.high
 
 
 @dataclass
@@ -475,6 +464,9 @@ class Hint(FeatureMethod):
                 "train it with the student, and pass it as loss(..., regressor=...)"
             )
         return hint_feature_loss(student, teacher, regressor)
+
+
+check_catalog(METHODS, METHOD_CATALOG, lambda name: MethodInfo.of(METHODS.get(name)))
 
 
 def build_method(name: str) -> Method:

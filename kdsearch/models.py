@@ -9,7 +9,9 @@ Adding an architecture to the registry is one decorated function, registered wit
 path of the layer whose output feature-based methods (cosine, hint) read by default; for other
 models the default is the module just before the last ``nn.Linear`` (``default_feature_layer``).
 Features are read with forward hooks (``FeatureTap``), so no model class is edited to expose
-them. Builders never download weights.
+them. Builders never download weights. A shipped model also gets its line in ``kdsearch/catalog.py``
+(name and feature layer), which validates specs without torch; this module refuses to import while
+the two differ.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
+from .catalog import MODEL_CATALOG, check_catalog
 from .errors import KdsearchError, first_line
 from .imports import import_object
 from .registry import Registry
@@ -467,6 +470,8 @@ for _name, _layer in {
     "efficientnet_b0": "features",
 }.items():
     _torchvision(_name, _layer)
+
+check_catalog(MODELS, MODEL_CATALOG, lambda name: MODELS.meta(name).get("feature_layer", ""))
 
 
 # --- checkpoints -------------------------------------------------------------------------------

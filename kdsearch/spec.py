@@ -2,6 +2,7 @@
 
 Every field has a default that gives the Fashion-MNIST study; unknown keys are errors, and a
 bad value fails at load time with a message that names the field (``search.objective: ...``).
+Method and model names are checked against ``catalog`` (no torch), so validating a spec is fast.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from typing import Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .catalog import ParamRange, is_model, method_info, method_names, model_names, searchable_method_names
 from .errors import KdsearchError
-from .methods import METHODS, ParamRange, searchable_methods
-from .models import MODELS
 
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
@@ -257,9 +257,9 @@ class ModelSpec(_Section):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, name: str) -> str:
-        if name not in MODELS and not is_import_path(name) and name not in (*WHOLE_MODEL_ARCHS, GIVEN_ARCH):
+        if not is_model(name) and not is_import_path(name) and name not in (*WHOLE_MODEL_ARCHS, GIVEN_ARCH):
             raise ValueError(
-                f"unknown model {name!r}; give a known model ({', '.join(MODELS.names())}) or your own as "
+                f"unknown model {name!r}; give a known model ({', '.join(model_names())}) or your own as "
                 "'package.module:callable'"
             )
         return name
@@ -345,7 +345,7 @@ class SearchSpec(_Section):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, names: list[str]) -> list[str]:
-        allowed = searchable_methods()
+        allowed = searchable_method_names()
         if not names:
             raise ValueError(f"list at least one method; known methods: {', '.join(allowed)}")
         for name in names:
@@ -445,9 +445,12 @@ class StudySpec(_Section):
     @model_validator(mode="after")
     def _check_ranges(self) -> "StudySpec":
         for method, ranges in self.methods.items():
-            if method not in METHODS or method == "scratch":
-                raise ValueError(f"methods.{method}: unknown method; known methods: {', '.join(searchable_methods())}")
-            space = METHODS.get(method).space
+            info = method_info(method)
+            if info is None or method == "scratch":
+                raise ValueError(
+                    f"methods.{method}: unknown method; known methods: {', '.join(searchable_method_names())}"
+                )
+            space = info.space
             for param, value in ranges.items():
                 low, high = _bounds(value)
                 where = f"methods.{method}.{param}"
@@ -475,7 +478,10 @@ class StudySpec(_Section):
 
     def method_space(self, method: str) -> dict[str, ParamRange]:
         """The search ranges of ``method``: its defaults, overridden by ``[methods.<method>]``."""
-        space = dict(METHODS.get(method).space)
+        info = method_info(method)
+        if info is None:
+            raise KdsearchError(f"unknown method {method!r}; known methods: {', '.join(method_names())}")
+        space = dict(info.space)
         for param, value in self.methods.get(method, {}).items():
             low, high = _bounds(value)
             space[param] = ParamRange(low, high, space[param].log)
