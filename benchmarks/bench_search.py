@@ -141,7 +141,7 @@ def make_search(kind: str, seed: int, epochs: int) -> optuna.Study:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if kind == "random":
             sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=seed)
-        else:  # kdsearch's sampler settings (search.make_sampler)
+        else:  # kdsearch's sampler settings (study.make_sampler)
             sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
     pruner_name, _, warmup = kind.partition("+")[2].partition("@")
     pruner = build_pruner(pruner_name or "none", startup_trials=5, warmup_epochs=int(warmup or 0), epochs=epochs)

@@ -60,8 +60,9 @@ from kdsearch.errors import KdsearchError  # noqa: E402
 from kdsearch.methods import kd_loss  # noqa: E402
 from kdsearch.metrics import accuracy, auc  # noqa: E402
 from kdsearch.models import build_model  # noqa: E402
-from kdsearch.search import StudyData, make_objective, make_sampler, prepare_study_data, train_student  # noqa: E402
+from kdsearch.search import StudyData, make_objective, prepare_study_data, train_student  # noqa: E402
 from kdsearch.spec import StudySpec, load_spec, spec_from_dict  # noqa: E402
+from kdsearch.study import make_sampler  # noqa: E402
 from kdsearch.teacher import Teacher, prepare_teacher  # noqa: E402
 from kdsearch.train import EpochResult, resolve_device  # noqa: E402
 

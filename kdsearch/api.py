@@ -132,7 +132,7 @@ def export_student_of(
     ``optuna.Study``; default its best), optionally longer or on train+val, score it on test and write the
     four files into ``out``. Objects handed to ``run_study`` must be handed again. Returns an ExportedStudent."""
     from .models import given_models
-    from .search import study_spec
+    from .study import study_spec
 
     study = getattr(result_or_study, "study", result_or_study)
     spec = study_spec(study)

@@ -325,8 +325,8 @@ def report(
 
 def _stored_study(study_name, storage, spec_path, data_root, device, overrides=None):
     """The study named on the command line (by --storage, else the spec's storage) and its stored spec."""
-    from .search import load_study, study_spec
     from .storage import open_existing_storage
+    from .study import load_study, study_spec
 
     quiet_optuna()
     if storage is None:

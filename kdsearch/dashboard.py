@@ -19,8 +19,8 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 
 from .errors import KdsearchError
-from .search import FINAL_ATTR, SPEC_ATTR, load_study, study_spec
 from .storage import open_storage
+from .study import FINAL_ATTR, SPEC_ATTR, load_study, study_spec
 
 ARTIFACT_DIR = "artifacts"
 

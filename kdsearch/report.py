@@ -45,8 +45,8 @@ from .report_model import (  # noqa: F401
     study_objective,
     trial_points,
 )
-from .search import FINAL_ATTR, TEACHER_ATTR, params_of
 from .stats import PairedDifference
+from .study import FINAL_ATTR, TEACHER_ATTR, params_of
 
 FIGURE_HEIGHT = 440
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
@@ -328,7 +328,7 @@ def write_report(study: optuna.Study, path: Path) -> Path:
             '<p class="caption">Best completed trial of each method by the objective'
             f" (★: validation {metric_label(objective)}); these are the trials the final comparison retrains.</p>"
         )
-        blocks.append(best_per_method_table(best_per_method(points), objective))
+        blocks.append(best_per_method_table(best_per_method(study, points), objective))
     else:
         blocks.append('<p class="caption">No completed trial yet.</p>')
     if has_temperature:  # the objective's figure first

@@ -12,8 +12,8 @@ from typing import Iterable, Mapping, Sequence
 
 import optuna
 
-from .search import FINAL_ATTR, SPEC_ATTR, params_of
 from .stats import PairedDifference, paired_by_seed
+from .study import FINAL_ATTR, SPEC_ATTR, best_trials_per_method, params_of
 
 METRIC_LABELS = {"accuracy": "accuracy", "auc": "AUC"}
 METHOD_ORDER = ("kd", "lskd", "dkd", "cosine", "hint", "pseudo_label", "scratch")
@@ -207,15 +207,19 @@ class MethodBest:
     other: int  # failed or still running
 
 
-def best_per_method(points: Sequence[TrialPoint]) -> list[MethodBest]:
-    """The best completed trial of each method (by the objective, as the final comparison picks it).
+def best_per_method(study: optuna.Study, points: Sequence[TrialPoint] | None = None) -> list[MethodBest]:
+    """The best completed trial of each method (``study.best_trials_per_method``, the trials the final
+    comparison retrains), with each method's trial counts; ``points`` are ``trial_points(study)`` when the
+    caller has them already.
 
     Sorted best first; methods with no completed trial come last.
     """
+    if points is None:
+        points = trial_points(study)
+    best_numbers = {m: t.number for m, t in best_trials_per_method(study).items()}
     rows = []
     for method, pts in _by_method(points).items():
-        done = [p for p in pts if p.complete and p.value is not None]
-        best = max(done, key=lambda p: p.value, default=None)
+        best = next((p for p in pts if p.number == best_numbers.get(method)), None)
         n_complete = sum(p.complete for p in pts)
         n_pruned = sum(p.state == "PRUNED" for p in pts)
         rows.append(

@@ -228,7 +228,7 @@ def prepare(
 
 def echo_rerun_notice(study, echo: Callable[..., None]) -> None:
     """Say so when a study whose final comparison already touched the test split gets more trials."""
-    from .search import FINAL_ATTR
+    from .study import FINAL_ATTR
 
     final = study.user_attrs.get(FINAL_ATTR)
     if final:
@@ -278,7 +278,7 @@ class StudyResult:
 
 def best_summary(study) -> dict[str, dict[str, Any]]:
     """Method → params, validation value and trial number of its best completed trial."""
-    from .search import best_trials_per_method, params_of
+    from .study import best_trials_per_method, params_of
 
     return {
         m: {"params": params_of(t)[1], "value": t.value, "trial": t.number}
@@ -342,10 +342,11 @@ def run(
     """
     import optuna
 
-    from .search import create_study, make_objective
+    from .search import make_objective
     from .stacked_trials import resolve_trials_per_device
     from .storage import spec_storage
-    from .workers import finished_count, worker_count
+    from .study import create_study, finished_count
+    from .workers import worker_count
 
     console = console or Console()
     echo = console.echo
@@ -441,7 +442,8 @@ def _run_workers(
     """``run --workers N``: N ``kdsearch worker`` processes, one progress bar, then final comparison and report here."""
     import optuna
 
-    from .workers import failed_workers, finished_count, start_workers, stop_workers, wait_for_workers, worker_plan
+    from .study import finished_count
+    from .workers import failed_workers, start_workers, stop_workers, wait_for_workers, worker_plan
 
     echo = console.echo
     base = finished_count(study)
@@ -512,10 +514,11 @@ def work(
     no final comparison. Returns the number of trials this worker ran."""
     import optuna
 
-    from .search import create_study, load_study, make_objective, study_spec
+    from .search import make_objective
     from .stacked_trials import resolve_trials_per_device
     from .storage import open_existing_storage, spec_storage
-    from .workers import finished_count, join_study, work_on_study
+    from .study import create_study, finished_count, join_study, load_study, study_spec
+    from .workers import work_on_study
 
     if spec_path is not None:
         spec, _ = load_study_spec(
@@ -627,7 +630,7 @@ def stacked_trials(
 def rebuild_report(study, spec, out: Path, console: Console) -> Path:
     """``report.html`` from storage; the final comparison (and the exported students) first when it is missing."""
     from .report import summary_text, write_report
-    from .search import FINAL_ATTR
+    from .study import FINAL_ATTR
 
     if out.is_dir():
         raise KdsearchError(f"--output {out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
@@ -674,7 +677,7 @@ def pick_trial(study, *, method: Optional[str] = None, trial: Optional[int] = No
     """The completed trial to export: number ``trial``, else the best of ``method``, else the best overall."""
     import optuna
 
-    from .search import best_trials_per_method
+    from .study import best_trials_per_method
 
     if method is not None and trial is not None:
         raise KdsearchError("give --method or --trial, not both")

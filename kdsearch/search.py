@@ -1,18 +1,16 @@
-"""The Optuna study: sampler, pruner, the per-trial objective and the final comparison.
+"""The search's training side: the per-trial objective (sample, distill, report, prune) and the final comparison.
 
 Everything a trial needs to be reproduced is in its params (``method``, ``<method>_<param>``)
-and user attrs (``seed``); the spec is stored on the study, so storage alone rebuilds a report.
+and user attrs (``seed``); the study's life in storage (create, join, load, best per method) is ``study.py``.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-import numpy as np
 import optuna
 import torch
 from torch import nn
@@ -22,160 +20,11 @@ from .errors import KdsearchError, out_of_memory
 from .methods import METHODS, DistillBatch, build_method, searchable_methods, unusable_methods
 from .metrics import cost_row
 from .models import FeatureTap, build_model, default_feature_layer, load_state, read_checkpoint
-from .pruners import build_pruner
 from .signals import interruptible, shielded
-from .spec import StudySpec, spec_from_dict
-from .storage import storage_contents
+from .spec import StudySpec
+from .study import FINAL_ATTR, best_trials_per_method, params_of, teacher_mode_of
 from .teacher import Teacher, feature_cache_mb, teacher_features
 from .train import Augment, EpochResult, LiveTeacher, TrainSet, evaluate, fit, steps_per_epoch
-
-SPEC_ATTR = "spec"
-FINAL_ATTR = "final_comparison"
-TEACHER_ATTR = "teacher"
-
-
-def make_sampler(spec: StudySpec, rank: int = 0, *, resumed_at: int = 0) -> optuna.samplers.BaseSampler:
-    """TPE over the conditional space: ``multivariate`` models params jointly, ``group`` per method,
-    ``constant_liar`` for parallel workers.
-
-    The seed is ``search.sampler_seed + rank`` for a new study; a process that joins a study
-    already holding ``resumed_at`` trials gets a seed derived from all three, so a resumed run
-    does not replay the random start-up trials of the first one.
-    """
-    seed = spec.search.sampler_seed + rank
-    if resumed_at:
-        seed = int(np.random.SeedSequence([spec.search.sampler_seed, rank, resumed_at]).generate_state(1)[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # constant_liar: parallel workers see running trials as bad, so they do not sample near-duplicates
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
-
-
-def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """The spec's pruner over epochs reported as steps 1, 2, ... (see ``pruners.build_pruner``)."""
-    s = spec.search
-    return build_pruner(
-        s.pruner,
-        startup_trials=s.pruner_startup_trials,
-        warmup_epochs=s.pruner_warmup_epochs,
-        epochs=spec.student.epochs,
-    )
-
-
-# Spec fields that may differ between the runs of one study: they do not change what a trial measures.
-RESUME_MAY_CHANGE = {
-    "data.root",
-    "data.download",
-    "data.loader_workers",
-    "data.memory_budget_mb",
-    "data.stream",
-    "search.trials",
-    "search.sampler_seed",
-    "teacher.feature_cache_mb",
-}
-RESUME_SECTIONS = ("data", "teacher", "student", "search", "methods")
-
-
-def spec_changes(stored: dict, new: dict) -> list[str]:
-    """``field: old → new`` for each field that determines trial results and differs between two spec dicts."""
-    changes: list[str] = []
-
-    def walk(a: object, b: object, where: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                walk(a.get(key), b.get(key), f"{where}.{key}" if where else key)
-        elif a != b and where not in RESUME_MAY_CHANGE:
-            changes.append(f"{where}: {a!r} → {b!r}")
-
-    for section in RESUME_SECTIONS:
-        walk(stored.get(section), new.get(section), section)
-    return changes
-
-
-def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str, rank: int = 0) -> optuna.Study:
-    """Create the spec's study, or load it when it exists (a rerun adds trials to it).
-
-    A rerun must keep every setting that determines what a trial measures (data, teacher,
-    student, search space, objective): otherwise it is a KdsearchError naming what changed
-    (``check_same_settings``). A study of the same name that kdsearch did not make is refused.
-    """
-    with storage_contents():
-        study = optuna.create_study(
-            study_name=spec.name,
-            storage=storage,
-            direction="maximize",
-            sampler=make_sampler(spec, rank),
-            pruner=make_pruner(spec),
-            load_if_exists=True,
-        )
-    if SPEC_ATTR not in study.user_attrs:
-        if study.trials or study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
-            raise KdsearchError(
-                f"a study named {spec.name!r} that kdsearch did not make already exists in this storage; "
-                "pick another name with --study NAME (or another --storage)"
-            )
-        study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
-        name_objective(study, spec)
-        return study
-    check_same_settings(study, spec)
-    name_objective(study, spec)
-    if study.trials:
-        study.sampler = make_sampler(spec, rank, resumed_at=len(study.trials))
-    return study
-
-
-def objective_name(spec: StudySpec) -> str:
-    """The objective's name as the dashboard shows it, e.g. ``val_accuracy``."""
-    return f"val_{spec.search.objective}"
-
-
-def name_objective(study: optuna.Study, spec: StudySpec) -> None:
-    """Name the study's objective (``study.set_metric_names``) so the dashboard does not call it "Objective 0"."""
-    if study.metric_names != [objective_name(spec)]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([objective_name(spec)])
-
-
-def check_same_settings(study: optuna.Study, spec: StudySpec) -> None:
-    """KdsearchError naming what changed when ``spec`` differs from the study's stored spec in a setting
-    that determines trial results; while the study holds no finished, running or queued trial (e.g. every
-    one failed on a setting since fixed), it takes ``spec`` instead."""
-    new = spec.model_dump(mode="json")
-    changes = spec_changes(study.user_attrs.get(SPEC_ATTR, {}), new)
-    if not changes:
-        return
-    state = optuna.trial.TrialState
-    if not study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.RUNNING, state.WAITING)):
-        study.set_user_attr(SPEC_ATTR, new)  # nothing finished or under way to compare with: the new settings hold
-        return
-    more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
-    raise KdsearchError(
-        f"study {study.study_name!r} already exists in this storage with other settings ({'; '.join(changes[:5])}{more}); "
-        "trials run under different settings cannot be compared. Start a new study with --study NEW_NAME, "
-        "or run this one with the settings it was created with"
-    )
-
-
-def load_study(name: str | None, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """Load a study by name (or the only one in the storage), with a clear error when absent."""
-    with storage_contents():
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-    if name is None:
-        if len(names) != 1:
-            listing = ", ".join(names) or "none"
-            raise KdsearchError(f"the storage holds {len(names)} studies ({listing}); pick one with --study NAME")
-        name = names[0]
-    if name not in names:
-        raise KdsearchError(f"no study {name!r} in this storage; it holds: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def study_spec(study: optuna.Study) -> StudySpec:
-    """The spec the study was created with."""
-    if SPEC_ATTR not in study.user_attrs:
-        raise KdsearchError(f"study {study.study_name!r} was not created by kdsearch (it has no stored spec)")
-    return spec_from_dict(study.user_attrs[SPEC_ATTR], source=f"study {study.study_name!r}")
 
 
 @dataclass
@@ -346,18 +195,6 @@ def trial_teacher_mode(trial: optuna.trial.BaseTrial, spec: StudySpec) -> str:
     return modes[0] if len(modes) == 1 else trial.suggest_categorical("teacher_mode", modes)
 
 
-def params_of(frozen: optuna.trial.FrozenTrial) -> tuple[str, dict[str, float]]:
-    """(method, params) of a finished trial, as ``trial_params`` sampled them."""
-    method = frozen.params["method"]
-    prefix = f"{method}_"
-    return method, {k.removeprefix(prefix): v for k, v in frozen.params.items() if k.startswith(prefix)}
-
-
-def teacher_mode_of(frozen: optuna.trial.FrozenTrial) -> str:
-    """The teacher-output mode a finished trial ran with."""
-    return frozen.params.get("teacher_mode", frozen.user_attrs.get("teacher_mode", "cached"))
-
-
 def train_student(
     data: StudyData,
     method: str,
@@ -454,16 +291,6 @@ def make_objective(data: StudyData, *, train: TrainFn | None = None) -> Callable
         return getattr(history[-1], objective)
 
     return run
-
-
-def best_trials_per_method(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
-    """The best completed trial of each method (by the objective)."""
-    best: dict[str, optuna.trial.FrozenTrial] = {}
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        m = t.params["method"]
-        if m not in best or t.value > best[m].value:
-            best[m] = t
-    return best
 
 
 def cost_table(data: StudyData, teacher: Teacher, student: nn.Module) -> dict[str, dict[str, float]]:

@@ -19,7 +19,8 @@ from torch import nn
 
 from .errors import KdsearchError
 from .export import ExportedStudent, export_student, save_safetensors
-from .search import StudyData, params_of, teacher_mode_of, train_student
+from .search import StudyData, train_student
+from .study import params_of, teacher_mode_of
 from .train import TrainSet, evaluate, predict, steps_per_epoch
 
 CHECK_IMAGES = 16  # test images the ONNX and TorchScript files are checked on

@@ -32,9 +32,9 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 from .dashboard import ARTIFACT_DIR  # the default store: <output_dir>/artifacts, the folder the dashboard serves
 from .data import Splits
 from .errors import KdsearchError, first_line
-from .search import TEACHER_ATTR
 from .spec import StudySpec
 from .storage import StorageLock
+from .study import TEACHER_ATTR
 from .teacher import Teacher, build_teacher_model, cache_teacher, teacher_cache_path, teacher_key, weights_digest
 
 RECORD_ATTR = "teacher_artifact"  # study user attr: the study's one teacher (see the module docstring)

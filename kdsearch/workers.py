@@ -19,32 +19,14 @@ from typing import Callable, Optional, Sequence
 
 import optuna
 
-from .search import check_same_settings, make_pruner, make_sampler
 from .signals import shielded, stop_requested
 from .spec import StudySpec
 from .storage import StorageLock, has_heartbeat, retry_callback
+from .study import FINISHED_STATES
 
 # --- in each worker: trials on a study shared with other processes (or machines) ---------------------
 
-FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 WORKER_ATTR = "worker"  # user attr: host, pid, process start time and rank of the process that ran the trial
-
-
-def join_study(name: str, storage: optuna.storages.BaseStorage, spec: StudySpec, rank: int = 0) -> optuna.Study:
-    """Load an existing study with this worker's sampler (seeded from ``search.sampler_seed``, rank and
-    the trials already there, see ``make_sampler``) and the spec's pruner; a spec whose ``--set`` changed
-    a setting that determines trial results is refused (``check_same_settings``)."""
-    study = optuna.load_study(
-        study_name=name, storage=storage, sampler=make_sampler(spec, rank), pruner=make_pruner(spec)
-    )
-    check_same_settings(study, spec)
-    if study.trials:
-        study.sampler = make_sampler(spec, rank, resumed_at=len(study.trials))
-    return study
-
-
-def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
 
 
 class TrialSlot:
@@ -105,27 +87,42 @@ def _process_gone(info: dict) -> bool:
     return bool(info.get("start") and now and now != info["start"])
 
 
+def is_running(study: optuna.Study, number: int) -> bool:
+    """Whether trial ``number`` is RUNNING now, re-read from the storage (another process may have ended it)."""
+    return any(t.number == number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+
+def fail_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial | None:
+    """Mark RUNNING trial ``number`` FAILED; the trial as the storage then holds it, or None when it had
+    already finished (completed, or FAILed by another process: only one process gets the trial)."""
+    try:
+        return study.tell(number, state=optuna.trial.TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:  # finished between tell's read and its write
+        return None
+    except ValueError:  # "Cannot tell a COMPLETE trial": finished before tell's read
+        if is_running(study, number):
+            raise  # another ValueError
+        return None
+
+
 def fail_dead_local_trials(study: optuna.Study, max_retry: int) -> list[int]:
     """For storages without heartbeats (journal): FAIL the running trials whose worker process on
     this host is gone, and queue each again with the same params (up to ``max_retry`` times).
 
     Trials of workers on other hosts cannot be checked this way; use an RDB storage with heartbeats there.
     """
-    storage = study._storage
     failed = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         info = t.user_attrs.get(WORKER_ATTR)
         if not isinstance(info, dict) or not _process_gone(info):
             continue
-        try:
-            if not storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first
+        frozen = fail_trial(study, t.number)
+        if frozen is None:  # another worker got there first: it queues the retry
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             warnings.simplefilter("ignore", FutureWarning)
-            retry_callback(max_retry)(study, storage.get_trial(t._trial_id))
+            retry_callback(max_retry)(study, frozen)  # the FAILed trial as the storage now holds it
         failed.append(t.number)
     return failed
 
@@ -184,11 +181,8 @@ def fail_own_running_trials(study: optuna.Study, me: dict) -> list[int]:
     failed = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if t.user_attrs.get(WORKER_ATTR) == me:
-            try:
-                study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+            if fail_trial(study, t.number) is not None:
                 failed.append(t.number)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
     return failed
 
 
@@ -207,7 +201,7 @@ def _run_trials(study, objective, total, slot, me, *, heartbeat, max_retry, call
         except optuna.exceptions.UpdateFinishedTrialError:  # a write of the running trial was refused
             taken.append(trial.number)
             raise
-        if study._storage.get_trial(trial._trial_id).state.is_finished():  # failed elsewhere after the last write
+        if not is_running(study, trial.number):  # failed elsewhere after the last write
             taken.append(trial.number)
         return value
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from kdsearch.data import load_splits
-from kdsearch.search import create_study, final_comparison, make_objective, prepare_study_data
+from kdsearch.search import final_comparison, make_objective, prepare_study_data
 from kdsearch.spec import load_spec, spec_from_dict
+from kdsearch.study import create_study
 from kdsearch.teacher import prepare_teacher
 from kdsearch.train import Augment, augment_batch
 

@@ -28,8 +28,9 @@ from kdsearch.methods import (
     soft_kl,
     tckd_term,
 )
-from kdsearch.search import make_sampler, trial_params
+from kdsearch.search import trial_params
 from kdsearch.spec import StudySpec, spec_from_dict
+from kdsearch.study import make_sampler
 
 NUM_CLASSES = 5
 ALL_METHODS = ["kd", "cosine", "hint", "dkd", "lskd"]

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from kdsearch.errors import KdsearchError
 from kdsearch.methods import DKD, DistillBatch, nckd_term, pseudo_label_loss, unusable_methods, warmup_factor
 from kdsearch.pruners import PerMethodMedianPruner, build_pruner
-from kdsearch.search import create_study, make_sampler, methods_for_task, trial_params
+from kdsearch.search import methods_for_task, trial_params
 from kdsearch.spec import spec_from_dict
 from kdsearch.stats import paired_by_seed, paired_difference, t_quantile_975
+from kdsearch.study import create_study, make_sampler
 
 # --------------------------------------------------------------------------- per-method median
 

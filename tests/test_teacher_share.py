@@ -17,9 +17,9 @@ import torch
 import kdsearch.teacher
 from kdsearch.errors import KdsearchError
 from kdsearch.runner import Console, prepare
-from kdsearch.search import TEACHER_ATTR, create_study
 from kdsearch.spec import spec_from_dict
 from kdsearch.storage import open_storage
+from kdsearch.study import TEACHER_ATTR, create_study
 from kdsearch.teacher import weights_digest
 from kdsearch.teacher_share import RECORD_ATTR, BuildLock, open_artifact_store, share_teacher, store_location
 

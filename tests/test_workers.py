@@ -24,9 +24,9 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from kdsearch.cli import app
-from kdsearch.search import FINAL_ATTR, create_study
 from kdsearch.spec import load_spec
 from kdsearch.storage import open_storage
+from kdsearch.study import FINAL_ATTR, create_study
 from kdsearch.workers import WORKER_ATTR
 
 KDSEARCH = [sys.executable, "-m", "kdsearch.cli"]
