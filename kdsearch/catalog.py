@@ -89,6 +89,18 @@ METHOD_CATALOG: Mapping[str, MethodInfo] = MappingProxyType(
 )
 """Every method of ``kdsearch.methods``, by name: its default search space and flags."""
 
+TORCHVISION_MODELS: Mapping[str, str] = MappingProxyType(
+    {  # the torchvision architectures kdsearch builds (weights=None), with their feature layer
+        "resnet18": "layer4",
+        "resnet34": "layer4",
+        "resnet50": "layer4",
+        "densenet121": "features",
+        "mobilenet_v2": "features",
+        "mobilenet_v3_small": "features",
+        "efficientnet_b0": "features",
+    }
+)
+
 MODEL_CATALOG: Mapping[str, str] = MappingProxyType(
     {  # name → the module path feature methods (cosine, hint) tap by default
         # the seeds' small nets
@@ -100,14 +112,7 @@ MODEL_CATALOG: Mapping[str, str] = MappingProxyType(
         "cnn_big": "features",
         "cnn_small": "features",
         "conv3_student": "features",
-        # torchvision architectures
-        "resnet18": "layer4",
-        "resnet34": "layer4",
-        "resnet50": "layer4",
-        "densenet121": "features",
-        "mobilenet_v2": "features",
-        "mobilenet_v3_small": "features",
-        "efficientnet_b0": "features",
+        **TORCHVISION_MODELS,
     }
 )
 """Every model of ``kdsearch.models``' registry, by name: its default feature layer."""

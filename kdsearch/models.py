@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .catalog import MODEL_CATALOG, check_catalog
+from .catalog import MODEL_CATALOG, TORCHVISION_MODELS, check_catalog
 from .errors import KdsearchError, first_line
 from .imports import import_object
 from .registry import Registry
@@ -460,15 +460,7 @@ def _torchvision(name: str, feature_layer: str) -> ModelBuilder:
     return build
 
 
-for _name, _layer in {
-    "resnet18": "layer4",
-    "resnet34": "layer4",
-    "resnet50": "layer4",
-    "densenet121": "features",
-    "mobilenet_v2": "features",
-    "mobilenet_v3_small": "features",
-    "efficientnet_b0": "features",
-}.items():
+for _name, _layer in TORCHVISION_MODELS.items():
     _torchvision(_name, _layer)
 
 check_catalog(MODELS, MODEL_CATALOG, lambda name: MODELS.meta(name).get("feature_layer", ""))
