@@ -343,7 +343,7 @@ def run(
     import optuna
 
     from .search import make_objective
-    from .stacked_trials import resolve_trials_per_device
+    from .stacked_trials import resolve_trials_per_device, run_stacked_study
     from .storage import spec_storage
     from .study import create_study, finished_count
     from .workers import worker_count
@@ -406,7 +406,7 @@ def run(
             with shielded():  # Optuna's storage writes finish; a Ctrl-C interrupts the training (signals.py)
                 if k > 1:
                     total = finished_count(study) + n
-                    stacked_trials(study, store, url, data, k, total, callbacks=(on_trial,), echo=echo)
+                    run_stacked_study(study, store, url, data, k, total, callbacks=(on_trial,), echo=echo)
                 else:
                     study.optimize(make_objective(data), n_trials=n, callbacks=[on_trial, stop_if_requested])
             bar.close()
@@ -515,7 +515,7 @@ def work(
     import optuna
 
     from .search import make_objective
-    from .stacked_trials import resolve_trials_per_device
+    from .stacked_trials import resolve_trials_per_device, run_stacked_study
     from .storage import open_existing_storage, spec_storage
     from .study import create_study, finished_count, join_study, load_study, study_spec
     from .workers import work_on_study
@@ -564,7 +564,9 @@ def work(
 
     k = resolve_trials_per_device(data, echo=console.echo)
     if k > 1:
-        ran = stacked_trials(study, store, url, data, k, total, callbacks=(on_trial,), rank=rank, on_wait=on_wait)
+        ran = run_stacked_study(
+            study, store, url, data, k, total, callbacks=(on_trial,), rank=rank, on_wait=on_wait, echo=console.echo
+        )
     else:
         ran = work_on_study(
             study,
@@ -583,48 +585,6 @@ def work(
         f"final comparison and report: kdsearch report --storage {url} --study {name}"
     )
     return ran
-
-
-def stacked_trials(
-    study,
-    store,
-    url: str,
-    data,
-    k: int,
-    total: int,
-    *,
-    callbacks: tuple = (),
-    rank: int = 0,
-    on_wait: Optional[Callable[[int], None]] = None,
-    echo: Callable[..., None] = print,
-) -> int:
-    """Trials until the study holds ``total`` finished ones, K at a time in this process, trained stacked
-    (``stacked_trials.run_stacked`` over ``workers.work_on_study``); how many this process ran."""
-    from .stacked_trials import run_stacked
-    from .workers import work_on_study
-
-    echo(f"{k} trials at once on {data.device}, trained as one stacked model (runtime.trials_per_device)")
-
-    def work(objective, idle: Callable[[int], None]) -> int:
-        def waiting(running: int) -> None:
-            idle(running)
-            if on_wait is not None:
-                on_wait(running)
-
-        return work_on_study(
-            study,
-            store,
-            url,
-            objective,
-            total,
-            max_retry=data.spec.runtime.max_retry,
-            rank=rank,
-            callbacks=callbacks,
-            poll_s=0.5,
-            on_wait=waiting,
-        )
-
-    return run_stacked(data, k, work, echo=echo)
 
 
 def rebuild_report(study, spec, out: Path, console: Console) -> Path:

@@ -298,6 +298,47 @@ def run_stacked(
     return sum(ran)
 
 
+def run_stacked_study(
+    study: optuna.Study,
+    store: optuna.storages.BaseStorage,
+    url: str,
+    data: StudyData,
+    k: int,
+    total: int,
+    *,
+    callbacks: tuple = (),
+    rank: int = 0,
+    on_wait: Callable[[int], None] | None = None,
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Trials until the study holds ``total`` finished ones, K at a time in this process, trained stacked
+    (``run_stacked`` over ``workers.work_on_study``); how many this process ran."""
+    from .workers import work_on_study
+
+    echo(f"{k} trials at once on {data.device}, trained as one stacked model (runtime.trials_per_device)")
+
+    def work(objective: Callable[[optuna.Trial], float], idle: Callable[[int], None]) -> int:
+        def waiting(running: int) -> None:
+            idle(running)
+            if on_wait is not None:
+                on_wait(running)
+
+        return work_on_study(
+            study,
+            store,
+            url,
+            objective,
+            total,
+            max_retry=data.spec.runtime.max_retry,
+            rank=rank,
+            callbacks=callbacks,
+            poll_s=0.5,
+            on_wait=waiting,
+        )
+
+    return run_stacked(data, k, work, echo=echo)
+
+
 def stacked_seed_trainer(
     data: StudyData, k: int, *, echo: Callable[[str], None] = print
 ) -> Callable[[str, Mapping[str, float], list[int], str], list[nn.Module]]:
