@@ -8,7 +8,7 @@ Example (a notebook or script; the study file gives everything not handed over):
                                 student=lambda: MyStudent(width=32), # a factory: a fresh student per trial
                                 data={"train": train_ds, "test": test_ds})
     result.best["kd"]["params"]       # {'temperature': ..., 'alpha': ...} (validation)
-    result.comparison["students"]     # test scores of every retrained student and of scratch, per seed
+    result.comparison.students        # test scores of every retrained student and of scratch, per seed
     result.students["kd"].files       # safetensors, TorchScript, ONNX and card.json of the best kd student
 """
 

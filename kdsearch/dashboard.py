@@ -17,10 +17,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 from .errors import KdsearchError
+from .results import FinalComparison
 from .storage import open_storage
-from .study import FINAL_ATTR, SPEC_ATTR, load_study, study_spec
+from .study import SPEC_ATTR, load_study, study_spec
 
 ARTIFACT_DIR = "artifacts"
 
@@ -51,7 +53,7 @@ def upload_once(study: optuna.Study, store: FileSystemArtifactStore, path: Path,
             with store.open_reader(meta.artifact_id) as reader:
                 if _sha256(reader.read()) == digest:
                     return meta.artifact_id, False
-        except Exception:  # uploaded into another store (another output_dir): not readable here
+        except (ArtifactNotFound, OSError):  # uploaded into another store (another output_dir): not readable here
             continue
     return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study, mimetype=mimetype), True
 
@@ -63,7 +65,8 @@ def upload_study_artifacts(study: optuna.Study, store: FileSystemArtifactStore, 
     """
     from .report import write_report
 
-    if FINAL_ATTR not in study.user_attrs:
+    comparison = FinalComparison.read(study)
+    if comparison is None:
         return [
             f"study {study.study_name!r}: no final comparison yet, so no report artifact; when the trials are done run "
             "`kdsearch report` and start the dashboard again"
@@ -71,7 +74,7 @@ def upload_study_artifacts(study: optuna.Study, store: FileSystemArtifactStore, 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / "final_comparison.json"
-    final.write_text(json.dumps(study.user_attrs[FINAL_ATTR], indent=2, sort_keys=True) + "\n")
+    final.write_text(json.dumps(comparison.to_attr(), indent=2, sort_keys=True) + "\n")
     report = output_dir / "report.html"
     if not report.is_file():
         write_report(study, report)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -22,6 +22,7 @@ from .report_model import (
     method_colour,
     metric_label,
 )
+from .results import FinalComparison
 
 # --------------------------------------------------------------------------- figures (pure)
 
@@ -360,11 +361,11 @@ def history_figure(points: Sequence[TrialPoint], objective: str | None) -> go.Fi
     return fig
 
 
-def final_comparison_figure(final: Mapping) -> go.Figure:
+def final_comparison_figure(final: FinalComparison) -> go.Figure:
     """Test accuracy and AUC per student: mean ± std (point with error bars), each seed a dot beside it,
     the teacher a dashed line (legend entry ``teacher (test)``). No bars, so no truncated baseline."""
     stats = final_stats(final)
-    teacher = final.get("teacher") or {}
+    teacher = final.teacher.model_dump() if final.teacher else {}
     fig = make_subplots(rows=1, cols=2, subplot_titles=("test accuracy", "test AUC"), horizontal_spacing=0.09)
     xs = list(range(len(stats)))
     for col, metric in enumerate(("accuracy", "auc"), start=1):
@@ -434,7 +435,7 @@ def final_comparison_figure(final: Mapping) -> go.Figure:
             row=1,
             col=col,
         )
-    n = len(final.get("seeds") or []) or max((s.n for s in stats), default=0)
+    n = len(final.seeds) or max((s.n for s in stats), default=0)
     # Legend-only keys for the two marker kinds (the real traces are coloured per method).
     fig.add_trace(
         go.Scatter(

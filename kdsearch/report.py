@@ -45,8 +45,9 @@ from .report_model import (  # noqa: F401
     study_objective,
     trial_points,
 )
+from .results import ExportedFiles, FinalComparison, Scores, TeacherScores
 from .stats import PairedDifference
-from .study import FINAL_ATTR, TEACHER_ATTR, params_of
+from .study import params_of
 
 FIGURE_HEIGHT = 440
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
@@ -92,7 +93,7 @@ def _delta_cell(d: PairedDifference | None) -> str:
     return f'{mean} <span class="ci">{interval}</span>'
 
 
-def final_table(final: Mapping) -> str:
+def final_table(final: FinalComparison) -> str:
     """HTML table ``#final-comparison`` with the figure's numbers: mean ± std, n seeds, and the paired
     per-seed Δ (mean and 95% t-interval) vs scratch, and vs pseudo-label when the study has that baseline."""
     stats = final_stats(final)
@@ -123,12 +124,12 @@ def final_table(final: Mapping) -> str:
         )
 
     body = "".join(row(s) for s in stats)
-    teacher = final.get("teacher") or {}
+    teacher = final.teacher
     if teacher:
         body += (
             f'<tr class="ref"><td><span class="sw dash"></span>teacher</td><td>—</td><td>—</td>'
-            f"<td class=num>{_fmt(teacher.get('accuracy'))}</td><td class=num></td>"
-            f"<td class=num>{_fmt(teacher.get('auc'))}</td><td class=num></td>"
+            f"<td class=num>{_fmt(teacher.accuracy)}</td><td class=num></td>"
+            f"<td class=num>{_fmt(teacher.auc)}</td><td class=num></td>"
             + ("<td class=num></td>" * 2 if pseudo else "")
             + "<td class=num>—</td></tr>"
         )
@@ -150,15 +151,14 @@ def vs_text(s: StudentStats) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-def rerun_text(final: Mapping) -> str | None:
+def rerun_text(final: FinalComparison) -> str | None:
     """A line saying that this final comparison is a re-run, or None for a study's first one."""
-    run = int(final.get("run", 1))
-    if run < 2:
+    if final.run < 2:
         return None
-    earlier = ", ".join(str(n) for n in final.get("earlier_runs_trials") or []) or "?"
-    now = final.get("n_complete_trials")
+    earlier = ", ".join(str(n) for n in final.earlier_runs_trials) or "?"
+    now = final.n_complete_trials
     return (
-        f"re-run {run}: the test split was scored before, after {earlier} completed trial(s); this comparison "
+        f"re-run {final.run}: the test split was scored before, after {earlier} completed trial(s); this comparison "
         f"ran after {'?' if now is None else now}. Choosing between runs by their test scores tunes on test"
     )
 
@@ -172,23 +172,23 @@ COST_COLUMNS = (
 )
 
 
-def cost_lines(final: Mapping) -> list[tuple[str, str]]:
+def cost_lines(final: FinalComparison) -> list[tuple[str, str]]:
     """(model, 'params …, size …, …') for the teacher and the student architecture, if measured."""
     return [
-        (name, ", ".join(f"{label} {fmt.format(row[key])}" for key, label, fmt in COST_COLUMNS))
-        for name, row in (final.get("cost") or {}).items()
+        (name, ", ".join(f"{label} {fmt.format(getattr(row, key))}" for key, label, fmt in COST_COLUMNS))
+        for name, row in final.cost.items()
     ]
 
 
-def cost_table(final: Mapping) -> str:
+def cost_table(final: FinalComparison) -> str:
     """HTML table ``#cost``: parameters, size, FLOPs, latency and throughput of teacher and student."""
-    cost = final.get("cost") or {}
+    cost = final.cost
     if not cost:
         return ""
     head = "<tr><th>model</th>" + "".join(f"<th class=num>{label}</th>" for _, label, _ in COST_COLUMNS) + "</tr>"
     body = "".join(
         f"<tr><td>{html.escape(name)}</td>"
-        + "".join(f"<td class=num>{fmt.format(row[key])}</td>" for key, _, fmt in COST_COLUMNS)
+        + "".join(f"<td class=num>{fmt.format(getattr(row, key))}</td>" for key, _, fmt in COST_COLUMNS)
         + "</tr>"
         for name, row in cost.items()
     )
@@ -216,20 +216,21 @@ def summary_rows(study: optuna.Study) -> list[tuple[str, str]]:
     objective = study_objective(study)
     if objective:
         rows.append(("objective", f"validation {metric_label(objective)} (maximized)"))
-    teacher = study.user_attrs.get(TEACHER_ATTR)
+    teacher = TeacherScores.read(study)
     if teacher:
-        rows.append(("teacher (val)", f"accuracy {teacher['val_accuracy']:.4f}, AUC {teacher['val_auc']:.4f}"))
+        rows.append(("teacher (val)", f"accuracy {teacher.val_accuracy:.4f}, AUC {teacher.val_auc:.4f}"))
     if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         best = study.best_trial
         method, params = params_of(best) if "method" in best.params else ("?", {})
         shown = format_params(params)
         what = f"#{best.number} {method}{' ' + shown if shown else ''}"
         rows.append(("best trial (val)", f"{what}: val {metric_label(objective)} {best.value:.4f}"))
-    final = study.user_attrs.get(FINAL_ATTR)
+    final = FinalComparison.read(study)
     if final:
-        n = len(final["seeds"])
-        t = final["teacher"]
-        rows.append(("teacher (test)", f"accuracy {t['accuracy']:.4f}, AUC {t['auc']:.4f}"))
+        n = len(final.seeds)
+        if final.teacher:
+            t = final.teacher
+            rows.append(("teacher (test)", f"accuracy {t.accuracy:.4f}, AUC {t.auc:.4f}"))
         rerun = rerun_text(final)
         if rerun:
             rows.append(("final comparison", rerun))
@@ -237,10 +238,12 @@ def summary_rows(study: optuna.Study) -> list[tuple[str, str]]:
             text = f"accuracy {s.accuracy_mean:.4f} ± {s.accuracy_std:.4f}, AUC {s.auc_mean:.4f} ± {s.auc_std:.4f}"
             rows.append((f"{s.label} (test, {n} seed{'s' * (n != 1)})", text + vs_text(s)))
         rows += [(f"cost: {name}", text) for name, text in cost_lines(final)]
-        for method, e in sorted((final.get("exports") or {}).items(), key=lambda kv: method_sort_key(kv[0])):
-            folder = Path(e.get("base", ".")) / e["folder"]
+        for method, e in sorted(final.exports.items(), key=lambda kv: method_sort_key(kv[0])):
             rows.append(
-                (f"student {method} (files)", f"{folder}  (seed {e.get('seed')}: safetensors, TorchScript, ONNX, card)")
+                (
+                    f"student {method} (files)",
+                    f"{Path(e.base or '.') / e.folder}  (seed {e.seed}: safetensors, TorchScript, ONNX, card)",
+                )
             )
     return rows
 
@@ -275,7 +278,7 @@ section.figure{margin:.4em 0 .6em}
 EXPORT_KINDS = (("onnx", "ONNX"), ("torchscript", "TorchScript"), ("safetensors", "safetensors"), ("card", "card"))
 
 
-def students_table(exports: Mapping[str, Mapping], report_dir: Path) -> str:
+def students_table(exports: Mapping[str, ExportedFiles], report_dir: Path) -> str:
     """The exported distilled students (one row per method) with links to their files, relative to the report."""
     import os
 
@@ -284,18 +287,17 @@ def students_table(exports: Mapping[str, Mapping], report_dir: Path) -> str:
         e = exports[method]
         links = []
         for kind, label in EXPORT_KINDS:
-            if kind in e.get("files", {}):
-                target = Path(e.get("base", report_dir)) / e["files"][kind]
-                href = os.path.relpath(target, report_dir)
-                size = e.get("sizes", {}).get(kind)
+            if kind in e.files:
+                href = os.path.relpath(Path(e.base or report_dir) / e.files[kind], report_dir)
+                size = e.sizes.get(kind)
                 shown = f"{label} ({size / 1e6:.2f} MB)" if size is not None and kind != "card" else label
                 links.append(f'<a href="{html.escape(href)}">{html.escape(shown)}</a>')
-        test = e.get("test") or {}
-        diff = e.get("onnx_max_abs_diff")
+        test = e.test or Scores(accuracy=float("nan"), auc=float("nan"))
+        diff = e.onnx_max_abs_diff
         rows.append(
             f'<tr><td><span class="sw" style="background:{method_colour(method)}"></span>{html.escape(method)}</td>'
-            f'<td class="num">{e.get("seed")}</td><td class="num">{test.get("accuracy", float("nan")):.4f}</td>'
-            f'<td class="num">{test.get("auc", float("nan")):.4f}</td>'
+            f'<td class="num">{e.seed}</td><td class="num">{test.accuracy:.4f}</td>'
+            f'<td class="num">{test.auc:.4f}</td>'
             f'<td class="num">{"" if diff is None else f"{diff:.1e}"}</td><td>{" · ".join(links)}</td></tr>'
         )
     return (
@@ -319,7 +321,7 @@ def write_report(study: optuna.Study, path: Path) -> Path:
     points = trial_points(study)
     objective = study_objective(study)
     shown_metric = objective or "accuracy"
-    final = study.user_attrs.get(FINAL_ATTR)
+    final = FinalComparison.read(study)
     has_temperature = any(p.complete and "temperature" in p.params for p in points)
 
     blocks: list[str | go.Figure] = ["<h2>Search (validation split)</h2>"]  # page order
@@ -344,7 +346,7 @@ def write_report(study: optuna.Study, path: Path) -> Path:
         blocks.append(history_figure(points, objective))
     if final:
         rerun = rerun_text(final)
-        heading = "Final comparison (test split)" + (f" — re-run {final.get('run')}" if rerun else "")
+        heading = "Final comparison (test split)" + (f" — re-run {final.run}" if rerun else "")
         blocks += [
             f"<h2>{html.escape(heading)}</h2>",
             *([f'<p class="note">This is a {html.escape(rerun)}.</p>'] if rerun else []),
@@ -357,8 +359,8 @@ def write_report(study: optuna.Study, path: Path) -> Path:
             final_table(final),
             cost_table(final),
         ]
-        if final.get("exports"):
-            blocks.append(students_table(final["exports"], path.parent))
+        if final.exports:
+            blocks.append(students_table(final.exports, path.parent))
 
     html_parts, n_fig = [], 0
     for block in blocks:

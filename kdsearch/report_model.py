@@ -12,8 +12,9 @@ from typing import Iterable, Mapping, Sequence
 
 import optuna
 
+from .results import FinalComparison, SeedRun
 from .stats import PairedDifference, paired_by_seed
-from .study import FINAL_ATTR, SPEC_ATTR, best_trials_per_method, params_of
+from .study import SPEC_ATTR, best_trials_per_method, params_of
 
 METRIC_LABELS = {"accuracy": "accuracy", "auc": "AUC"}
 METHOD_ORDER = ("kd", "lskd", "dkd", "cosine", "hint", "pseudo_label", "scratch")
@@ -120,7 +121,8 @@ def study_objective(study: optuna.Study) -> str | None:
     spec = study.user_attrs.get(SPEC_ATTR) or {}
     objective = (spec.get("search") or {}).get("objective") if isinstance(spec, dict) else None
     if objective is None:
-        objective = (study.user_attrs.get(FINAL_ATTR) or {}).get("objective")
+        final = FinalComparison.read(study)
+        objective = final.objective if final else None
     return objective if objective in METRIC_LABELS else None
 
 
@@ -273,23 +275,18 @@ class StudentStats:
         return (self.accuracy_mean, self.accuracy_std) if metric == "accuracy" else (self.auc_mean, self.auc_std)
 
 
-def _is_scratch(student: Mapping) -> bool:
-    return student.get("method") == "scratch" or student.get("label") == "scratch"
-
-
-def _is_baseline(student: Mapping) -> bool:
-    return _is_scratch(student) or student.get("method") == "pseudo_label"
-
-
-def _paired(runs: Sequence[Mapping], base: Sequence[Mapping] | None) -> dict[str, PairedDifference] | None:
+def _paired(runs: Sequence[SeedRun], base: Sequence[SeedRun] | None) -> dict[str, PairedDifference] | None:
     """Per metric, ``runs`` minus ``base`` paired by seed; None without a base or a shared seed."""
     if not base:
         return None
-    out = {m: paired_by_seed(runs, base, m) for m in ("accuracy", "auc")}
+    out = {
+        m: paired_by_seed({r.seed: getattr(r, m) for r in runs}, {r.seed: getattr(r, m) for r in base})
+        for m in ("accuracy", "auc")
+    }
     return None if any(d is None for d in out.values()) else out  # type: ignore[return-value]
 
 
-def final_stats(final: Mapping) -> list[StudentStats]:
+def final_stats(final: FinalComparison) -> list[StudentStats]:
     """Mean ± sample std per student; each student's difference to scratch (the scratch student of the same
     teacher mode) and each distilled student's to pseudo-label: as a difference of means in percentage
     points and paired by seed (``stats.paired_by_seed``: mean, std, 95% t-interval).
@@ -298,44 +295,43 @@ def final_stats(final: Mapping) -> list[StudentStats]:
     """
     # each distilled student against the scratch student trained with the same teacher mode
     # (a 'consistent' winner saw augmented batches, so its baseline is the augmented scratch)
-    bases: dict[str, dict[str, float]] = {}
-    base_runs: dict[str, list] = {}
+    base_runs: dict[str, list[SeedRun]] = {}
     pseudo_runs = None
-    for student in final["students"]:
-        if _is_scratch(student) and student["runs"]:
-            mode = student.get("teacher_mode", "cached")
-            bases.setdefault(mode, {m: statistics.fmean(r[m] for r in student["runs"]) for m in ("accuracy", "auc")})
-            base_runs.setdefault(mode, student["runs"])
-        elif student.get("method") == "pseudo_label" and student["runs"]:
-            pseudo_runs = student["runs"]
+    for student in final.students:
+        if student.is_scratch and student.runs:
+            base_runs.setdefault(student.teacher_mode, student.runs)
+        elif student.method == "pseudo_label" and student.runs:
+            pseudo_runs = student.runs
     out = []
-    for s in final["students"]:
-        if not s["runs"]:
+    for s in final.students:
+        if not s.runs:
             continue
-        acc = tuple(r["accuracy"] for r in s["runs"])
-        roc = tuple(r["auc"] for r in s["runs"])
+        acc = tuple(r.accuracy for r in s.runs)
+        roc = tuple(r.auc for r in s.runs)
         (am, asd), (um, usd) = mean_std(acc), mean_std(roc)
-        mode = s.get("teacher_mode", "cached")
-        base = bases.get(mode, bases.get("cached"))
-        vs = base is not None and not _is_scratch(s)
-        scratch_runs = base_runs.get(mode, base_runs.get("cached")) if vs else None
+        scratch_runs = None if s.is_scratch else base_runs.get(s.teacher_mode, base_runs.get("cached"))
+        base = (
+            {m: statistics.fmean(getattr(r, m) for r in scratch_runs) for m in ("accuracy", "auc")}
+            if scratch_runs
+            else None
+        )
         out.append(
             StudentStats(
-                label=s["label"],
-                method=s.get("method", s["label"]),
-                params=dict(s.get("params") or {}),
-                trial=s.get("trial"),
-                seeds=tuple(r.get("seed") for r in s["runs"]),
+                label=s.label,
+                method=s.method,
+                params=dict(s.params),
+                trial=s.trial,
+                seeds=tuple(r.seed for r in s.runs),
                 accuracy=acc,
                 auc=roc,
                 accuracy_mean=am,
                 accuracy_std=asd,
                 auc_mean=um,
                 auc_std=usd,
-                accuracy_vs_scratch_pp=(am - base["accuracy"]) * 100 if vs else None,
-                auc_vs_scratch_pp=(um - base["auc"]) * 100 if vs else None,
-                vs_scratch=_paired(s["runs"], scratch_runs),
-                vs_pseudo_label=None if _is_baseline(s) else _paired(s["runs"], pseudo_runs),
+                accuracy_vs_scratch_pp=(am - base["accuracy"]) * 100 if base else None,
+                auc_vs_scratch_pp=(um - base["auc"]) * 100 if base else None,
+                vs_scratch=_paired(s.runs, scratch_runs),
+                vs_pseudo_label=None if s.is_baseline else _paired(s.runs, pseudo_runs),
             )
         )
     return sorted(out, key=lambda s: method_sort_key(s.method))

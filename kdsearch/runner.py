@@ -228,12 +228,12 @@ def prepare(
 
 def echo_rerun_notice(study, echo: Callable[..., None]) -> None:
     """Say so when a study whose final comparison already touched the test split gets more trials."""
-    from .study import FINAL_ATTR
+    from .results import FinalComparison
 
-    final = study.user_attrs.get(FINAL_ATTR)
+    final = FinalComparison.read(study)
     if final:
         echo(
-            f"note: this study's final comparison already scored the test split (after {final['n_complete_trials']} "
+            f"note: this study's final comparison already scored the test split (after {final.n_complete_trials} "
             "completed trials); the comparison at the end of this run is a re-run, labelled so in the report. "
             "Choosing among re-runs by their test scores would tune on the test split"
         )
@@ -270,7 +270,7 @@ class StudyResult:
     study: Any  # optuna.Study
     storage: str
     best: dict[str, dict[str, Any]]  # method → {"params", "value", "trial"} (validation objective)
-    comparison: dict[str, Any]  # the final comparison on test (see search.final_comparison)
+    comparison: Any  # results.FinalComparison: the final comparison on test (see search.final_comparison)
     report_path: Path | None
     students: dict[str, Any]  # method → export.ExportedStudent of the representative retrained student
     finished: bool = True  # False when a worker failed and the study holds fewer trials than asked
@@ -288,7 +288,7 @@ def best_summary(study) -> dict[str, dict[str, Any]]:
 
 def final_and_report(
     study, data, teacher, report_path: Path, console: Console, *, k: Optional[int] = None
-) -> tuple[dict, dict]:
+) -> tuple[Any, dict]:
     """The final comparison on test (retraining with several seeds; K seeds at once as a stack when
     ``runtime.trials_per_device``, or ``k``, is above 1), the exported students, the report."""
     from .report import summary_text, write_report
@@ -313,8 +313,11 @@ def final_and_report(
     finally:
         bar.close()
     exported = keeper.export(console)
-    result["exports"] = {m: export_summary(e, report_path.parent) for m, e in exported.items()}
-    study.set_user_attr("final_comparison", result)
+    # saved again with the files: the first save (in final_comparison) keeps the scores if exporting fails
+    result = result.model_copy(
+        update={"exports": {m: export_summary(e, report_path.parent) for m, e in exported.items()}}
+    )
+    result.save(study)
     path = write_report(study, report_path)
     console.echo(summary_text(study))
     console.echo(f"report: {path}")
@@ -590,12 +593,12 @@ def work(
 def rebuild_report(study, spec, out: Path, console: Console) -> Path:
     """``report.html`` from storage; the final comparison (and the exported students) first when it is missing."""
     from .report import summary_text, write_report
-    from .study import FINAL_ATTR
+    from .results import FinalComparison
 
     if out.is_dir():
         raise KdsearchError(f"--output {out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
     writable_dir(out.parent, "the report's folder")
-    if FINAL_ATTR not in study.user_attrs:
+    if FinalComparison.read(study) is None:
         console.echo("no final comparison stored yet: running it now")
         splits, teacher, dev = prepare(spec, console, study=study)
         final_and_report(study, study_data(spec, splits, teacher, dev, console), teacher, out, console)

@@ -20,9 +20,10 @@ from .errors import KdsearchError, out_of_memory
 from .methods import METHODS, DistillBatch, build_method, searchable_methods, unusable_methods
 from .metrics import cost_row
 from .models import FeatureTap, build_model, default_feature_layer, load_state, read_checkpoint
+from .results import Candidate, CandidateRuns, FinalComparison, Scores, SeedRun
 from .signals import interruptible, shielded
 from .spec import StudySpec
-from .study import FINAL_ATTR, best_trials_per_method, params_of, teacher_mode_of
+from .study import best_trials_per_method, params_of, teacher_mode_of
 from .teacher import Teacher, feature_cache_mb, teacher_features
 from .train import Augment, EpochResult, LiveTeacher, TrainSet, evaluate, fit, steps_per_epoch
 
@@ -302,24 +303,27 @@ def cost_table(data: StudyData, teacher: Teacher, student: nn.Module) -> dict[st
     }
 
 
-def final_candidates(
-    study: optuna.Study, *, unlabeled: bool = False, students: str = "each"
-) -> list[tuple[str, str, dict[str, float], int | None, str]]:
-    """(label, method, params, trial number, teacher mode) of each student the final comparison retrains:
-    the best trial of each method (``students = "each"``) or of the study (``"best"``), scratch, the
-    pseudo-label baseline when the student's pool has ``unlabeled`` images, and an augmented scratch
-    when a winner used ``consistent``."""
+def final_candidates(study: optuna.Study, *, unlabeled: bool = False, students: str = "each") -> list[Candidate]:
+    """The students the final comparison retrains: the best trial of each method (``students = "each"``) or of
+    the study (``"best"``), scratch, the pseudo-label baseline when the student's pool has ``unlabeled`` images,
+    and an augmented scratch when a winner used ``consistent``."""
     best = best_trials_per_method(study)
     if students == "best" and best:
         top = max(best.values(), key=lambda t: t.value)
         best = {top.params["method"]: top}
-    candidates = [(f"best {m}", m, params_of(t)[1], t.number, teacher_mode_of(t)) for m, t in sorted(best.items())]
-    candidates.append(("scratch", "scratch", {}, None, "cached"))
+    candidates = [
+        Candidate(label=f"best {m}", method=m, params=params_of(t)[1], trial=t.number, teacher_mode=teacher_mode_of(t))
+        for m, t in sorted(best.items())
+    ]
+    candidates.append(Candidate(label="scratch", method="scratch"))
     if unlabeled:
-        candidates.append(("pseudo-label", "pseudo_label", {}, None, "cached"))
-    if any(c[4] == "consistent" for c in candidates):
-        candidates.append(("scratch (augmented)", "scratch", {}, None, "consistent"))
+        candidates.append(Candidate(label="pseudo-label", method="pseudo_label"))
+    if any(c.teacher_mode == "consistent" for c in candidates):
+        candidates.append(Candidate(label="scratch (augmented)", method="scratch", teacher_mode="consistent"))
     return candidates
+
+
+SeedTrainer = Callable[[str, Mapping[str, float], list[int], str], list[nn.Module]]
 
 
 def final_comparison(
@@ -328,20 +332,18 @@ def final_comparison(
     teacher: Teacher,
     *,
     on_run: Callable[[str, int], None] | None = None,
-    on_student: Callable[[dict, dict, nn.Module], None] | None = None,
-    train_seeds: Callable[[str, Mapping[str, float], list[int], str], list[nn.Module]] | None = None,
-) -> dict:
+    on_student: Callable[[Candidate, SeedRun, nn.Module], None] | None = None,
+    train_seeds: SeedTrainer | None = None,
+) -> FinalComparison:
     """Retrain the best trial of each method and the baselines with K seeds; score them and the teacher on **test**.
 
     This is the only place that touches the test split (besides export). Every candidate trains with the
     same seeds, so seed ``s`` gives each the same initial weights and batch order: differences are paired
-    by seed (``stats.paired_difference``). The result is stored on the study (user attr
-    ``final_comparison``) and returned; a comparison run after an earlier one is numbered (``run``) and
-    remembers how many trials the earlier ones saw. ``on_student(candidate, run, model)`` sees each
-    retrained student (e.g. to keep it as files); ``candidate`` holds label, method, params, trial and
-    teacher mode, ``run`` the seed and its test scores. ``train_seeds(method, params, seeds, mode)`` trains one
-    candidate's students, one per seed (default: ``train_student`` seed after seed; ``stacked_trials`` passes
-    one that trains the seeds at once as a stack).
+    by seed (``stats.paired_difference``). The result is stored on the study (``FinalComparison.save``) and
+    returned; a comparison run after an earlier one is numbered (``run``) and remembers how many trials the
+    earlier ones saw. ``on_student(candidate, run, model)`` sees each retrained student (e.g. to keep it as
+    files). ``train_seeds(method, params, seeds, mode)`` trains one candidate's students, one per seed
+    (default: ``train_student`` seed after seed; ``stacked_trials`` passes one that trains the seeds at once).
     """
     best = best_trials_per_method(study)
     if not best:
@@ -349,43 +351,34 @@ def final_comparison(
     f = data.spec.final
     seeds = list(range(f.first_seed, f.first_seed + f.seeds))
     test = data.splits.test.in_memory(data.device, data.spec.data.memory_budget_mb / 2)
-    candidates = final_candidates(study, unlabeled=len(data.splits.unlabeled) > 0, students=f.students)
-    students = []
     if train_seeds is None:
 
         def train_seeds(method, params, seeds, mode):
             return [train_student(data, method, params, seed, teacher_mode=mode)[0] for seed in seeds]
 
-    for label, method, params, number, mode in candidates:
+    students = []
+    for candidate in final_candidates(study, unlabeled=len(data.splits.unlabeled) > 0, students=f.students):
         runs = []
-        for seed, model in zip(seeds, train_seeds(method, params, seeds, mode)):
+        for seed, model in zip(seeds, train_seeds(candidate.method, candidate.params, seeds, candidate.teacher_mode)):
             acc, roc = evaluate(model, test)
-            runs.append({"seed": seed, "accuracy": acc, "auc": roc})
+            runs.append(SeedRun(seed=seed, accuracy=acc, auc=roc))
             if on_student is not None:
-                on_student(
-                    {"label": label, "method": method, "params": params, "trial": number, "teacher_mode": mode},
-                    runs[-1],
-                    model,
-                )
+                on_student(candidate, runs[-1], model)
             if on_run is not None:
-                on_run(label, seed)
-        students.append(
-            {"label": label, "method": method, "params": params, "trial": number, "teacher_mode": mode, "runs": runs}
-        )
+                on_run(candidate.label, seed)
+        students.append(CandidateRuns(**candidate.model_dump(), runs=runs))
     teacher_acc, teacher_auc = evaluate(teacher.model, test)
-    previous = study.user_attrs.get(FINAL_ATTR)
-    result = {
-        "split": "test",
-        "objective": data.spec.search.objective,
-        "seeds": seeds,
-        "students": students,
-        "teacher": {"accuracy": teacher_acc, "auc": teacher_auc},
-        "cost": cost_table(data, teacher, model),
-        "n_complete_trials": len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
-        "run": 1 if not previous else int(previous.get("run", 1)) + 1,
-        "earlier_runs_trials": []
-        if not previous
-        else [*previous.get("earlier_runs_trials", []), previous["n_complete_trials"]],
-    }
-    study.set_user_attr(FINAL_ATTR, result)
+    previous = FinalComparison.read(study)
+    run, earlier = previous.next_run() if previous else (1, [])
+    result = FinalComparison(
+        objective=data.spec.search.objective,
+        seeds=seeds,
+        students=students,
+        teacher=Scores(accuracy=teacher_acc, auc=teacher_auc),
+        cost=cost_table(data, teacher, model),
+        n_complete_trials=len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
+        run=run,
+        earlier_runs_trials=earlier,
+    )
+    result.save(study)
     return result

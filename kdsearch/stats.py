@@ -76,11 +76,10 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> PairedDifferenc
     return PairedDifference(n, mean, std, mean - half, mean + half)
 
 
-def paired_by_seed(runs: Sequence[Mapping], baseline: Sequence[Mapping], metric: str) -> PairedDifference | None:
-    """``paired_difference`` of ``metric`` over the seeds both lists of runs (``{"seed", metric}``) share;
+def paired_by_seed(values: Mapping[int, float], baseline: Mapping[int, float]) -> PairedDifference | None:
+    """``paired_difference`` of ``values`` minus ``baseline`` (each seed → value) over the seeds both have;
     None when they share none."""
-    base = {r["seed"]: r[metric] for r in baseline}
-    shared = [r for r in runs if r["seed"] in base]
+    shared = [seed for seed in values if seed in baseline]
     if not shared:
         return None
-    return paired_difference([r[metric] for r in shared], [base[r["seed"]] for r in shared])
+    return paired_difference([values[s] for s in shared], [baseline[s] for s in shared])

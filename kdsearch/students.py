@@ -19,6 +19,7 @@ from torch import nn
 
 from .errors import KdsearchError
 from .export import ExportedStudent, export_student, save_safetensors
+from .results import Candidate, ExportedFiles, SeedRun
 from .search import StudyData, train_student
 from .study import params_of, teacher_mode_of
 from .train import TrainSet, evaluate, predict, steps_per_epoch
@@ -26,25 +27,24 @@ from .train import TrainSet, evaluate, predict, steps_per_epoch
 CHECK_IMAGES = 16  # test images the ONNX and TorchScript files are checked on
 
 
-def representative(runs: list[dict], metric: str) -> int:
+def representative(runs: list[SeedRun], metric: str) -> int:
     """Index of the run whose ``metric`` is closest to the runs' mean (the first such on a tie)."""
-    mean = statistics.fmean(r[metric] for r in runs)
-    return min(range(len(runs)), key=lambda i: abs(runs[i][metric] - mean))
+    values = [getattr(r, metric) for r in runs]
+    mean = statistics.fmean(values)
+    return min(range(len(runs)), key=lambda i: abs(values[i] - mean))
 
 
 def student_card(
     data: StudyData,
     study_name: str,
-    method: str,
-    params: dict,
-    trial: int | None,
-    mode: str,
-    run: dict,
+    candidate: Candidate,
+    run: SeedRun,
     *,
     train_on: str = "train",
-    seeds: list[dict] | None = None,
+    seeds: list[SeedRun] | None = None,
 ) -> dict[str, Any]:
-    """What a user needs to use the student: architecture, classes, input and normalization, how it was trained."""
+    """What a user needs to use the student (the card written beside its files): architecture, classes, input
+    and normalization, how it was trained (``candidate``'s method, params and trial; ``run``'s seed and scores)."""
     spec, splits = data.spec, data.splits
     card: dict[str, Any] = {
         "architecture": spec.student.arch,
@@ -61,14 +61,14 @@ def student_card(
             "std": list(splits.std),
         },
         "output": "logits (N, num_classes); softmax for probabilities",
-        "method": method,
-        "params": dict(params),
-        "teacher_mode": mode,
+        "method": candidate.method,
+        "params": dict(candidate.params),
+        "teacher_mode": candidate.teacher_mode,
         "teacher": spec.teacher.arch,
         "study": study_name,
-        "trial": trial,
-        "seed": run["seed"],
-        "test": {"accuracy": run["accuracy"], "auc": run["auc"]},
+        "trial": candidate.trial,
+        "seed": run.seed,
+        "test": {"accuracy": run.accuracy, "auc": run.auc},
         "training": {
             "epochs": spec.student.epochs,
             "batch_size": spec.student.batch_size,
@@ -77,7 +77,7 @@ def student_card(
         },
     }
     if seeds is not None:
-        card["seeds"] = seeds
+        card["seeds"] = [r.to_attr() for r in seeds]
         card["representative"] = (
             f"the seed whose test {spec.search.objective} is closest to the mean of {len(seeds)} seeds"
         )
@@ -91,7 +91,7 @@ def _check_batch(data: StudyData) -> torch.Tensor:
     return x.float().cpu().contiguous()
 
 
-def export_summary(exported: ExportedStudent, base: Path) -> dict[str, Any]:
+def export_summary(exported: ExportedStudent, base: Path) -> ExportedFiles:
     """What the stored final comparison and the report say about an exported student (paths relative to ``base``)."""
 
     def rel(p: Path) -> str:
@@ -100,17 +100,16 @@ def export_summary(exported: ExportedStudent, base: Path) -> dict[str, Any]:
         except ValueError:
             return str(Path(p).resolve())
 
-    return {
-        "base": str(Path(base).resolve()),
-        "folder": rel(exported.folder),
-        "files": {kind: rel(path) for kind, path in exported.files.items()},
-        "sizes": {kind: Path(path).stat().st_size for kind, path in exported.files.items() if Path(path).is_file()},
-        "seed": exported.card.get("seed"),
-        "onnx_max_abs_diff": None
-        if exported.onnx_max_abs_diff != exported.onnx_max_abs_diff
-        else exported.onnx_max_abs_diff,
-        "test": exported.card.get("test"),
-    }
+    diff = exported.onnx_max_abs_diff
+    return ExportedFiles(
+        base=str(Path(base).resolve()),
+        folder=rel(exported.folder),
+        files={kind: rel(path) for kind, path in exported.files.items()},
+        sizes={kind: Path(path).stat().st_size for kind, path in exported.files.items() if Path(path).is_file()},
+        seed=exported.card.get("seed"),
+        onnx_max_abs_diff=None if diff != diff else diff,  # NaN: no ONNX file
+        test=exported.card.get("test"),
+    )
 
 
 class StudentKeeper:
@@ -118,19 +117,19 @@ class StudentKeeper:
 
     def __init__(self, data: StudyData, study: Any, folder: Path) -> None:
         self.data, self.study, self.folder = data, study, Path(folder)
-        self.kept: dict[str, list[tuple[dict, dict, nn.Module]]] = {}
+        self.kept: dict[str, list[tuple[Candidate, SeedRun, nn.Module]]] = {}
 
-    def keep(self, candidate: dict, run: dict, model: nn.Module) -> None:
+    def keep(self, candidate: Candidate, run: SeedRun, model: nn.Module) -> None:
         """``final_comparison``'s ``on_student``: a distilled student's weights saved per seed, kept in memory."""
-        method = candidate["method"]
-        if method in ("scratch", "pseudo_label"):  # the baselines are for comparison, not for shipping
+        method = candidate.method
+        if candidate.is_baseline:  # the baselines are for comparison, not for shipping
             return
         runs = self.kept.setdefault(method, [])
         seeds = self.folder / method / "seeds"
         if not runs and seeds.is_dir():  # a new final comparison replaces the last one's seeds
             for old in seeds.glob("seed-*.safetensors"):
                 old.unlink()
-        save_safetensors(model, seeds / f"seed-{run['seed']}.safetensors")
+        save_safetensors(model, seeds / f"seed-{run.seed}.safetensors")
         runs.append((candidate, run, copy.deepcopy(model).cpu()))
 
     def export(self, console: Any) -> dict[str, ExportedStudent]:
@@ -141,17 +140,7 @@ class StudentKeeper:
         for method, runs in sorted(self.kept.items()):
             i = representative([r for _, r, _ in runs], metric)
             candidate, run, model = runs[i]
-            seeds = [dict(r) for _, r, _ in runs]
-            card = student_card(
-                self.data,
-                self.study.study_name,
-                method,
-                candidate["params"],
-                candidate["trial"],
-                candidate["teacher_mode"],
-                run,
-                seeds=seeds,
-            )
+            card = student_card(self.data, self.study.study_name, candidate, run, seeds=[r for _, r, _ in runs])
             # strict=False: a format one student cannot take (an op without an ONNX mapping) is said, not fatal
             exported = export_student(
                 model, self.folder / method, sample=check[:2], card=card, check_inputs=check, strict=False
@@ -162,7 +151,7 @@ class StudentKeeper:
                 "" if "onnx" not in exported.files else f"; ONNX vs PyTorch max |Δ| {exported.onnx_max_abs_diff:.1e}"
             )
             console.echo(
-                f"student {method}: seed {run['seed']} (test {metric} {run[metric]:.4f}, closest to the mean of "
+                f"student {method}: seed {run.seed} (test {metric} {getattr(run, metric):.4f}, closest to the mean of "
                 f"{len(runs)} seeds) → {exported.folder} ({kinds}, card{check_note})"
             )
             for kind, why in exported.errors.items():
@@ -220,8 +209,10 @@ def export_one(data: StudyData, study: Any, trial: Any, out: Path, *, train_on: 
     model, _ = train_student(data, method, params, seed, teacher_mode=mode)
     test = data.splits.test.in_memory(data.device, data.spec.data.memory_budget_mb / 2)
     acc, roc = evaluate(model, test)
-    run = {"seed": seed, "accuracy": acc, "auc": roc}
-    card = student_card(data, study.study_name, method, params, trial.number, mode, run, train_on=train_on)
+    candidate = Candidate(
+        label=f"trial {trial.number}", method=method, params=params, trial=trial.number, teacher_mode=mode
+    )
+    card = student_card(data, study.study_name, candidate, SeedRun(seed=seed, accuracy=acc, auc=roc), train_on=train_on)
     check = _check_batch(data)
     exported = export_student(model, Path(out), sample=check[:2], card=card, check_inputs=check)
     console.echo(

@@ -19,8 +19,9 @@ from .spec import StudySpec, spec_from_dict
 from .storage import storage_contents
 
 SPEC_ATTR = "spec"  # study user attr: the spec the study was created with (``model_dump(mode="json")``)
-FINAL_ATTR = "final_comparison"  # study user attr: the last final comparison (``search.final_comparison``)
-TEACHER_ATTR = "teacher"  # study user attr: what the teacher is and how it scored
+FINAL_ATTR = "final_comparison"  # study user attr: the last final comparison (``results.FinalComparison``)
+TEACHER_ATTR = "teacher"  # study user attr: the teacher's validation scores (``results.TeacherScores``)
+RECORD_ATTR = "teacher_artifact"  # study user attr: the study's one teacher (``results.TeacherRecord``)
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards ``search.trials``
 

@@ -32,12 +32,11 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 from .dashboard import ARTIFACT_DIR  # the default store: <output_dir>/artifacts, the folder the dashboard serves
 from .data import Splits
 from .errors import KdsearchError, first_line
+from .results import Builder, TeacherRecord, TeacherScores
 from .spec import StudySpec
 from .storage import StorageLock
-from .study import TEACHER_ATTR
 from .teacher import Teacher, build_teacher_model, cache_teacher, teacher_cache_path, teacher_key, weights_digest
 
-RECORD_ATTR = "teacher_artifact"  # study user attr: the study's one teacher (see the module docstring)
 WAIT_S = 24 * 3600.0  # how long a process waits for another one building the study's teacher
 
 
@@ -200,63 +199,49 @@ def share_teacher(
     if record is None:
         return build()
     path = teacher_cache_path(spec, splits)
-    if record.get("artifact_id") and not path.is_file():
-        location = _normalized(spec.runtime.artifact_store) if spec.runtime.artifact_store else record.get("store")
+    if record.artifact_id and not path.is_file():
+        location = _normalized(spec.runtime.artifact_store) if spec.runtime.artifact_store else record.store
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):  # local workers sharing one cache download it once
             if not path.is_file():
                 _download(study, record, location, spec, splits, device, path)
-                by = record.get("by", {})
                 echo(
                     f"teacher: downloaded the teacher of study {study.study_name!r} from {location} (built on "
-                    f"{by.get('host', '?')}), sha256 {record['sha256'][:12]} verified, cached at {path}"
+                    f"{record.by.host}), sha256 {record.sha256[:12]} verified, cached at {path}"
                 )
     teacher = build()
     _check_same(study, teacher, record)
     return teacher
 
 
-def _current_record(study: optuna.Study, key: str) -> dict | None:
+def _current_record(study: optuna.Study, key: str) -> TeacherRecord | None:
     """The study's teacher record for teacher ``key``; None when there is none, or when the recorded teacher has
     another key but the study took new settings (no finished, running or queued trial yet)."""
-    record = study.user_attrs.get(RECORD_ATTR)
-    if not isinstance(record, dict):
-        return None
-    if record.get("key") == key:
+    record = TeacherRecord.read(study)
+    if record is None or record.key == key:
         return record
     state = optuna.trial.TrialState
     if not study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.RUNNING, state.WAITING)):
         return None
-    by = record.get("by", {})
     raise KdsearchError(
         f"this process's teacher is not the teacher of study {study.study_name!r}: its settings, data files, "
-        f"checkpoint or model code give teacher key {key}, the study's teacher (built on {by.get('host', '?')}) has "
-        f"key {record.get('key')}; run with the study's spec, data and teacher files, or start a new study with "
+        f"checkpoint or model code give teacher key {key}, the study's teacher (built on {record.by.host}) has "
+        f"key {record.key}; run with the study's spec, data and teacher files, or start a new study with "
         "--study NEW_NAME"
     )
 
 
 def _publish(study: optuna.Study, teacher: Teacher, key: str, location: str | None, echo: Callable[..., None]) -> None:
-    """Upload ``teacher``'s weights to ``location`` (when given) and record it on the study (``RECORD_ATTR``)."""
-    record: dict[str, Any] = {
-        "artifact_id": None,
-        "sha256": teacher.digest,
-        "file_sha256": None,
-        "key": key,
-        "metrics": teacher.metrics,
-        "store": location,
-        "path": str(teacher.path),
-        "by": {"host": socket.gethostname(), "pid": os.getpid()},
-        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    """Upload ``teacher``'s weights to ``location`` (when given) and record it on the study (``TeacherRecord``)."""
+    artifact_id, file_digest = None, None
     if location is not None:
         store = open_artifact_store(location)
         with tempfile.TemporaryDirectory(dir=teacher.path.parent, prefix=".upload-") as tmp:
             file = Path(tmp) / f"teacher-{key}.pt"
             torch.save({"state_dict": {k: v.cpu() for k, v in teacher.model.state_dict().items()}}, file)
-            record["file_sha256"] = file_sha256(file)
+            file_digest = file_sha256(file)
             try:
-                record["artifact_id"] = upload_artifact(
+                artifact_id = upload_artifact(
                     artifact_store=store, file_path=str(file), study_or_trial=study, mimetype="application/octet-stream"
                 )
             except Exception as err:  # OSError, botocore's errors
@@ -265,13 +250,22 @@ def _publish(study: optuna.Study, teacher: Teacher, key: str, location: str | No
                     "to a writable folder or s3://bucket/prefix"
                 ) from None
         echo(f"teacher: shared with the study's other workers in {location} (sha256 {teacher.digest[:12]})")
-    study.set_user_attr(TEACHER_ATTR, teacher.metrics)
-    study.set_user_attr(RECORD_ATTR, record)
+    TeacherRecord(
+        artifact_id=artifact_id,
+        sha256=teacher.digest,
+        file_sha256=file_digest,
+        key=key,
+        metrics=TeacherScores.model_validate(teacher.metrics),
+        store=location,
+        path=str(teacher.path),
+        by=Builder(host=socket.gethostname(), pid=os.getpid()),
+        at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    ).save(study)
 
 
 def _download(
     study: optuna.Study,
-    record: dict,
+    record: TeacherRecord,
     location: str | None,
     spec: StudySpec,
     splits: Splits,
@@ -279,7 +273,7 @@ def _download(
     path: Path,
 ) -> None:
     """Download the recorded teacher from ``location``, check its sha256 and write it into this machine's cache."""
-    artifact = record["artifact_id"]
+    artifact = record.artifact_id
     if not location:
         raise KdsearchError(
             f"the teacher of study {study.study_name!r} is artifact {artifact}, but no artifact store is known here; "
@@ -295,42 +289,41 @@ def _download(
             raise KdsearchError(
                 f"cannot download the teacher of study {study.study_name!r} (artifact {artifact}) from {location}: "
                 f"{first_line(err)}; set runtime.artifact_store to the folder or s3://bucket/prefix it was uploaded "
-                f"to ({record.get('store')})"
+                f"to ({record.store})"
             ) from None
         got = file_sha256(file)
         model, digest = None, None
-        if got == record.get("file_sha256"):
+        if got == record.file_sha256:
             try:
                 model = build_teacher_model(spec, splits)
                 model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True)["state_dict"])
                 digest = weights_digest(model)
             except Exception:  # unpickling errors, missing or misshapen weights: a mismatch below
                 pass
-        if model is None or digest != record["sha256"]:
-            want = str(record.get("file_sha256"))[:12]
+        if model is None or digest != record.sha256:
+            want = str(record.file_sha256)[:12]
             raise KdsearchError(
                 f"the teacher artifact {artifact} of study {study.study_name!r} in {location} does not match the "
                 f"sha256 recorded for it (file {got[:12]}, expected {want}): it is damaged or was replaced; restore "
                 "it from a backup of that store, or start a new study with --study NEW_NAME"
             )
-    cache_teacher(model, dict(record["metrics"]), splits, device, path)
+    cache_teacher(model, record.metrics.to_attr(), splits, device, path)
 
 
-def _check_same(study: optuna.Study, teacher: Teacher, record: dict) -> None:
+def _check_same(study: optuna.Study, teacher: Teacher, record: TeacherRecord) -> None:
     """KdsearchError when this machine's teacher is not the recorded one (other weights under the same key)."""
-    if teacher.digest == record["sha256"]:
+    if teacher.digest == record.sha256:
         return
-    by = record.get("by", {})
-    if record.get("artifact_id"):
+    if record.artifact_id:
         fix = f"delete {teacher.path} so that the study's teacher is downloaded"
     else:
         fix = (
-            f"copy {record.get('path')} from {by.get('host', '?')} to {teacher.path}, or use "
+            f"copy {record.path} from {record.by.host} to {teacher.path}, or use "
             "runtime.artifact_store (a folder or s3://bucket/prefix every machine reaches) in a new study"
         )
     raise KdsearchError(
         f"this machine's teacher {teacher.path} (sha256 {teacher.digest[:12]}) is not the teacher of study "
-        f"{study.study_name!r} (sha256 {record['sha256'][:12]}, built on {by.get('host', '?')}): {fix}; or start a "
+        f"{study.study_name!r} (sha256 {record.sha256[:12]}, built on {record.by.host}): {fix}; or start a "
         "new study with --study NEW_NAME"
     )
 

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 import kdsearch
 from kdsearch.cli import app
 from kdsearch.errors import KdsearchError
+from kdsearch.results import FinalComparison
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 runner = CliRunner()
@@ -207,8 +208,9 @@ def test_run_study_from_python_with_objects(tmp_path):
     assert set(result.best) == {"kd"}
     assert set(result.best["kd"]["params"]) == {"temperature", "alpha"}
     assert result.best["kd"]["trial"] in (0, 1) and 0.0 <= result.best["kd"]["value"] <= 1.0
-    assert [s["label"] for s in result.comparison["students"]] == ["best kd", "scratch", "pseudo-label"]
-    assert all(len(s["runs"]) == 2 for s in result.comparison["students"])
+    assert [s.label for s in result.comparison.students] == ["best kd", "scratch", "pseudo-label"]
+    assert all([r.seed for r in s.runs] == result.comparison.seeds == [1000, 1001] for s in result.comparison.students)
+    assert result.comparison == FinalComparison.read(result.study)  # what the report reads back
     assert result.report_path.is_file()
     assert isinstance(result.study, optuna.Study) and len(result.study.trials) == 2
     files = result.students["kd"].files

@@ -31,6 +31,7 @@ from kdsearch.report import (
     trial_points,
     write_report,
 )
+from kdsearch.results import FinalComparison
 
 METHODS = ["kd", "lskd", "dkd", "cosine", "hint"]
 SPACE = {
@@ -98,6 +99,11 @@ FINAL = {
     "teacher": {"accuracy": 0.90, "auc": 0.995},
     "n_complete_trials": 9,
 }
+
+
+def typed(final: dict) -> FinalComparison:
+    """A stored final comparison as the report reads it."""
+    return FinalComparison.model_validate(final)
 
 
 def _add(study: optuna.Study, method: str, params: dict, acc: float, auc: float, state=TrialState.COMPLETE) -> None:
@@ -276,7 +282,7 @@ def test_best_per_method_lists_a_method_with_no_completed_trial() -> None:
 
 
 def test_final_stats_means_stds_and_pp_vs_scratch() -> None:
-    stats = {s.label: s for s in final_stats(FINAL)}
+    stats = {s.label: s for s in final_stats(typed(FINAL))}
     kd, cosine, scratch = stats["best kd"], stats["best cosine"], stats["scratch"]
     assert kd.accuracy_mean == pytest.approx(0.85)
     assert kd.accuracy_std == pytest.approx(statistics.stdev([0.84, 0.86, 0.85]))  # sample std
@@ -287,11 +293,11 @@ def test_final_stats_means_stds_and_pp_vs_scratch() -> None:
     assert cosine.accuracy_vs_scratch_pp == pytest.approx(0.0, abs=1e-9)
     assert scratch.accuracy_vs_scratch_pp is None and scratch.auc_vs_scratch_pp is None
     assert kd.n == 3 and kd.seeds == (0, 1, 2)
-    assert [s.label for s in final_stats(FINAL)] == ["best kd", "best cosine", "scratch"]  # scratch last
+    assert [s.label for s in final_stats(typed(FINAL))] == ["best kd", "best cosine", "scratch"]  # scratch last
 
 
 def test_final_comparison_figure_points_with_error_bars_seeds_and_teacher_legend() -> None:
-    fig = final_comparison_figure(FINAL)
+    fig = final_comparison_figure(typed(FINAL))
     assert not any(isinstance(t, go.Bar) for t in fig.data)  # no (truncated) bars
     traces = [t for t in fig.data if t.x != (None,)]
     means = [t for t in traces if t.name.endswith("mean ± std")]
@@ -313,7 +319,7 @@ def test_final_comparison_figure_points_with_error_bars_seeds_and_teacher_legend
 
 
 def test_final_table_has_the_same_numbers() -> None:
-    table = final_table(FINAL)
+    table = final_table(typed(FINAL))
     assert table.startswith('<table id="final-comparison"')
     assert "0.8500 ± 0.0100" in table  # kd accuracy
     assert "+4.00 pp" in table  # kd accuracy vs scratch
@@ -394,11 +400,11 @@ def test_cost_table_lists_teacher_and_student_in_report_and_summary():
 
     row = {"params": 206010, "size_mb": 0.83, "flops": 1_234_567, "latency_ms": 0.4, "throughput": 9000.0}
     final = {"cost": {"teacher (bn_cnn)": {**row, "params": 421834}, "student (light_nn)": row}}
-    html_table = cost_table(final)
+    html_table = cost_table(typed(final))
     assert 'id="cost"' in html_table and "421,834" in html_table and "206,010" in html_table
-    lines = dict(cost_lines(final))
+    lines = dict(cost_lines(typed(final)))
     assert lines["student (light_nn)"].startswith("parameters 206,010, size (MB) 0.83, FLOPs / image 1,234,567")
-    assert cost_table({}) == "" and cost_lines({}) == []
+    assert cost_table(typed({})) == "" and cost_lines(typed({})) == []
 
 
 def test_consistent_winner_is_measured_against_the_augmented_scratch():
@@ -443,7 +449,7 @@ def test_consistent_winner_is_measured_against_the_augmented_scratch():
             },
         ]
     }
-    by_label = {s.label: s for s in final_stats(final)}
+    by_label = {s.label: s for s in final_stats(typed(final))}
     assert by_label["best kd"].accuracy_vs_scratch_pp == pytest.approx(3.0)
     assert by_label["best dkd"].accuracy_vs_scratch_pp == pytest.approx(4.0)
     assert by_label["scratch (augmented)"].accuracy_vs_scratch_pp is None
@@ -465,7 +471,7 @@ PSEUDO = {
 
 
 def test_differences_are_paired_by_seed_with_a_t_interval() -> None:
-    stats = {s.label: s for s in final_stats(FINAL)}
+    stats = {s.label: s for s in final_stats(typed(FINAL))}
     kd, cosine = stats["best kd"].vs_scratch["accuracy"], stats["best cosine"].vs_scratch["accuracy"]
     # kd - scratch per seed: 0.04, 0.04, 0.04 -> no spread, the interval is the point
     assert kd.mean == pytest.approx(0.04) and kd.std == pytest.approx(0.0, abs=1e-12) and kd.significant
@@ -474,7 +480,7 @@ def test_differences_are_paired_by_seed_with_a_t_interval() -> None:
     assert cosine.mean == pytest.approx(0.0, abs=1e-12) and cosine.std == pytest.approx(0.01)
     assert (cosine.low, cosine.high) == (pytest.approx(-half), pytest.approx(half)) and not cosine.significant
     assert stats["scratch"].vs_scratch is None
-    table = final_table(FINAL)
+    table = final_table(typed(FINAL))
     assert "<b>+4.00 pp</b>" in table and "✓" in table  # significant: bold and ticked
     assert f"[{-half * 100:+.2f}, {half * 100:+.2f}]" in table  # cosine: [-2.48, +2.48], not ticked
     rows = dict(summary_rows(make_study()))
@@ -484,12 +490,12 @@ def test_differences_are_paired_by_seed_with_a_t_interval() -> None:
 
 def test_pseudo_label_is_a_baseline_and_each_distilled_student_is_compared_with_it() -> None:
     final = {**FINAL, "students": [*FINAL["students"], PSEUDO]}
-    stats = {s.label: s for s in final_stats(final)}
-    assert [s.label for s in final_stats(final)][-2:] == ["pseudo-label", "scratch"]  # the baselines last
+    stats = {s.label: s for s in final_stats(typed(final))}
+    assert [s.label for s in final_stats(typed(final))][-2:] == ["pseudo-label", "scratch"]  # the baselines last
     kd = stats["best kd"].vs_pseudo_label["accuracy"]  # 0.84-0.81, 0.86-0.84, 0.85-0.80
     assert kd.mean == pytest.approx((0.03 + 0.02 + 0.05) / 3) and kd.n == 3
     assert stats["pseudo-label"].vs_pseudo_label is None and stats["pseudo-label"].vs_scratch is not None
-    table = final_table(final)
+    table = final_table(typed(final))
     assert "Δ accuracy vs pseudo-label" in table and "Δ AUC vs pseudo-label" in table
     assert table.count("<tr") == 1 + 4 + 1
     # kd - pseudo-label AUC per seed: 0.009, 0.014, 0.012 -> mean +1.17 pp; every row has every column
@@ -502,9 +508,9 @@ def test_pseudo_label_is_a_baseline_and_each_distilled_student_is_compared_with_
 
 def test_one_seed_gives_no_interval() -> None:
     one = {**FINAL, "seeds": [0], "students": [{**s, "runs": s["runs"][:1]} for s in FINAL["students"]]}
-    d = {s.label: s for s in final_stats(one)}["best kd"].vs_scratch["accuracy"]
+    d = {s.label: s for s in final_stats(typed(one))}["best kd"].vs_scratch["accuracy"]
     assert d.n == 1 and d.low is None and not d.significant
-    assert "[n/a: 1 seed]" in final_table(one)
+    assert "[n/a: 1 seed]" in final_table(typed(one))
     assert "[95% CI n/a: 1 seed]" in dict(summary_rows(make_study(final=one)))["best kd (test, 1 seed)"]
 
 
@@ -538,3 +544,18 @@ def test_the_objectives_figure_comes_first(tmp_path: Path) -> None:
     for objective, first, second in (("accuracy", "accuracy", "AUC"), ("auc", "AUC", "accuracy")):
         page = write_report(make_study(objective=objective), tmp_path / f"{objective}.html").read_text()
         assert page.index(f"Validation {first} vs temperature") < page.index(f"Validation {second} vs temperature")
+
+
+def test_the_stored_final_comparison_reads_back_typed_and_a_damaged_one_is_one_line() -> None:
+    from kdsearch.errors import KdsearchError
+
+    study = make_study()
+    final = FinalComparison.read(study)
+    assert final == typed(FINAL) and final.teacher.accuracy == 0.90 and final.students[0].runs[2].seed == 2
+    assert final.students[0].teacher_mode == "cached" and final.run == 1  # fields written later: defaults
+    final.save(study)  # what the search writes reads back the same
+    assert FinalComparison.read(study) == final
+    assert FinalComparison.read(make_study(final=None)) is None
+    damaged = make_study(final={**FINAL, "students": [{"label": "best kd", "runs": "?"}]})
+    with pytest.raises(KdsearchError, match="stored final comparison .* is not readable.*kdsearch report"):
+        summary_rows(damaged)

@@ -216,11 +216,11 @@ def test_paired_interval_including_zero_is_not_significant_and_one_seed_is_na():
 
 
 def test_paired_by_seed_pairs_runs_of_the_same_seed():
-    runs = [{"seed": 2, "accuracy": 0.9}, {"seed": 1, "accuracy": 0.8}]
-    base = [{"seed": 1, "accuracy": 0.7}, {"seed": 2, "accuracy": 0.85}]
-    d = paired_by_seed(runs, base, "accuracy")
-    assert d.n == 2 and d.mean == pytest.approx((0.05 + 0.1) / 2)
-    assert paired_by_seed(runs, [{"seed": 9, "accuracy": 0.5}], "accuracy") is None
+    runs = {2: 0.9, 1: 0.8, 3: 0.7}
+    base = {1: 0.7, 2: 0.85}
+    d = paired_by_seed(runs, base)
+    assert d.n == 2 and d.mean == pytest.approx((0.05 + 0.1) / 2)  # seed 3 has no partner
+    assert paired_by_seed(runs, {9: 0.5}) is None
 
 
 def test_t_quantiles():

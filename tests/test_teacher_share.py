@@ -19,9 +19,9 @@ from kdsearch.errors import KdsearchError
 from kdsearch.runner import Console, prepare
 from kdsearch.spec import spec_from_dict
 from kdsearch.storage import open_storage
-from kdsearch.study import TEACHER_ATTR, create_study
+from kdsearch.study import RECORD_ATTR, TEACHER_ATTR, create_study
 from kdsearch.teacher import weights_digest
-from kdsearch.teacher_share import RECORD_ATTR, BuildLock, open_artifact_store, share_teacher, store_location
+from kdsearch.teacher_share import BuildLock, open_artifact_store, share_teacher, store_location
 
 
 def _spec(root: Path, tmp: Path, cache: str, *, shared: bool = True, **teacher):
