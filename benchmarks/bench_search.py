@@ -81,7 +81,9 @@ def grid_points() -> list[tuple[str, int, int, dict[str, float]]]:
 
 
 def run_grid(args: argparse.Namespace) -> None:
-    from kdsearch.runner import Console, load_study_spec, prepare, study_data, with_runtime
+    from kdsearch.prepare import prepare, study_data
+    from kdsearch.progress import Console
+    from kdsearch.runner import load_study_spec, with_runtime
     from kdsearch.search import train_student
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

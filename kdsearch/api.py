@@ -19,7 +19,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
-from .runner import Console, StudyResult, export_trial, given_data_spec, run
+from .progress import Console
+from .runner import StudyResult, export_trial, given_data_spec, run
 
 
 def _spec_with(

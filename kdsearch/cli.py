@@ -13,9 +13,10 @@ import typer
 
 from . import runner
 from .errors import KdsearchError, first_line, out_of_memory
-from .progress import configure_logging
-from .runner import Console, StudyInterrupted, load_study_spec, resume_command, with_runtime
-from .signals import StopSignals, stop_with_parent
+from .prepare import prepare
+from .progress import Console, configure_logging
+from .runner import load_study_spec, resume_command, with_runtime
+from .signals import StopSignals, StudyInterrupted, stop_with_parent
 
 app = typer.Typer(
     add_completion=False,
@@ -303,7 +304,7 @@ def teacher(
 ) -> None:
     """Train (or load from cache) the study's teacher alone and show its accuracy."""
     spec, _ = load_study_spec(spec_path, data_root=data_root, device=device, overrides=overrides)
-    runner.prepare(spec, console())
+    prepare(spec, console())
 
 
 @app.command()

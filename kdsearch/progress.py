@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import IO, Any, Protocol
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable, Protocol
 
 from tqdm import tqdm
 
@@ -92,3 +93,17 @@ def configure_logging(*, verbose: bool = False) -> None:
         logger.propagate = False
     handler.stream = sys.stderr  # the current stderr (a test runner may have swapped and closed the old one)
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@dataclass
+class Console:
+    """Where a run's lines and progress bars go."""
+
+    echo: Callable[..., None] = field(
+        default=lambda text, err=False: print(text, file=sys.stderr if err else sys.stdout)
+    )
+    bars: bool = True
+
+    def progress(self, total: int, desc: str, unit: str, *, leave: bool = True) -> Progress:
+        """A bar on a terminal, a line at each tenth elsewhere (a log file, CI), nothing without ``bars``."""
+        return progress_bar(total, desc, unit, leave=leave, enabled=self.bars)

@@ -9,35 +9,16 @@ Typer and a notebook with ``print``.
 from __future__ import annotations
 
 import shlex
-import sys
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .errors import KdsearchError
-from .progress import Progress, progress_bar
-from .signals import StopSignals, shielded
+from .prepare import prepare, study_data, writable_dir
+from .progress import Console
+from .signals import StopSignals, StudyInterrupted, shielded
 
 DEFAULT_SPEC = Path("studies") / "fashion_mnist.toml"
-
-
-class StudyInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or TERM) stopped a study; the message says what is kept and how to go on."""
-
-
-@dataclass
-class Console:
-    """Where a run's lines and progress bars go."""
-
-    echo: Callable[..., None] = field(
-        default=lambda text, err=False: print(text, file=sys.stderr if err else sys.stdout)
-    )
-    bars: bool = True
-
-    def progress(self, total: int, desc: str, unit: str, *, leave: bool = True) -> Progress:
-        """A bar on a terminal, a line at each tenth elsewhere (a log file, CI), nothing without ``bars``."""
-        return progress_bar(total, desc, unit, leave=leave, enabled=self.bars)
 
 
 def default_spec_path() -> Path:
@@ -103,17 +84,6 @@ def with_runtime(
     return spec_from_dict(raw, source="spec with --set" if overrides else "spec")
 
 
-def writable_dir(path: Path, what: str) -> Path:
-    """``path``, created when missing; a KdsearchError naming ``what`` (the setting) when no file can be written there."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".kdsearch-probe-"):
-            pass
-    except OSError as err:
-        raise KdsearchError(f"{what} {path} is not a writable folder ({err.strerror or err}); choose another") from None
-    return path
-
-
 def resume_command(
     path: Path,
     url: str,
@@ -137,95 +107,6 @@ def resume_command(
     return shlex.join(parts) + " --trials N"
 
 
-def check_models(spec, splits) -> None:
-    """Fail before the teacher is built when the user's own teacher or student (import path, whole-model file,
-    Python object) cannot be built or does not map this data's images to (N, num_classes) logits."""
-    from .models import MODELS, check_model_output
-    from .search import build_student_model
-    from .teacher import build_teacher_model
-
-    shape = {"num_classes": splits.num_classes, "in_channels": splits.in_channels, "image_size": splits.image_size}
-    for role, arch, build in (
-        ("teacher", spec.teacher.arch, lambda: build_teacher_model(spec, splits)),
-        ("student", spec.student.arch, lambda: build_student_model(spec, splits)),
-    ):
-        if arch not in MODELS:  # the registry's nets are known to fit any data they can be built for
-            check_model_output(build(), role=role, arch=arch, **shape)
-
-
-def prepare(
-    spec, console: Console, *, datasets: Any = None, study: Any = None, url: Optional[str] = None, storage=None
-):
-    """Data and teacher, with a progress bar while the teacher trains; (splits, teacher, device).
-
-    With ``study`` the teacher is the study's one teacher (``teacher_share.share_teacher``): with its storage
-    ``url`` and ``storage``, the first process publishes its teacher; without, the recorded one is only used."""
-    from .data import load_splits
-    from .imports import use_python_path
-    from .teacher import cache_root, prepare_teacher, teacher_steps
-    from .train import configure_threads, resolve_device
-
-    echo = console.echo
-    use_python_path(spec.runtime.python_path)
-    writable_dir(cache_root(spec), "the cache folder (runtime.cache_dir, else $KDSEARCH_CACHE or ~/.cache/kdsearch)")
-    configure_threads(spec.runtime.threads)
-    device = resolve_device(spec.runtime.device)  # KdsearchError for a device this machine lacks
-    splits = load_splits(spec.data, cache_dir=cache_root(spec) / "data", datasets=datasets)
-    if splits.skipped:
-        echo(f"data: skipped {len(splits.skipped)} unreadable image(s) (data.skip_unreadable = true)")
-    if splits.streaming:
-        echo(f"data: {splits.streaming}")
-    if splits.cache_hit is not None:
-        echo("data: decoded images " + ("loaded from cache" if splits.cache_hit else "decoded and cached"))
-    echo(
-        f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images, "
-        f"{splits.num_classes} classes; student pool {len(splits.labeled)} labeled + {len(splits.unlabeled)} unlabeled"
-    )
-    from .search import methods_for_task
-
-    _, dropped = methods_for_task(spec, splits.num_classes)  # nothing left: refused before the teacher is built
-    for method, why in dropped.items():
-        echo(f"warning: method {method} is dropped from this study: on {splits.num_classes} classes {why}")
-    check_models(spec, splits)
-
-    def build():
-        bar = console.progress(teacher_steps(spec, splits), f"teacher {spec.teacher.arch}", "step", leave=False)
-        try:
-            return prepare_teacher(
-                spec,
-                splits,
-                device,
-                on_step=lambda: bar.update(),
-                on_epoch=lambda r: bar.set_postfix(epoch=r.epoch, val_acc=f"{r.accuracy:.4f}"),
-            )
-        finally:
-            bar.close()
-
-    if study is None:
-        teacher = build()
-    else:
-        from .teacher_share import share_teacher
-
-        teacher = share_teacher(spec, splits, device, study, url=url, storage=storage, build=build, echo=echo)
-    tuned = spec.teacher.fine_tune_epochs
-    tuning = f"fine-tuned {tuned} epoch{'s' * (tuned != 1)}" if tuned else "not fine-tuned"
-    if teacher.from_cache:
-        how = "loaded from cache (no retraining)"
-    elif spec.teacher.arch == "python":
-        how = f"handed over from Python, {tuning}, scored and cached"
-    elif spec.teacher.checkpoint is not None:
-        how = f"loaded from {spec.teacher.checkpoint}, {tuning}, scored and cached"
-    else:
-        how = "trained and cached"
-    m = teacher.metrics
-    echo(f"teacher {spec.teacher.arch}: {how} at {teacher.path}")
-    echo(
-        f"teacher on validation: accuracy {m['val_accuracy']:.4f}, AUC {m['val_auc']:.4f} "
-        "(test: scored only in the final comparison)"
-    )
-    return splits, teacher, device
-
-
 def echo_rerun_notice(study, echo: Callable[..., None]) -> None:
     """Say so when a study whose final comparison already touched the test split gets more trials."""
     from .results import FinalComparison
@@ -237,30 +118,6 @@ def echo_rerun_notice(study, echo: Callable[..., None]) -> None:
             "completed trials); the comparison at the end of this run is a re-run, labelled so in the report. "
             "Choosing among re-runs by their test scores would tune on the test split"
         )
-
-
-def study_data(spec, splits, teacher, device, console: Console):
-    """``prepare_study_data``, saying how feature methods get teacher features and which layers they read."""
-    from .methods import METHODS
-    from .models import MODELS
-    from .search import methods_for_task, prepare_study_data
-
-    spec, _ = methods_for_task(spec, splits.num_classes)  # prepare() said which it drops
-    data = prepare_study_data(spec, splits, teacher, device)
-    feature_methods = [m for m in spec.search.methods if METHODS.get(m).needs_features]
-    if data.features != "not needed":
-        console.echo(f"teacher features for {', '.join(feature_methods)}: {data.features}")
-    if feature_methods:
-        for role, model_spec, layer in (
-            ("teacher", spec.teacher, data.teacher_layer),
-            ("student", spec.student, data.student_layer),
-        ):
-            if model_spec.feature_layer is None and model_spec.arch not in MODELS:
-                console.echo(
-                    f"{role} feature layer: {layer!r} (the module before its last Linear; set "
-                    f"{role}.feature_layer to choose another)"
-                )
-    return data
 
 
 @dataclass
@@ -442,62 +299,18 @@ def _run_workers(
     console: Console,
     debug: bool,
 ) -> StudyResult:
-    """``run --workers N``: N ``kdsearch worker`` processes, one progress bar, then final comparison and report here."""
-    import optuna
+    """``run --workers N``: the worker processes (``workers.run_worker_processes``), then the final comparison
+    and report here."""
+    from .workers import run_worker_processes
 
-    from .study import finished_count
-    from .workers import failed_workers, start_workers, stop_workers, wait_for_workers, worker_plan
-
-    echo = console.echo
-    base = finished_count(study)
-    total = base + trials
-    logs = spec.resolved_output_dir() / "workers"
-    plan = worker_plan(spec, dev, workers, threads)
-    procs = start_workers(spec, path, url, plan, total=total, logs=logs, overrides=overrides, debug=debug)
-    where = ", ".join(f"{d}{' (GPU ' + e['CUDA_VISIBLE_DEVICES'] + ')' if e else ''}" for e, d, _ in plan)
-    echo(
-        f"started {workers} workers ({where}; {plan[0][2]} thread{'s' * (plan[0][2] != 1)} each) until the study "
-        f"holds {total} finished trials; logs in {logs}"
+    finished = run_worker_processes(
+        spec, path, url, study, dev, workers, trials, threads, overrides, resume, console, debug
     )
-    bar = console.progress(trials, f"trials ({workers} workers)", "trial")
-
-    def advance() -> None:
-        bar.update(max(0, min(finished_count(study) - base, trials) - bar.n))
-
-    with StopSignals() as stop:  # Ctrl-C, or a scheduler's TERM: stop the workers
-        try:
-            wait_for_workers(procs, lambda: stop.requested, advance)
-        except KeyboardInterrupt:
-            bar.close()
-            echo("\ninterrupted: stopping the workers (each marks its running trial FAILED)...", err=True)
-            stop_workers([p for _, p, _ in procs])
-            raise StudyInterrupted(
-                f"{finished_count(study)} finished trials are kept in {url}.\nresume with: {resume}"
-            ) from None
-    advance()
-    bar.close()
-    failed = failed_workers(procs)
-    for rank, rc, log in failed:
-        tail = "\n  ".join(log.read_text(errors="replace").strip().splitlines()[-4:])
-        echo(f"worker {rank} exited with code {rc}; the end of {log}:\n  {tail}", err=True)
-    done = finished_count(study)
-    if (
-        failed
-        and len(failed) == len(procs)
-        and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    ):
-        raise KdsearchError(
-            f"every worker failed before a trial completed (see above); the study holds {done} finished trials"
-        )
-    if done < total:
-        echo(f"warning: the study holds {done} of {total} finished trials", err=True)
     report_path = spec.resolved_output_dir() / "report.html"
     data = study_data(spec, splits, teacher, dev, console)
     comparison, students = final_and_report(study, data, teacher, report_path, console)
-    echo(f"storage: {url}\nadd trials with: {resume}")
-    return StudyResult(
-        study, url, best_summary(study), comparison, report_path, students, finished=not (failed and done < total)
-    )
+    console.echo(f"storage: {url}\nadd trials with: {resume}")
+    return StudyResult(study, url, best_summary(study), comparison, report_path, students, finished=finished)
 
 
 def work(

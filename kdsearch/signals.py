@@ -16,6 +16,10 @@ from contextlib import contextmanager, nullcontext
 from typing import ContextManager, Iterator, Optional
 
 
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or TERM) stopped a study; the message says what is kept and how to go on."""
+
+
 class StopSignals:
     """While active, SIGINT and SIGTERM set ``requested`` and, outside ``shielded()``, raise KeyboardInterrupt.
 

@@ -19,10 +19,11 @@ from typing import Callable, Optional, Sequence
 
 import optuna
 
-from .signals import shielded, stop_requested
+from .errors import KdsearchError
+from .signals import StopSignals, StudyInterrupted, shielded, stop_requested
 from .spec import StudySpec
 from .storage import StorageLock, has_heartbeat, retry_callback
-from .study import FINISHED_STATES
+from .study import FINISHED_STATES, finished_count
 
 # --- in each worker: trials on a study shared with other processes (or machines) ---------------------
 
@@ -431,3 +432,57 @@ def stop_workers(procs: list, patience_s: float = 60.0, resend_s: float = 15.0) 
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def run_worker_processes(
+    spec, path, url, study, dev, workers: int, trials: int, threads, overrides, resume: str, console, debug: bool
+) -> bool:
+    """``run --workers N``: start N ``kdsearch worker`` processes, show one progress bar until the study holds
+    ``trials`` more finished trials, stop them on Ctrl-C (``StudyInterrupted``), report each failed worker's log.
+
+    Returns False when a worker failed and the study holds fewer trials than asked; a KdsearchError when every
+    worker failed before any trial completed."""
+    echo = console.echo
+    base = finished_count(study)
+    total = base + trials
+    logs = spec.resolved_output_dir() / "workers"
+    plan = worker_plan(spec, dev, workers, threads)
+    procs = start_workers(spec, path, url, plan, total=total, logs=logs, overrides=overrides, debug=debug)
+    where = ", ".join(f"{d}{' (GPU ' + e['CUDA_VISIBLE_DEVICES'] + ')' if e else ''}" for e, d, _ in plan)
+    echo(
+        f"started {workers} workers ({where}; {plan[0][2]} thread{'s' * (plan[0][2] != 1)} each) until the study "
+        f"holds {total} finished trials; logs in {logs}"
+    )
+    bar = console.progress(trials, f"trials ({workers} workers)", "trial")
+
+    def advance() -> None:
+        bar.update(max(0, min(finished_count(study) - base, trials) - bar.n))
+
+    with StopSignals() as stop:  # Ctrl-C, or a scheduler's TERM: stop the workers
+        try:
+            wait_for_workers(procs, lambda: stop.requested, advance)
+        except KeyboardInterrupt:
+            bar.close()
+            echo("\ninterrupted: stopping the workers (each marks its running trial FAILED)...", err=True)
+            stop_workers([p for _, p, _ in procs])
+            raise StudyInterrupted(
+                f"{finished_count(study)} finished trials are kept in {url}.\nresume with: {resume}"
+            ) from None
+    advance()
+    bar.close()
+    failed = failed_workers(procs)
+    for rank, rc, log in failed:
+        tail = "\n  ".join(log.read_text(errors="replace").strip().splitlines()[-4:])
+        echo(f"worker {rank} exited with code {rc}; the end of {log}:\n  {tail}", err=True)
+    done = finished_count(study)
+    if (
+        failed
+        and len(failed) == len(procs)
+        and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    ):
+        raise KdsearchError(
+            f"every worker failed before a trial completed (see above); the study holds {done} finished trials"
+        )
+    if done < total:
+        echo(f"warning: the study holds {done} of {total} finished trials", err=True)
+    return not (failed and done < total)

@@ -9,8 +9,7 @@ from tqdm import tqdm
 from typer.testing import CliRunner
 
 from kdsearch.cli import app
-from kdsearch.progress import LineProgress, configure_logging, progress_bar
-from kdsearch.runner import Console
+from kdsearch.progress import Console, LineProgress, configure_logging, progress_bar
 
 
 class Terminal(io.StringIO):

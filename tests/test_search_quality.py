@@ -174,7 +174,9 @@ def test_pseudo_label_loss_uses_only_the_teachers_arg_max_on_unlabeled_rows():
 
 def test_pseudo_label_trains_on_the_distillation_pool_with_the_same_steps(monkeypatch, write_spec):
     import kdsearch.search as search
-    from kdsearch.runner import Console, load_study_spec, prepare, study_data
+    from kdsearch.prepare import prepare, study_data
+    from kdsearch.progress import Console
+    from kdsearch.runner import load_study_spec
 
     spec, _ = load_study_spec(write_spec(epochs=1))
     console = Console(echo=lambda *a, **k: None, bars=False)

@@ -182,7 +182,8 @@ def tiny_data(tmp_path_factory, fashion_root, teacher_cache):
     """The tiny study's data and teacher, prepared once for this module's in-process tests."""
     from conftest import TINY_SPEC
 
-    from kdsearch.runner import Console, prepare, study_data
+    from kdsearch.prepare import prepare, study_data
+    from kdsearch.progress import Console
 
     folder = tmp_path_factory.mktemp("tiny-data")
     text = TINY_SPEC.format(

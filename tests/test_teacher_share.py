@@ -16,7 +16,8 @@ import torch
 
 import kdsearch.teacher
 from kdsearch.errors import KdsearchError
-from kdsearch.runner import Console, prepare
+from kdsearch.prepare import prepare
+from kdsearch.progress import Console
 from kdsearch.spec import spec_from_dict
 from kdsearch.storage import open_storage
 from kdsearch.study import RECORD_ATTR, TEACHER_ATTR, create_study

@@ -1,0 +1,139 @@
+"""Before a study trains: the data, a check of the user's own models, the study's teacher and the data every
+trial trains on (``prepare``, ``study_data``), with what each step did said on the console.
+
+``runner.py`` calls it for every command that trains or scores (run, worker, report, export); the benchmarks
+and tests call it to get a study's data without running one.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import KdsearchError
+from .progress import Console
+
+
+def writable_dir(path: Path, what: str) -> Path:
+    """``path``, created when missing; a KdsearchError naming ``what`` (the setting) when no file can be written there."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".kdsearch-probe-"):
+            pass
+    except OSError as err:
+        raise KdsearchError(f"{what} {path} is not a writable folder ({err.strerror or err}); choose another") from None
+    return path
+
+
+def check_models(spec, splits) -> None:
+    """Fail before the teacher is built when the user's own teacher or student (import path, whole-model file,
+    Python object) cannot be built or does not map this data's images to (N, num_classes) logits."""
+    from .models import MODELS, check_model_output
+    from .search import build_student_model
+    from .teacher import build_teacher_model
+
+    shape = {"num_classes": splits.num_classes, "in_channels": splits.in_channels, "image_size": splits.image_size}
+    for role, arch, build in (
+        ("teacher", spec.teacher.arch, lambda: build_teacher_model(spec, splits)),
+        ("student", spec.student.arch, lambda: build_student_model(spec, splits)),
+    ):
+        if arch not in MODELS:  # the registry's nets are known to fit any data they can be built for
+            check_model_output(build(), role=role, arch=arch, **shape)
+
+
+def prepare(
+    spec, console: Console, *, datasets: Any = None, study: Any = None, url: Optional[str] = None, storage=None
+):
+    """Data and teacher, with a progress bar while the teacher trains; (splits, teacher, device).
+
+    With ``study`` the teacher is the study's one teacher (``teacher_share.share_teacher``): with its storage
+    ``url`` and ``storage``, the first process publishes its teacher; without, the recorded one is only used."""
+    from .data import load_splits
+    from .imports import use_python_path
+    from .teacher import cache_root, prepare_teacher, teacher_steps
+    from .train import configure_threads, resolve_device
+
+    echo = console.echo
+    use_python_path(spec.runtime.python_path)
+    writable_dir(cache_root(spec), "the cache folder (runtime.cache_dir, else $KDSEARCH_CACHE or ~/.cache/kdsearch)")
+    configure_threads(spec.runtime.threads)
+    device = resolve_device(spec.runtime.device)  # KdsearchError for a device this machine lacks
+    splits = load_splits(spec.data, cache_dir=cache_root(spec) / "data", datasets=datasets)
+    if splits.skipped:
+        echo(f"data: skipped {len(splits.skipped)} unreadable image(s) (data.skip_unreadable = true)")
+    if splits.streaming:
+        echo(f"data: {splits.streaming}")
+    if splits.cache_hit is not None:
+        echo("data: decoded images " + ("loaded from cache" if splits.cache_hit else "decoded and cached"))
+    echo(
+        f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images, "
+        f"{splits.num_classes} classes; student pool {len(splits.labeled)} labeled + {len(splits.unlabeled)} unlabeled"
+    )
+    from .search import methods_for_task
+
+    _, dropped = methods_for_task(spec, splits.num_classes)  # nothing left: refused before the teacher is built
+    for method, why in dropped.items():
+        echo(f"warning: method {method} is dropped from this study: on {splits.num_classes} classes {why}")
+    check_models(spec, splits)
+
+    def build():
+        bar = console.progress(teacher_steps(spec, splits), f"teacher {spec.teacher.arch}", "step", leave=False)
+        try:
+            return prepare_teacher(
+                spec,
+                splits,
+                device,
+                on_step=lambda: bar.update(),
+                on_epoch=lambda r: bar.set_postfix(epoch=r.epoch, val_acc=f"{r.accuracy:.4f}"),
+            )
+        finally:
+            bar.close()
+
+    if study is None:
+        teacher = build()
+    else:
+        from .teacher_share import share_teacher
+
+        teacher = share_teacher(spec, splits, device, study, url=url, storage=storage, build=build, echo=echo)
+    tuned = spec.teacher.fine_tune_epochs
+    tuning = f"fine-tuned {tuned} epoch{'s' * (tuned != 1)}" if tuned else "not fine-tuned"
+    if teacher.from_cache:
+        how = "loaded from cache (no retraining)"
+    elif spec.teacher.arch == "python":
+        how = f"handed over from Python, {tuning}, scored and cached"
+    elif spec.teacher.checkpoint is not None:
+        how = f"loaded from {spec.teacher.checkpoint}, {tuning}, scored and cached"
+    else:
+        how = "trained and cached"
+    m = teacher.metrics
+    echo(f"teacher {spec.teacher.arch}: {how} at {teacher.path}")
+    echo(
+        f"teacher on validation: accuracy {m['val_accuracy']:.4f}, AUC {m['val_auc']:.4f} "
+        "(test: scored only in the final comparison)"
+    )
+    return splits, teacher, device
+
+
+def study_data(spec, splits, teacher, device, console: Console):
+    """``prepare_study_data``, saying how feature methods get teacher features and which layers they read."""
+    from .methods import METHODS
+    from .models import MODELS
+    from .search import methods_for_task, prepare_study_data
+
+    spec, _ = methods_for_task(spec, splits.num_classes)  # prepare() said which it drops
+    data = prepare_study_data(spec, splits, teacher, device)
+    feature_methods = [m for m in spec.search.methods if METHODS.get(m).needs_features]
+    if data.features != "not needed":
+        console.echo(f"teacher features for {', '.join(feature_methods)}: {data.features}")
+    if feature_methods:
+        for role, model_spec, layer in (
+            ("teacher", spec.teacher, data.teacher_layer),
+            ("student", spec.student, data.student_layer),
+        ):
+            if model_spec.feature_layer is None and model_spec.arch not in MODELS:
+                console.echo(
+                    f"{role} feature layer: {layer!r} (the module before its last Linear; set "
+                    f"{role}.feature_layer to choose another)"
+                )
+    return data
