@@ -33,27 +33,20 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # use this checkout's kdsearch even without `pip install -e .`
-    sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
+from common import REPO, prepare_bench, sync
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from kdsearch.data import load_splits  # noqa: E402
-from kdsearch.methods import build_method  # noqa: E402
-from kdsearch.search import StudyData, fresh_student, prepare_study_data  # noqa: E402
-from kdsearch.spec import StudySpec, apply_overrides, load_spec, spec_from_dict  # noqa: E402
-from kdsearch.teacher import prepare_teacher  # noqa: E402
-from kdsearch.train import configure_threads, fit, resolve_device  # noqa: E402
+from kdsearch.search import StudyData, plan_trial, train_plan
+from kdsearch.spec import StudySpec
 
 QUICK = [
     "data.train_limit=3000",
@@ -107,33 +100,12 @@ def trial_plan(spec: StudySpec, n: int) -> list[tuple[str, dict[str, float], int
     return plan
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train_trial(
     data: StudyData, method: str, params: dict[str, float], seed: int, *, compile: bool, epochs: int | None = None
 ):
     """``search.train_student`` for a cached-teacher trial, with ``fit``'s ``compile`` switch."""
-    spec = data.spec
-    torch.manual_seed(seed)
-    model = fresh_student(data).to(data.device)
-    impl = build_method(method)
-    return fit(
-        model,
-        impl,
-        params,
-        data.distill_set if impl.needs_teacher else data.labeled_set,
-        data.val,
-        epochs=epochs or spec.student.epochs,
-        batch_size=spec.student.batch_size,
-        lr=spec.student.lr,
-        seed=seed,
-        steps=data.steps,
-        student_layer=data.student_layer,
-        compile=compile,
-    )
+    plan = replace(plan_trial(data, method, params, seed), compile=compile, epochs=epochs or data.spec.student.epochs)
+    return train_plan(data, plan)[1]
 
 
 def timed_trial(
@@ -163,15 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.warm_cache:  # read by Inductor when it first compiles, i.e. after this
         cold_dir = tempfile.mkdtemp(prefix="kdsearch-bench-compile-inductor-")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold_dir
-    raw = load_spec(args.spec).model_dump(mode="json")
     overrides = [*(QUICK if args.quick else []), *args.set, f'runtime.device="{args.device}"']
-    spec = spec_from_dict(apply_overrides(raw, overrides))
-    threads = configure_threads(args.threads)
-    device = resolve_device(spec.runtime.device)
-    splits = load_splits(spec.data)
-    teacher = prepare_teacher(spec, splits, device)
-    data = prepare_study_data(spec, splits, teacher, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
+    bench = prepare_bench(args.spec, overrides, args.threads)
+    spec, data, device, name, threads = bench.spec, bench.data, bench.device, bench.device_name, bench.threads
     epochs = spec.student.epochs
     print(f"compile benchmark{' (--quick)' if args.quick else ''}")
     print(
@@ -237,20 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "benchmark": "bench_compile",
                 "quick": args.quick,
-                "device": str(device),
-                "device_name": name,
-                "threads": threads,
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-                "cpu_affinity": len(os.sched_getaffinity(0)),
-                "spec": str(Path(args.spec).resolve().relative_to(REPO))
-                if Path(args.spec).resolve().is_relative_to(REPO)
-                else args.spec,
-                "overrides": overrides,
-                "student": spec.student.arch,
-                "batch_size": spec.student.batch_size,
-                "steps_per_epoch": data.steps,
-                "epochs_per_trial": epochs,
+                **bench.header(),
                 "trials": n,
                 "inductor_cache": "warm" if args.warm_cache else "cold",
                 "timed": "each trial's fit (training and per-epoch validation); compile included in the first "

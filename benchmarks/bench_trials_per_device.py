@@ -26,25 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import torch
+from common import REPO, prepare_bench, sync
 
-import torch  # noqa: E402
-
-from kdsearch.data import load_splits  # noqa: E402
-from kdsearch.methods import build_method  # noqa: E402
-from kdsearch.search import fresh_student, prepare_study_data  # noqa: E402
-from kdsearch.spec import apply_overrides, load_spec, spec_from_dict  # noqa: E402
-from kdsearch.stacked_trials import add_fresh, empty_stack  # noqa: E402
-from kdsearch.teacher import prepare_teacher  # noqa: E402
-from kdsearch.train import configure_threads, fit, resolve_device  # noqa: E402
+from kdsearch.search import fresh_student, plan_trial
+from kdsearch.stacked_trials import add_fresh, empty_stack
+from kdsearch.train import fit
 
 QUICK = ["data.train_limit=3000", "data.labeled=500", "data.unlabeled=1500", "data.val_size=500", "teacher.epochs=1"]
 
@@ -67,32 +60,15 @@ def params_for(i: int) -> dict[str, float]:
     return {"temperature": 1.0 + 0.5 * i, "alpha": (i % 10) / 10}
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_alone(data, epochs: int) -> float:
     """Median seconds per epoch of one student trained by ``fit`` (after a warm-up epoch)."""
-    spec = data.spec
     times: list[float] = []
     for e in range(epochs + 1):
         torch.manual_seed(e)
         model = fresh_student(data).to(data.device)
         sync(data.device)
         start = time.perf_counter()
-        fit(
-            model,
-            build_method("kd"),
-            params_for(e),
-            data.distill_set,
-            data.val,
-            epochs=1,
-            batch_size=spec.student.batch_size,
-            lr=spec.student.lr,
-            seed=e,
-            steps=data.steps,
-        )
+        fit(model, replace(plan_trial(data, "kd", params_for(e), e), epochs=1), data.val)
         sync(data.device)
         if e:
             times.append(time.perf_counter() - start)
@@ -103,7 +79,7 @@ def time_stacked(data, k: int, epochs: int) -> float:
     """Median seconds per epoch of a K-member stack (after a warm-up epoch)."""
     stack = empty_stack(data)
     for i in range(k):
-        add_fresh(stack, data, i, "kd", params_for(i), i)
+        add_fresh(stack, data, i, plan_trial(data, "kd", params_for(i), i))
     times: list[float] = []
     for e in range(epochs + 1):
         sync(data.device)
@@ -117,16 +93,10 @@ def time_stacked(data, k: int, epochs: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raw = load_spec(args.spec).model_dump(mode="json")
     overrides = [*(QUICK if args.quick else []), *args.set, f'runtime.device="{args.device}"']
-    spec = spec_from_dict(apply_overrides(raw, overrides))
+    bench = prepare_bench(args.spec, overrides, args.threads)
+    spec, data, device, name, threads = bench.spec, bench.data, bench.device, bench.device_name, bench.threads
     ks = [1, 2, 4] if args.quick else args.ks
-    threads = configure_threads(args.threads)
-    device = resolve_device(spec.runtime.device)
-    splits = load_splits(spec.data)
-    teacher = prepare_teacher(spec, splits, device)
-    data = prepare_study_data(spec, splits, teacher, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
     epochs = spec.student.epochs
     print(
         f"device {device} ({name}), {threads} threads, torch {torch.__version__}; student {spec.student.arch}, "
@@ -155,18 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(
         json.dumps(
             {
-                "device": str(device),
-                "device_name": name,
-                "threads": threads,
-                "torch": torch.__version__,
-                "spec": str(Path(args.spec).resolve().relative_to(REPO))
-                if Path(args.spec).resolve().is_relative_to(REPO)
-                else args.spec,
-                "overrides": overrides,
-                "student": spec.student.arch,
-                "batch_size": spec.student.batch_size,
-                "steps_per_epoch": data.steps,
-                "epochs_per_trial": epochs,
+                **bench.header(),
                 "rows": rows,
             },
             indent=2,

@@ -25,7 +25,7 @@ from .signals import interruptible, shielded
 from .spec import StudySpec
 from .study import best_trials_per_method, params_of, teacher_mode_of
 from .teacher import Teacher, feature_cache_mb, teacher_features
-from .train import Augment, EpochResult, LiveTeacher, TrainSet, evaluate, fit, steps_per_epoch
+from .train import Augment, EpochResult, LiveTeacher, TrainSet, TrialPlan, evaluate, fit, steps_per_epoch
 
 
 @dataclass
@@ -196,6 +196,50 @@ def trial_teacher_mode(trial: optuna.trial.BaseTrial, spec: StudySpec) -> str:
     return modes[0] if len(modes) == 1 else trial.suggest_categorical("teacher_mode", modes)
 
 
+def plan_trial(
+    data: StudyData, method: str, params: Mapping[str, float], seed: int, *, teacher_mode: str = "cached"
+) -> TrialPlan:
+    """How a student of this study trains with ``method`` and ``params`` under ``seed``.
+
+    Teacher-free ``scratch`` trains on the labeled rows only, with as many steps as a distilled
+    student. In ``consistent`` mode the student sees augmented batches and the teacher runs live
+    on the same batch (scratch gets the same augmentation, so the comparison stays fair).
+    """
+    spec = data.spec
+    impl = build_method(method)
+    consistent = teacher_mode == "consistent"
+    live = None
+    if impl.needs_teacher and (consistent or (impl.needs_features and data.distill_set.teacher_features is None)):
+        live = LiveTeacher(data.teacher.model, data.teacher_layer if impl.needs_features else None)
+    return TrialPlan(
+        impl,
+        dict(params),
+        seed,
+        data.distill_set if impl.needs_teacher else data.labeled_set,
+        epochs=spec.student.epochs,
+        batch_size=spec.student.batch_size,
+        lr=spec.student.lr,
+        steps=data.steps,
+        live_teacher=live,
+        augment=Augment(spec.student.augment_shift, spec.student.augment_flip) if consistent else None,
+        student_layer=data.student_layer,
+        compile=spec.runtime.compile,
+    )
+
+
+def train_plan(
+    data: StudyData,
+    plan: TrialPlan,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    *,
+    on_step: Callable[[], None] | None = None,
+) -> tuple[nn.Module, list[EpochResult]]:
+    """A fresh student (initial weights from ``plan.seed``) trained as ``plan`` says, scored on validation."""
+    torch.manual_seed(plan.seed)
+    model = fresh_student(data).to(data.device)
+    return model, fit(model, plan, data.val, on_epoch=on_epoch, on_step=on_step)
+
+
 def train_student(
     data: StudyData,
     method: str,
@@ -206,58 +250,27 @@ def train_student(
     teacher_mode: str = "cached",
     on_step: Callable[[], None] | None = None,
 ) -> tuple[nn.Module, list[EpochResult]]:
-    """A fresh student (init, batch order, augmentation from ``seed``) trained with ``method``.
-
-    Teacher-free ``scratch`` trains on the labeled rows only, with as many steps as a distilled
-    student. In ``consistent`` mode the student sees augmented batches and the teacher runs live
-    on the same batch (scratch gets the same augmentation, so the comparison stays fair).
-    """
-    spec = data.spec
-    torch.manual_seed(seed)
-    model = fresh_student(data)
-    model = model.to(data.device)
-    impl = build_method(method)
-    consistent = teacher_mode == "consistent"
-    augment = Augment(spec.student.augment_shift, spec.student.augment_flip) if consistent else None
-    live = None
-    if impl.needs_teacher and (consistent or (impl.needs_features and data.distill_set.teacher_features is None)):
-        live = LiveTeacher(data.teacher.model, data.teacher_layer if impl.needs_features else None)
-    history = fit(
-        model,
-        impl,
-        params,
-        data.distill_set if impl.needs_teacher else data.labeled_set,
-        data.val,
-        epochs=spec.student.epochs,
-        batch_size=spec.student.batch_size,
-        lr=spec.student.lr,
-        seed=seed,
-        steps=data.steps,
-        live_teacher=live,
-        augment=augment,
-        student_layer=data.student_layer,
-        on_epoch=on_epoch,
-        on_step=on_step,
-        compile=spec.runtime.compile,
+    """A fresh student (init, batch order, augmentation from ``seed``) trained with ``method`` (``plan_trial``)."""
+    return train_plan(
+        data, plan_trial(data, method, params, seed, teacher_mode=teacher_mode), on_epoch, on_step=on_step
     )
-    return model, history
 
 
-TrainFn = Callable[[str, Mapping[str, float], int, Callable[[EpochResult], None], str], list[EpochResult]]
+TrainFn = Callable[[TrialPlan, Callable[[EpochResult], None]], list[EpochResult]]
 
 
 def make_objective(data: StudyData, *, train: TrainFn | None = None) -> Callable[[optuna.Trial], float]:
     """The trial function: sample, distill, report the objective each epoch (pruning), store attrs.
 
-    ``train(method, params, seed, on_epoch, teacher_mode) -> history`` defaults to
-    ``train_student`` on ``data`` (the benchmark passes its naive loop here).
+    ``train(plan, on_epoch) -> history`` trains the trial's ``TrialPlan``: ``train_plan`` on ``data`` by
+    default, a stack of students in ``stacked_trials``.
     """
     spec = data.spec
     objective = spec.search.objective
     if train is None:
 
-        def train(method, params, seed, on_epoch, mode):  # type: ignore[no-redef]
-            return train_student(data, method, params, seed, on_epoch, teacher_mode=mode)[1]
+        def train(plan, on_epoch):  # type: ignore[no-redef]
+            return train_plan(data, plan, on_epoch)[1]
 
     # which teacher, device and torch each trial ran with (workers of one study must share the teacher)
     provenance = {
@@ -288,7 +301,7 @@ def make_objective(data: StudyData, *, train: TrainFn | None = None) -> Callable
                 raise optuna.TrialPruned(f"pruned after epoch {r.epoch}")
 
         with interruptible():  # only training is: Optuna's storage writes around it may run shielded
-            history = train(method, params, seed, on_epoch, mode)
+            history = train(plan_trial(data, method, params, seed, teacher_mode=mode), on_epoch)
         return getattr(history[-1], objective)
 
     return run
@@ -323,7 +336,7 @@ def final_candidates(study: optuna.Study, *, unlabeled: bool = False, students: 
     return candidates
 
 
-SeedTrainer = Callable[[str, Mapping[str, float], list[int], str], list[nn.Module]]
+SeedTrainer = Callable[[list[TrialPlan]], list[nn.Module]]
 
 
 def final_comparison(
@@ -342,8 +355,8 @@ def final_comparison(
     by seed (``stats.paired_difference``). The result is stored on the study (``FinalComparison.save``) and
     returned; a comparison run after an earlier one is numbered (``run``) and remembers how many trials the
     earlier ones saw. ``on_student(candidate, run, model)`` sees each retrained student (e.g. to keep it as
-    files). ``train_seeds(method, params, seeds, mode)`` trains one candidate's students, one per seed
-    (default: ``train_student`` seed after seed; ``stacked_trials`` passes one that trains the seeds at once).
+    files). ``train_seeds(plans)`` trains one candidate's students, one per seed's plan (default:
+    ``train_plan`` seed after seed; ``stacked_trials`` passes one that trains them at once as a stack).
     """
     best = best_trials_per_method(study)
     if not best:
@@ -353,13 +366,17 @@ def final_comparison(
     test = data.splits.test.in_memory(data.device, data.spec.data.memory_budget_mb / 2)
     if train_seeds is None:
 
-        def train_seeds(method, params, seeds, mode):
-            return [train_student(data, method, params, seed, teacher_mode=mode)[0] for seed in seeds]
+        def train_seeds(plans):
+            return [train_plan(data, plan)[0] for plan in plans]
 
     students = []
     for candidate in final_candidates(study, unlabeled=len(data.splits.unlabeled) > 0, students=f.students):
         runs = []
-        for seed, model in zip(seeds, train_seeds(candidate.method, candidate.params, seeds, candidate.teacher_mode)):
+        plans = [
+            plan_trial(data, candidate.method, candidate.params, seed, teacher_mode=candidate.teacher_mode)
+            for seed in seeds
+        ]
+        for seed, model in zip(seeds, train_seeds(plans)):
             acc, roc = evaluate(model, test)
             runs.append(SeedRun(seed=seed, accuracy=acc, auc=roc))
             if on_student is not None:

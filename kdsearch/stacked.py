@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass, field
-from typing import Hashable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Hashable
 
 import torch
 from torch import Tensor, nn
@@ -30,20 +30,22 @@ from .data import ImageStore, Split
 from .errors import first_line
 from .methods import DistillBatch, Method
 from .metrics import accuracy, auc
-from .train import EpochResult, TrainSet, _autocast, batch_indices
+from .train import EpochResult, TrainSet, TrialPlan, _autocast, batch_indices
 
 BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as fit uses them
 EPS = 1e-8
 LOSS_DTYPE = torch.float32  # losses are computed on float32 logits, as in fit (hyperparameters as tensors of it)
 
 
-def stack_refusal(method: Method, train: TrainSet, *, live_teacher: bool = False) -> str | None:
-    """Why a trial cannot join a stack (one line), or None when it can."""
-    if method.needs_features:
-        return f"{method.name} reads feature maps through hooks, which the stacked path does not tap"
-    if live_teacher:
+def stack_refusal(plan: TrialPlan) -> str | None:
+    """Why a student trained as ``plan`` says cannot join a stack (one line), or None when it can."""
+    if plan.method.needs_features:
+        return f"{plan.method.name} reads feature maps through hooks, which the stacked path does not tap"
+    if plan.live_teacher is not None:
         return "the teacher runs live on augmented batches (teacher_mode = consistent)"
-    if isinstance(train.x, ImageStore):
+    if plan.augment is not None:
+        return "its batches are augmented (teacher_mode = consistent), which the stacked path does not do"
+    if isinstance(plan.train.x, ImageStore):
         return "the images are streamed from disk (data.stream)"
     return None
 
@@ -106,16 +108,21 @@ class StudentStack:
     def batch_rows(self, train: TrainSet) -> int:
         return min(self.batch_size, len(train))
 
-    def add(
-        self, key: Hashable, model: nn.Module, method: Method, params: Mapping[str, float], seed: int, train: TrainSet
-    ) -> None:
-        """Add a fresh student (``model``, initialized by the caller under ``seed``) that learns with ``method``
-        and ``params`` on ``train`` (already on this device), its batch order from ``seed``."""
+    def add(self, key: Hashable, model: nn.Module, plan: TrialPlan) -> None:
+        """Add a fresh student (``model``, initialized by the caller under ``plan.seed``) that learns as ``plan``
+        says (its method and params, on ``plan.train``, already on this device), its batch order from the seed.
+        The plan's batch size and learning rate must be the stack's (``stack_refusal`` must have passed it)."""
+        if (plan.batch_size, plan.lr) != (self.batch_size, self.lr):
+            raise ValueError(
+                f"a stack of batch size {self.batch_size} and lr {self.lr} cannot take a student planned with "
+                f"batch size {plan.batch_size} and lr {plan.lr}"
+            )
+        train = plan.train
         if self.members and self.batch_rows(train) != self.batch_rows(self.members[0].train):
             raise ValueError("every member of a stack needs the same batch size (a training set smaller than it)")
         model = model.to(self.device)
         new_params, new_buffers = stack_module_state([model])
-        member = Member(key, method, dict(params), train, torch.Generator().manual_seed(seed))
+        member = Member(key, plan.method, dict(plan.params), train, torch.Generator().manual_seed(plan.seed))
 
         def grow(old: dict[str, Tensor], new: dict[str, Tensor]) -> dict[str, Tensor]:
             if not old:
@@ -297,20 +304,20 @@ def _member_loss(method: Method):
     return loss
 
 
-def probe(template: nn.Module, method: Method, params: Mapping[str, float], train: TrainSet, val: Split) -> str | None:
-    """Why ``template`` cannot be trained stacked (an op without a ``vmap`` rule, data-dependent control flow),
-    from one step of a two-member stack on copies; None when it can."""
+def probe(template: nn.Module, plan: TrialPlan, val: Split) -> str | None:
+    """Why ``template`` cannot be trained stacked as ``plan`` says (an op without a ``vmap`` rule, data-dependent
+    control flow), from one step of a two-member stack on copies; None when it can."""
     stack = StudentStack(
         copy.deepcopy(template).cpu(),
         Split(val.x[:2], val.y[:2]),
         batch_size=2,
         lr=1e-3,
         steps=1,
-        device=train.x.device,
+        device=plan.train.x.device,
     )
     try:
         for key in (0, 1):
-            stack.add(key, copy.deepcopy(template), method, params, key, train)
+            stack.add(key, copy.deepcopy(template), replace(plan, seed=key, batch_size=2, lr=1e-3, steps=1))
         with warnings.catch_warnings():  # two validation rows: AUC warns about a missing class
             warnings.simplefilter("ignore", UserWarning)
             stack.run_epoch()

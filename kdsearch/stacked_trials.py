@@ -21,17 +21,16 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable
 
 import optuna
 import torch
 from torch import nn
 
-from .methods import Method, build_method
-from .search import StudyData, fresh_student, make_objective, train_student
+from .search import SeedTrainer, StudyData, fresh_student, make_objective, plan_trial, train_plan
 from .signals import interruptible, shielded
 from .stacked import StudentStack, probe, stack_refusal
-from .train import EpochResult, TrainSet
+from .train import EpochResult, TrialPlan
 
 JOIN_WAIT_S = 5.0  # the longest an epoch boundary waits for threads that are starting their next trial
 
@@ -49,23 +48,11 @@ def empty_stack(data: StudyData) -> StudentStack:
     )
 
 
-def add_fresh(stack: StudentStack, data: StudyData, key, method: str, params: Mapping[str, float], seed: int) -> None:
-    """Add a fresh student of the study, initialized under ``seed`` as ``train_student`` would (same weights,
-    same batch order), learning with ``method`` on the rows that method trains on."""
-    impl = build_method(method)
-    torch.manual_seed(seed)
-    stack.add(key, fresh_student(data), impl, params, seed, rows_for(data, impl))
-
-
-def rows_for(data: StudyData, method: Method) -> TrainSet:
-    """The rows ``method`` trains on: the labeled and unlabeled pool, or the labeled rows for teacher-free scratch."""
-    return data.distill_set if method.needs_teacher else data.labeled_set
-
-
-def why_alone(data: StudyData, method: str, mode: str) -> str | None:
-    """Why a trial of ``method`` in teacher ``mode`` cannot join a stack (``stacked.stack_refusal``), or None."""
-    impl = build_method(method)
-    return stack_refusal(impl, rows_for(data, impl), live_teacher=mode == "consistent" and impl.needs_teacher)
+def add_fresh(stack: StudentStack, data: StudyData, key, plan: TrialPlan) -> None:
+    """Add a fresh student of the study, initialized under ``plan.seed`` as ``search.train_plan`` would (same
+    weights, same batch order), learning as ``plan`` says."""
+    torch.manual_seed(plan.seed)
+    stack.add(key, fresh_student(data), plan)
 
 
 class StackStopped(KeyboardInterrupt):
@@ -76,16 +63,13 @@ class StackStopped(KeyboardInterrupt):
 class _Seat:
     """One trial in the stack, seen from both sides."""
 
-    method: str
-    params: Mapping[str, float]
-    seed: int
+    plan: TrialPlan
     result: EpochResult | None = None  # set by the server, taken by the trial thread
     answered: bool = True  # the trial thread has handled the last result
     leave: bool = False  # pruned, finished or failed: leaves at the next boundary
     history: list[EpochResult] = field(default_factory=list)
     alone: str | None = None  # why it cannot stack: the main thread trains it on its own
     on_epoch: Callable[[EpochResult], None] | None = None  # an alone trial's reporting, called by the main thread
-    mode: str = "cached"
     outcome: BaseException | None = None  # how an alone trial ended, when not with its history
     done: bool = False
 
@@ -112,11 +96,9 @@ class StackServer:
 
     # ------------------------------------------------------------------ trial-thread side
 
-    def train(
-        self, method: str, params: Mapping[str, float], seed: int, on_epoch: Callable[[EpochResult], None], mode: str
-    ) -> list[EpochResult]:
+    def train(self, plan: TrialPlan, on_epoch: Callable[[EpochResult], None]) -> list[EpochResult]:
         """``search.TrainFn`` for a trial thread: blocks until the trial has trained (or left the stack)."""
-        seat = _Seat(method, params, seed, alone=why_alone(self.data, method, mode), on_epoch=on_epoch, mode=mode)
+        seat = _Seat(plan, alone=stack_refusal(plan), on_epoch=on_epoch)
         with self.cv:
             self._raise_if_stopped()
             self.pending.append(seat)
@@ -198,7 +180,7 @@ class StackServer:
 
     def _admit(self, alive: Callable[[], bool]) -> None:
         """At an epoch boundary: wait (bounded) for starting threads to hand over their trial, then add
-        every pending trial to the stack, each built under its own seed like ``train_student``."""
+        every pending trial to the stack, each built under its own seed like ``search.train_plan``."""
         with self.cv:
             deadline = time.monotonic() + JOIN_WAIT_S
             while self.starting and alive() and self.error is None and time.monotonic() < deadline:
@@ -209,26 +191,23 @@ class StackServer:
         for seat in admitted:
             if seat.alone is None and not self.probed:  # whether this student stacks at all, tried once
                 self.probed = True
-                impl = build_method(seat.method)
-                self.refusal = probe(fresh_student(data), impl, seat.params, rows_for(data, impl), data.val)
+                self.refusal = probe(fresh_student(data), seat.plan, data.val)
             if seat.alone is None and self.refusal is not None:
                 seat.alone = f"the student cannot be stacked ({self.refusal})"
             if seat.alone is not None:
                 if seat.alone not in self.told:
                     self.told.add(seat.alone)
-                    self.echo(f"trials of {seat.method} run one at a time, not stacked: {seat.alone}")
+                    self.echo(f"trials of {seat.plan.method.name} run one at a time, not stacked: {seat.alone}")
                 self.alone.append(seat)
                 continue
-            add_fresh(self.stack, data, seat, seat.method, seat.params, seat.seed)
+            add_fresh(self.stack, data, seat, seat.plan)
 
     def _train_alone(self, seat: _Seat) -> None:
         """Train a trial that cannot stack here, one at a time, reporting through its ``on_epoch``; its thread
         gets the history, or the exception that ended it (pruned, failed)."""
         try:
             with interruptible():
-                _, seat.history = train_student(
-                    self.data, seat.method, seat.params, seat.seed, seat.on_epoch, teacher_mode=seat.mode
-                )
+                _, seat.history = train_plan(self.data, seat.plan, seat.on_epoch)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # TrialPruned, or the trial's own failure: its thread raises it
@@ -339,40 +318,36 @@ def run_stacked_study(
     return run_stacked(data, k, work, echo=echo)
 
 
-def stacked_seed_trainer(
-    data: StudyData, k: int, *, echo: Callable[[str], None] = print
-) -> Callable[[str, Mapping[str, float], list[int], str], list[nn.Module]]:
-    """``final_comparison``'s ``train_seeds``: a candidate's seeds trained K at a time as one stack (each seed's
+def stacked_seed_trainer(data: StudyData, k: int, *, echo: Callable[[str], None] = print) -> SeedTrainer:
+    """``final_comparison``'s ``train_seeds``: a candidate's seeds' plans trained K at a time as one stack (each seed's
     init and batch order as alone); one that cannot stack is trained seed after seed, saying why once."""
     told: set[str] = set()
     refusal: list[str | None] = []  # whether this student stacks at all, probed once
 
-    def train(method: str, params: Mapping[str, float], seeds: list[int], mode: str) -> list[nn.Module]:
-        spec = data.spec
-        impl = build_method(method)
-        rows = rows_for(data, impl)
-        why = why_alone(data, method, mode)
-        if why is None and len(rows) < spec.student.batch_size:
+    def train(plans: list[TrialPlan]) -> list[nn.Module]:
+        first = plans[0]
+        why = stack_refusal(first)
+        if why is None and len(first.train) < first.batch_size:
             why = "its training rows are fewer than one batch"
         if why is None:
             if not refusal:
-                refusal.append(probe(fresh_student(data), impl, params, rows, data.val))
+                refusal.append(probe(fresh_student(data), first, data.val))
             why = None if refusal[0] is None else f"the student cannot be stacked ({refusal[0]})"
         if why is not None:
             if why not in told:
                 told.add(why)
-                echo(f"final comparison: {method} students are trained one seed at a time: {why}")
-            return [train_student(data, method, params, seed, teacher_mode=mode)[0] for seed in seeds]
+                echo(f"final comparison: {first.method.name} students are trained one seed at a time: {why}")
+            return [train_plan(data, plan)[0] for plan in plans]
         models: list[nn.Module] = []
-        for start in range(0, len(seeds), k):
-            chunk = seeds[start : start + k]
+        for start in range(0, len(plans), k):
+            chunk = plans[start : start + k]
             stack = empty_stack(data)
-            for seed in chunk:
-                add_fresh(stack, data, seed, method, params, seed)
+            for i, plan in enumerate(chunk):
+                add_fresh(stack, data, i, plan)
             with interruptible():
-                for _ in range(spec.student.epochs):
+                for _ in range(first.epochs):
                     stack.run_epoch()
-            models += [stack.member_model(seed, fresh_student(data)).to(data.device) for seed in chunk]
+            models += [stack.member_model(i, fresh_student(data)).to(data.device) for i in range(len(chunk))]
         return models
 
     return train
@@ -413,7 +388,7 @@ def probe_trials_per_device(
         )
         try:
             for i in range(k):
-                add_fresh(stack, data, i, "kd", params, i)
+                add_fresh(stack, data, i, plan_trial(data, "kd", params, i))
             with warnings.catch_warnings():  # two validation rows: AUC warns about a missing class
                 warnings.simplefilter("ignore", UserWarning)
                 stack.run_epoch()  # warm-up: kernels chosen, memory allocated

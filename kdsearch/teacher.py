@@ -24,7 +24,7 @@ from .errors import KdsearchError, first_line
 from .methods import build_method
 from .models import FeatureTap, build_model, code_fingerprint, load_checkpoint
 from .spec import GIVEN_ARCH, WHOLE_MODEL_ARCHS, StudySpec
-from .train import Augment, EpochResult, TrainSet, channels_last, evaluate, fit, predict, steps_per_epoch
+from .train import Augment, EpochResult, TrainSet, TrialPlan, channels_last, evaluate, fit, predict, steps_per_epoch
 
 CACHE_VERSION = 1
 log = logging.getLogger(__name__)
@@ -131,20 +131,17 @@ def train_teacher(
     if epochs == 0:
         return model
     train = TrainSet(splits.train.x, splits.train.y, torch.ones(len(splits.train), dtype=torch.bool)).to(device)
-    fit(
-        model,
+    plan = TrialPlan(
         build_method("scratch"),
         {},
+        t.seed,
         train,
-        splits.val.to(device),
         epochs=epochs,
         batch_size=t.batch_size,
         lr=t.lr,
-        seed=t.seed,
         augment=Augment(t.augment_shift, t.augment_flip) if (t.augment_shift or t.augment_flip) else None,
-        on_step=on_step,
-        on_epoch=on_epoch,
     )
+    fit(model, plan, splits.val.to(device), on_step=on_step, on_epoch=on_epoch)
     return model
 
 

@@ -110,6 +110,37 @@ def augment_batch(x: Tensor, aug: Augment, generator: torch.Generator) -> Tensor
     return out
 
 
+@dataclass(frozen=True)
+class TrialPlan:
+    """How one student trains, decided once (``search.plan_trial`` for a trial or a final-comparison seed,
+    ``teacher.train_teacher`` for the teacher) and read by ``fit`` and by a stack of students
+    (``stacked.StudentStack.add``).
+
+    ``seed`` fixes the batch order and augmentation (the caller builds the student's initial weights under it);
+    ``train`` holds the rows it learns from, with the teacher's cached outputs unless ``live_teacher`` runs on
+    every (possibly ``augment``-ed) batch; ``steps`` per epoch defaults to one pass over ``train``; feature
+    methods read the student's ``student_layer``; ``compile`` runs its forward and backward through
+    ``torch.compile``.
+    """
+
+    method: Method
+    params: Mapping[str, float]
+    seed: int
+    train: TrainSet
+    epochs: int
+    batch_size: int
+    lr: float
+    steps: int | None = None
+    live_teacher: LiveTeacher | None = None
+    augment: Augment | None = None
+    student_layer: str | None = None
+    compile: bool = False
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.steps or steps_per_epoch(len(self.train), self.batch_size)
+
+
 @dataclass
 class EpochResult:
     epoch: int  # 1-based
@@ -265,31 +296,17 @@ def _feature_shape(model: nn.Module, layer: str, x: Tensor, role: str) -> tuple[
 
 def fit(
     model: nn.Module,
-    method: Method,
-    params: Mapping[str, float],
-    train: TrainSet,
+    plan: TrialPlan,
     val: Split,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    steps: int | None = None,
-    live_teacher: LiveTeacher | None = None,
-    augment: Augment | None = None,
-    student_layer: str | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_step: Callable[[], None] | None = None,
-    compile: bool = False,
 ) -> list[EpochResult]:
-    """Train ``model`` in place with ``method``'s loss for ``epochs`` × ``steps`` Adam steps.
+    """Train ``model`` in place as ``plan`` says: ``plan.method``'s loss for ``epochs`` × ``steps`` Adam steps.
 
-    ``train`` and ``val`` must already be on the model's device. ``seed`` fixes the batch order
-    and augmentation; ``steps`` per epoch defaults to one pass over ``train``. Teacher outputs
-    come from ``train`` (cached) unless ``live_teacher`` is given, which then runs on every
-    (possibly ``augment``-ed) batch. Feature methods read the student's ``student_layer``; a
-    method's regressor (hint) is trained with the student's optimizer. After each epoch the
-    model is evaluated on ``val`` and ``on_epoch`` is called with the result.
+    ``plan.train`` and ``val`` must already be on the model's device. A method's regressor (hint) is trained
+    with the student's optimizer. After each epoch the model is evaluated on ``val`` and ``on_epoch`` is
+    called with the result; ``on_step`` after each step.
 
     Precision: each step's forward and loss in bf16 autocast on CUDA, float32 on CPU (``_autocast``); the
     weights, Adam and the per-epoch evaluation (``predict``) in float32. ``compile`` runs the student's
@@ -298,11 +315,12 @@ def fit(
     eager, and so does the whole step of a feature method (its forward hook reads the student's layer).
     Compiled dropout draws other masks than eager from the same seed. Off, the step is the eager one, unchanged.
     """
+    method, params, train, live_teacher, augment = plan.method, plan.params, plan.train, plan.live_teacher, plan.augment
+    student_layer, batch_size, seed, steps = plan.student_layer, plan.batch_size, plan.seed, plan.steps_per_epoch
     device = train.x.device
     model.to(memory_format=torch.channels_last)
     if live_teacher is not None:
         live_teacher.model.to(memory_format=torch.channels_last)
-    steps = steps or steps_per_epoch(len(train), batch_size)
     generator = torch.Generator().manual_seed(seed)
     aug_generator = torch.Generator(device=device).manual_seed(seed) if augment else None
     params_to_train = list(model.parameters())
@@ -325,13 +343,13 @@ def fit(
         if regressor is not None:
             regressor = regressor.to(device)
             params_to_train += list(regressor.parameters())
-    optimizer = torch.optim.Adam(params_to_train, lr=lr)
-    student = _student_forward(model, compile and student_tap is None)
+    optimizer = torch.optim.Adam(params_to_train, lr=plan.lr)
+    student = _student_forward(model, plan.compile and student_tap is None)
     if live_teacher is not None:
         live_teacher.model.eval()
     history: list[EpochResult] = []
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(1, plan.epochs + 1):
             model.train()
             idx = batch_indices(len(train), batch_size, steps, generator)
             if isinstance(train.x, ImageStore):  # decoded ahead by the loader workers, in the same seeded order

@@ -11,7 +11,7 @@ from kdsearch.data import Split, to_device
 from kdsearch.errors import KdsearchError
 from kdsearch.methods import build_method
 from kdsearch.spec import StudySpec, apply_overrides, spec_from_dict
-from kdsearch.train import TrainSet, enable_tf32, fit, resolve_device
+from kdsearch.train import TrainSet, TrialPlan, enable_tf32, fit, resolve_device
 
 
 def tf32_flags() -> tuple[bool, bool]:
@@ -133,18 +133,17 @@ def tiny_student() -> nn.Module:
 
 def train_tiny(train: TrainSet, val: Split, seed: int, *, compile: bool):
     torch.manual_seed(seed)
-    return fit(
-        tiny_student(),
+    plan = TrialPlan(
         build_method("kd"),
         {"temperature": 4.0, "alpha": 0.5},
+        seed,
         train,
-        val,
         epochs=3,
         batch_size=32,
         lr=1e-2,
-        seed=seed,
         compile=compile,
     )
+    return fit(tiny_student(), plan, val)
 
 
 def test_a_student_that_cannot_compile_names_runtime_compile(monkeypatch):

@@ -42,7 +42,7 @@ def test_all_five_methods_complete_and_reach_the_final_comparison(write_spec):
         assert 0 < t.value <= 1 and t.user_attrs["teacher_mode"] == "cached"
 
     final = final_comparison(data, study, teacher)
-    labels = [s["label"] for s in final["students"]]
+    labels = [s.label for s in final.students]
     assert labels == [f"best {m}" for m in sorted(ALL_METHODS)] + ["scratch", "pseudo-label"]
 
 
@@ -75,7 +75,7 @@ def test_a_consistent_winner_is_compared_with_an_equally_augmented_scratch(write
     study = create_study(spec, optuna.storages.InMemoryStorage())
     study.optimize(make_objective(data), n_trials=1)
     final = final_comparison(data, study, teacher)
-    modes = {s["label"]: s["teacher_mode"] for s in final["students"]}
+    modes = {s.label: s.teacher_mode for s in final.students}
     assert modes == {
         "best kd": "consistent",
         "scratch": "cached",

@@ -115,7 +115,7 @@ def test_dkd_warmup_scales_the_distillation_terms_over_the_first_epoch():
 def test_the_training_loop_tells_the_loss_how_far_training_is():
     from kdsearch.data import Split
     from kdsearch.methods import Method
-    from kdsearch.train import TrainSet, fit
+    from kdsearch.train import TrainSet, TrialPlan, fit
 
     seen: list[float] = []
 
@@ -130,7 +130,7 @@ def test_the_training_loop_tells_the_loss_how_far_training_is():
     x, y = torch.randn(40, 1, 4, 4), torch.randint(0, 3, (40,))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     train = TrainSet(x, y, torch.ones(40, dtype=torch.bool))
-    fit(model, Recorder(), {}, train, Split(x, y), epochs=2, batch_size=10, lr=1e-3, seed=0)
+    fit(model, TrialPlan(Recorder(), {}, 0, train, epochs=2, batch_size=10, lr=1e-3), Split(x, y))
     assert seen == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
 
 
@@ -184,8 +184,8 @@ def test_pseudo_label_trains_on_the_distillation_pool_with_the_same_steps(monkey
     data = study_data(spec, splits, teacher, device, console)
     calls = {}
 
-    def recording_fit(model, method, params, train, val, **kw):
-        calls[method.name] = (train, kw["steps"])
+    def recording_fit(model, plan, val, **kw):
+        calls[plan.method.name] = (plan.train, plan.steps_per_epoch)
         return []
 
     monkeypatch.setattr(search, "fit", recording_fit)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -9,7 +11,7 @@ from torch import nn
 from kdsearch.data import Split
 from kdsearch.methods import build_method
 from kdsearch.stacked import StudentStack, probe, stack_refusal
-from kdsearch.train import TrainSet, fit
+from kdsearch.train import Augment, LiveTeacher, TrainSet, TrialPlan, fit
 
 CLASSES = 4
 CONFIGS = [
@@ -44,10 +46,14 @@ def task() -> tuple[TrainSet, Split]:
     return train, Split(x[:64].clone(), y[:64].clone())
 
 
+def plan(method: str, params: dict, seed: int, train: TrainSet, epochs: int = 2, **more) -> TrialPlan:
+    return TrialPlan(build_method(method), params, seed, train, epochs=epochs, batch_size=32, lr=1e-3, **more)
+
+
 def alone(method: str, params: dict, seed: int, train: TrainSet, val: Split, epochs: int = 2):
     torch.manual_seed(seed)
     model = student()
-    history = fit(model, build_method(method), params, train, val, epochs=epochs, batch_size=32, lr=1e-3, seed=seed)
+    history = fit(model, plan(method, params, seed, train, epochs), val)
     return model, history
 
 
@@ -57,7 +63,7 @@ def new_stack(val: Split) -> StudentStack:
 
 def add(stack: StudentStack, key, method: str, params: dict, seed: int, train: TrainSet) -> None:
     torch.manual_seed(seed)
-    stack.add(key, student(), build_method(method), params, seed, train)
+    stack.add(key, student(), plan(method, params, seed, train))
 
 
 def assert_same(a, b, tol: float) -> None:
@@ -162,12 +168,15 @@ class Branchy(nn.Module):
 
 def test_a_student_that_cannot_stack_is_refused_with_a_reason(task):
     train, val = task
-    reason = probe(Branchy(), build_method("kd"), {"temperature": 2.0, "alpha": 0.5}, train, val)
+    kd = plan("kd", {"temperature": 2.0, "alpha": 0.5}, 0, train)
+    reason = probe(Branchy(), kd, val)
     assert reason and "data-dependent" in reason.lower()
-    assert probe(student(), build_method("kd"), {"temperature": 2.0, "alpha": 0.5}, train, val) is None
-    assert "feature maps" in stack_refusal(build_method("hint"), train)
-    assert "consistent" in stack_refusal(build_method("kd"), train, live_teacher=True)
-    assert stack_refusal(build_method("lskd"), train) is None
+    assert probe(student(), kd, val) is None
+    assert "feature maps" in stack_refusal(plan("hint", {"feature_weight": 1.0}, 0, train))
+    assert "consistent" in stack_refusal(replace(kd, live_teacher=LiveTeacher(student())))
+    # an augmented scratch (the baseline of a 'consistent' winner) is not stacked: the stack does not augment
+    assert "augmented" in stack_refusal(plan("scratch", {}, 0, train, augment=Augment(2, True)))
+    assert stack_refusal(plan("lskd", {"temperature": 2.0, "alpha": 0.1}, 0, train)) is None
 
 
 def test_members_must_share_the_batch_size(task):

@@ -1,0 +1,71 @@
+"""What the device benchmarks share: the study's data and teacher from a spec with overrides, the device's name,
+CUDA sync for timings, and the header of their JSON result (where, with what, on which data)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # use this checkout's kdsearch even without `pip install -e .`
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from kdsearch.data import load_splits  # noqa: E402
+from kdsearch.search import StudyData, prepare_study_data  # noqa: E402
+from kdsearch.spec import StudySpec, apply_overrides, load_spec, spec_from_dict  # noqa: E402
+from kdsearch.teacher import prepare_teacher  # noqa: E402
+from kdsearch.train import configure_threads, resolve_device  # noqa: E402
+
+
+@dataclass
+class Bench:
+    """A benchmark's study: spec (with ``overrides``), trials' data, device and its name, CPU threads."""
+
+    spec_path: str
+    overrides: list[str]
+    spec: StudySpec
+    data: StudyData
+    device: torch.device
+    device_name: str
+    threads: int
+
+    def header(self) -> dict[str, Any]:
+        """Where and on what the benchmark ran: the head of its JSON result."""
+        path = Path(self.spec_path).resolve()
+        return {
+            "device": str(self.device),
+            "device_name": self.device_name,
+            "threads": self.threads,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu_affinity": len(os.sched_getaffinity(0)),
+            "spec": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else self.spec_path,
+            "overrides": self.overrides,
+            "student": self.spec.student.arch,
+            "batch_size": self.spec.student.batch_size,
+            "steps_per_epoch": self.data.steps,
+            "epochs_per_trial": self.spec.student.epochs,
+        }
+
+
+def prepare_bench(spec_path: str, overrides: list[str], threads: int) -> Bench:
+    """Load the spec with ``overrides``, the data and the (cached) teacher, as a study would."""
+    spec = spec_from_dict(apply_overrides(load_spec(spec_path).model_dump(mode="json"), overrides))
+    threads = configure_threads(threads)
+    device = resolve_device(spec.runtime.device)
+    splits = load_splits(spec.data)
+    data = prepare_study_data(spec, splits, prepare_teacher(spec, splits, device), device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
+    return Bench(spec_path, overrides, spec, data, device, name, threads)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
