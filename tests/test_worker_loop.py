@@ -104,6 +104,11 @@ def test_without_a_stop_request_the_worker_runs_every_trial():
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
 
 
+def another_worker(storage) -> optuna.Study:
+    """The study as another worker process sees it: its own Study object on the same storage."""
+    return optuna.load_study(study_name="s", storage=storage)
+
+
 def test_a_trial_failed_by_another_worker_meanwhile_does_not_stop_this_worker(capsys):
     """Another worker FAILs this worker's trial mid-run (its heartbeat looked stale): Optuna refuses to
     record the end; the worker says so and goes on to the total instead of crashing."""
@@ -113,7 +118,7 @@ def test_a_trial_failed_by_another_worker_meanwhile_does_not_stop_this_worker(ca
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", 0, 1)
         if trial.number == 1:
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # as fail_stale_trials would
+            another_worker(storage).tell(trial.number, state=TrialState.FAIL)  # its heartbeat looked stale
             trial.report(x, 1)  # raises UpdateFinishedTrialError, as the real on_epoch would
         return x
 
@@ -135,7 +140,7 @@ def test_a_trial_failed_by_another_worker_after_its_last_write_does_not_stop_thi
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", 0, 1)
         if trial.number == 0:
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # between the last epoch and the end
+            another_worker(storage).tell(trial.number, state=TrialState.FAIL)  # between the last epoch and the end
         return x
 
     assert run_worker(study, objective, 2, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01) == 3
