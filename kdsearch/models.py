@@ -21,7 +21,7 @@ import copy
 import inspect
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -59,64 +59,55 @@ class ConvClassifier(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+def conv_classifier(
+    layers: Sequence[int | str],
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    *,
+    hidden: int,
+    dropout: float,
+    batch_norm: bool = False,
+) -> ConvClassifier:
+    """A VGG-style net: each int of ``layers`` a 3x3 conv of that width (then BatchNorm when ``batch_norm``) and
+    ReLU, each ``"M"`` a 2x2 max-pool; then FC ``hidden`` with ReLU and dropout, and the logits."""
+    modules: list[nn.Module] = []
+    width = in_channels
+    for layer in layers:
+        if layer == "M":
+            modules.append(nn.MaxPool2d(2))
+            continue
+        modules.append(nn.Conv2d(width, int(layer), 3, padding=1))
+        if batch_norm:
+            modules.append(nn.BatchNorm2d(int(layer)))
+        modules.append(nn.ReLU(inplace=True))
+        width = int(layer)
+    features = nn.Sequential(*modules)
+    flat = _flat_features(features, in_channels, image_size)
+    classifier = nn.Sequential(
+        nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+    )
+    return ConvClassifier(features, classifier)
+
+
 @MODELS.register("bn_cnn", feature_layer="features")
 def bn_cnn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """A 422k-parameter teacher on 28x28: conv32-BN-pool, conv64-BN-pool, FC128."""
-    features = nn.Sequential(
-        nn.Conv2d(in_channels, 32, 3, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.BatchNorm2d(64),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
+    return conv_classifier(
+        [32, "M", 64, "M"], num_classes, in_channels, image_size, hidden=128, dropout=0.2, batch_norm=True
     )
-    flat = _flat_features(features, in_channels, image_size)
-    classifier = nn.Sequential(
-        nn.Linear(flat, 128), nn.ReLU(inplace=True), nn.Dropout(0.2), nn.Linear(128, num_classes)
-    )
-    return ConvClassifier(features, classifier)
 
 
 @MODELS.register("deep_nn", feature_layer="features")
 def deep_nn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """Seed 004's teacher (DeepNN): four 3x3 convs (128, 64, 64, 32), two pools, FC512."""
-    features = nn.Sequential(
-        nn.Conv2d(in_channels, 128, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(128, 64, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(64, 32, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-    )
-    flat = _flat_features(features, in_channels, image_size)
-    classifier = nn.Sequential(
-        nn.Linear(flat, 512), nn.ReLU(inplace=True), nn.Dropout(0.1), nn.Linear(512, num_classes)
-    )
-    return ConvClassifier(features, classifier)
+    return conv_classifier([128, 64, "M", 64, 32, "M"], num_classes, in_channels, image_size, hidden=512, dropout=0.1)
 
 
 @MODELS.register("light_nn", feature_layer="features")
 def light_nn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """Seed 004's student (LightNN): two 3x3 convs of 16 filters, two pools, FC256 (206k params on 28x28x1)."""
-    features = nn.Sequential(
-        nn.Conv2d(in_channels, 16, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 16, 3, padding=1),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-    )
-    flat = _flat_features(features, in_channels, image_size)
-    classifier = nn.Sequential(
-        nn.Linear(flat, 256), nn.ReLU(inplace=True), nn.Dropout(0.1), nn.Linear(256, num_classes)
-    )
-    return ConvClassifier(features, classifier)
+    return conv_classifier([16, "M", 16, "M"], num_classes, in_channels, image_size, hidden=256, dropout=0.1)
 
 
 _GIVEN: dict[str, Callable[[], nn.Module]] = {}  # role → builder of the object handed to the Python API
