@@ -54,6 +54,18 @@ def test_help_and_a_spec_error_import_no_torch():
     assert "student.arch: unknown model 'resnet9'" in result.stderr
 
 
+def test_the_modules_the_readme_marks_torch_free_import_no_torch():
+    """README's layout table marks with ○ the modules that import no torch; each is imported alone to check."""
+    import re
+
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n\n**Working on kdsearch", 1)[0]
+    marked = sorted(set(re.findall(r"`(\w+)\.py` ○", layout)))
+    assert {"study", "results", "report", "workers", "runner", "cli"} <= set(marked)
+    for module in marked:
+        result = run_python(f"import sys, kdsearch.{module}\nassert 'torch' not in sys.modules")
+        assert result.returncode == 0, f"kdsearch.{module} imports torch, but README's layout marks it ○"
+
+
 def test_catalog_holds_every_registered_method_with_its_space_and_flags():
     assert set(METHOD_CATALOG) == set(METHODS.names())
     for name in METHODS:
