@@ -5,6 +5,7 @@ without a browser. Every method has the same colour in every figure (``method_co
 from __future__ import annotations
 
 import html
+import itertools
 import math
 from typing import Sequence
 
@@ -336,15 +337,11 @@ def history_figure(points: Sequence[TrialPoint], objective: str | None) -> go.Fi
             )
         )
     if done:
-        best_x, best_y, best = [], [], -math.inf
-        for p in sorted(done, key=lambda p: p.number):
-            best = max(best, p.value)
-            best_x.append(p.number)
-            best_y.append(best)
+        ordered = sorted(done, key=lambda p: p.number)
         fig.add_trace(
             go.Scatter(
-                x=best_x,
-                y=best_y,
+                x=[p.number for p in ordered],
+                y=list(itertools.accumulate((p.value for p in ordered), max)),
                 mode="lines",
                 name="best so far",
                 line=dict(color="#444", width=1.5, shape="hv"),

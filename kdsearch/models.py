@@ -227,7 +227,7 @@ def code_fingerprint(name: str, role: str = "model") -> str:
     from .spec import GIVEN_ARCH, is_import_path
 
     if name == GIVEN_ARCH and role == "teacher" and _GIVEN.get(role) is not None:
-        return state_dict_sha256(_GIVEN[role]().state_dict())
+        return state_dict_sha256(_GIVEN[role]().state_dict())[:16]
     if name in MODELS or not is_import_path(name):
         return ""
     builder = import_object(name, field=f"{role}.arch")
@@ -239,15 +239,16 @@ def code_fingerprint(name: str, role: str = "model") -> str:
 
 
 def state_dict_sha256(state: Mapping[str, torch.Tensor]) -> str:
-    """A hash of a state_dict's names, shapes, dtypes and values."""
+    """sha256 (hex) of a state_dict: names, dtypes, shapes and bytes, in name order (not pickle bytes), so the same
+    weights give the same digest on every machine."""
     import hashlib
 
     h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous()
-        h.update(f"{key}\0{tuple(t.shape)}\0{t.dtype}\n".encode())
+    for name, value in sorted(state.items()):
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{list(value.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    return h.hexdigest()
 
 
 def default_feature_layer(name: str, model: Callable[[], nn.Module] | None = None) -> str:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .data import Splits, default_cache_root, save_atomic
 from .errors import KdsearchError, first_line
 from .methods import build_method
-from .models import FeatureTap, build_model, code_fingerprint, load_checkpoint
+from .models import FeatureTap, build_model, code_fingerprint, load_checkpoint, state_dict_sha256
 from .spec import GIVEN_ARCH, WHOLE_MODEL_ARCHS, StudySpec
 from .train import Augment, EpochResult, TrainSet, TrialPlan, channels_last, evaluate, fit, predict, steps_per_epoch
 
@@ -39,7 +39,9 @@ class Teacher:
     metrics: dict[str, float]  # val_accuracy, val_auc (the test split is scored only by the final comparison)
     from_cache: bool
     path: Path
-    digest: str  # sha256 of the weights (``weights_digest``): the same weights, the same digest, on every machine
+    digest: (
+        str  # sha256 of the weights (``models.state_dict_sha256``): the same weights, the same digest, on every machine
+    )
 
 
 def cache_root(spec: StudySpec) -> Path:
@@ -56,7 +58,12 @@ def teacher_key(spec: StudySpec, splits: Splits) -> str:
     if spec.teacher.arch == GIVEN_ARCH:
         teacher.pop("epochs")  # a handed teacher is used as it is (plus fine_tune_epochs), like a checkpoint
     elif spec.teacher.checkpoint is not None:
-        teacher["checkpoint"] = _file_sha256(Path(spec.teacher.checkpoint))  # its content, not its name
+        path = Path(spec.teacher.checkpoint)
+        if not path.is_file():
+            raise KdsearchError(
+                f"teacher.checkpoint {path} not found; point it at a .pt file (state_dict or TorchScript)"
+            )
+        teacher["checkpoint"] = file_sha256(path)  # its content, not its name
         teacher.pop("epochs")
     else:
         teacher.pop("fine_tune_epochs")
@@ -67,16 +74,6 @@ def teacher_key(spec: StudySpec, splits: Splits) -> str:
         "teacher": teacher,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def weights_digest(model: nn.Module) -> str:
-    """sha256 (hex) of ``model``'s state_dict: names, dtypes, shapes and bytes, in name order (not pickle bytes)."""
-    h = hashlib.sha256()
-    for name, value in sorted(model.state_dict().items()):
-        t = value.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}|{t.dtype}|{list(value.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def teacher_cache_path(spec: StudySpec, splits: Splits) -> Path:
@@ -92,17 +89,13 @@ def cache_teacher(
     train_logits = predict(model, splits.train.x.to(device)).cpu()
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     save_atomic({"state_dict": state, "train_logits": train_logits, "metrics": metrics}, path)
-    return Teacher(model, train_logits, metrics, False, path, weights_digest(model))
+    return Teacher(model, train_logits, metrics, False, path, state_dict_sha256(model.state_dict()))
 
 
-def _file_sha256(path: Path) -> str:
-    if not path.is_file():
-        raise KdsearchError(f"teacher.checkpoint {path} not found; point it at a .pt file (state_dict or TorchScript)")
-    h = hashlib.sha256()
+def file_sha256(path: Path) -> str:
+    """sha256 (hex) of a file's bytes."""
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def train_teacher(
@@ -187,7 +180,7 @@ def prepare_teacher(
                     k: v for k, v in entry["metrics"].items() if k.startswith("val_")
                 }  # older entries held test too
                 model = model.to(device).eval()
-                return Teacher(model, entry["train_logits"], metrics, True, path, weights_digest(model))
+                return Teacher(model, entry["train_logits"], metrics, True, path, state_dict_sha256(model.state_dict()))
             except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
                 # damaged (empty, truncated, not a dict), or the model changed
                 log.warning(

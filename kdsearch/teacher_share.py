@@ -14,7 +14,6 @@ Where the artifacts live: ``runtime.artifact_store`` (a folder, or ``s3://bucket
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import tempfile
@@ -32,10 +31,11 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 from .dashboard import ARTIFACT_DIR  # the default store: <output_dir>/artifacts, the folder the dashboard serves
 from .data import Splits
 from .errors import KdsearchError, first_line
+from .models import state_dict_sha256
 from .results import Builder, TeacherRecord, TeacherScores
 from .spec import StudySpec
 from .storage import StorageLock
-from .teacher import Teacher, build_teacher_model, cache_teacher, teacher_cache_path, teacher_key, weights_digest
+from .teacher import Teacher, build_teacher_model, cache_teacher, file_sha256, teacher_cache_path, teacher_key
 
 WAIT_S = 24 * 3600.0  # how long a process waits for another one building the study's teacher
 
@@ -297,7 +297,7 @@ def _download(
             try:
                 model = build_teacher_model(spec, splits)
                 model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True)["state_dict"])
-                digest = weights_digest(model)
+                digest = state_dict_sha256(model.state_dict())
             except Exception:  # unpickling errors, missing or misshapen weights: a mismatch below
                 pass
         if model is None or digest != record.sha256:
@@ -326,9 +326,3 @@ def _check_same(study: optuna.Study, teacher: Teacher, record: TeacherRecord) ->
         f"{study.study_name!r} (sha256 {record.sha256[:12]}, built on {record.by.host}): {fix}; or start a "
         "new study with --study NEW_NAME"
     )
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 (hex) of a file's bytes."""
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

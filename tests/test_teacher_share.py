@@ -16,12 +16,12 @@ import torch
 
 import kdsearch.teacher
 from kdsearch.errors import KdsearchError
+from kdsearch.models import state_dict_sha256
 from kdsearch.prepare import prepare
 from kdsearch.progress import Console
 from kdsearch.spec import spec_from_dict
 from kdsearch.storage import open_storage
 from kdsearch.study import RECORD_ATTR, TEACHER_ATTR, create_study
-from kdsearch.teacher import weights_digest
 from kdsearch.teacher_share import BuildLock, open_artifact_store, share_teacher, store_location
 
 
@@ -89,7 +89,7 @@ def test_two_workers_with_separate_caches_use_one_teacher_only_the_first_trains(
     assert "downloaded the teacher of study 'tiny'" in second.output and "verified" in second.output
     assert b.path.is_relative_to(tmp_path / "cache-b") and b.path.is_file()
 
-    assert a.digest == b.digest == weights_digest(b.model)
+    assert a.digest == b.digest == state_dict_sha256(b.model.state_dict())
     assert torch.allclose(a.train_logits, b.train_logits, atol=1e-5)  # recomputed from the downloaded weights
     study = optuna.load_study(study_name="tiny", storage=open_storage(journal))
     record = study.user_attrs[RECORD_ATTR]
@@ -294,5 +294,5 @@ def test_two_worker_processes_started_at_once_train_one_teacher(idx_dataset, tmp
         (cached,) = (tmp_path / f"cache-{rank}" / "teachers").glob("*.pt")
         model = kdsearch.teacher.build_model("bn_cnn", 4, 1, 28)
         model.load_state_dict(torch.load(cached, weights_only=True)["state_dict"])
-        digests.add(weights_digest(model))
+        digests.add(state_dict_sha256(model.state_dict()))
     assert digests == {record["sha256"]}
