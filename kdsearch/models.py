@@ -467,12 +467,16 @@ def read_checkpoint(path: Path, *, role: str) -> dict[str, torch.Tensor]:
         raise KdsearchError(f"{role}.checkpoint {path} not found; point it at a .pt file (state_dict or TorchScript)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - unpickling raises many types for foreign or damaged files: try TorchScript
         try:
             with warnings.catch_warnings():  # TorchScript is deprecated upstream but users still have such files
                 warnings.simplefilter("ignore")
                 obj = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception:
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - neither format: one line below
             raise KdsearchError(
                 f"{role}.checkpoint {path} is neither a PyTorch state_dict nor a TorchScript file (corrupt, another "
                 "format, or a whole pickled model from torch.save(model), which is not loaded since unpickling can run "
