@@ -7,6 +7,7 @@ and the file is written to a temporary name and renamed, so nobody reads half a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -93,8 +94,15 @@ def cache_teacher(
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 (hex) of a file's bytes."""
-    with path.open("rb") as f:
+    """sha256 (hex) of a file's bytes; a file unchanged since (same size and modification time) is not read again
+    (``teacher_key`` is asked for a checkpoint's hash several times per command)."""
+    stat = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
