@@ -320,7 +320,7 @@ def run_ways(
     studies = {name: new_study(name, spec) for name in ways}
     objectives = {
         name: make_objective(
-            data, train=lambda method, params, seed, on_epoch, mode, fn=fn: fn(method, params, seed, on_epoch)
+            data, train=lambda plan, on_epoch, fn=fn: fn(plan.method.name, plan.params, plan.seed, on_epoch)
         )
         for name, fn in ways.items()
     }

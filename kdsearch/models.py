@@ -227,7 +227,7 @@ def code_fingerprint(name: str, role: str = "model") -> str:
     from .spec import GIVEN_ARCH, is_import_path
 
     if name == GIVEN_ARCH and role == "teacher" and _GIVEN.get(role) is not None:
-        return state_dict_sha256(_GIVEN[role]().state_dict())[:16]
+        return state_dict_sha256(_GIVEN[role]().state_dict(), header=_fingerprint_header)[:16]
     if name in MODELS or not is_import_path(name):
         return ""
     builder = import_object(name, field=f"{role}.arch")
@@ -238,16 +238,27 @@ def code_fingerprint(name: str, role: str = "model") -> str:
         return ""
 
 
-def state_dict_sha256(state: Mapping[str, torch.Tensor]) -> str:
+def _weights_header(name: str, t: torch.Tensor) -> str:
+    return f"{name}|{t.dtype}|{list(t.shape)}|"
+
+
+def _fingerprint_header(name: str, t: torch.Tensor) -> str:
+    return f"{name}\0{tuple(t.shape)}\0{t.dtype}\n"
+
+
+def state_dict_sha256(
+    state: Mapping[str, torch.Tensor], *, header: Callable[[str, torch.Tensor], str] = _weights_header
+) -> str:
     """sha256 (hex) of a state_dict: names, dtypes, shapes and bytes, in name order (not pickle bytes), so the same
-    weights give the same digest on every machine."""
+    weights give the same digest on every machine. ``header`` is how each tensor is introduced: the teacher's
+    digest (recorded in studies) and a handed module's code fingerprint (in teacher keys) keep their own."""
     import hashlib
 
     h = hashlib.sha256()
     for name, value in sorted(state.items()):
-        t = value.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}|{t.dtype}|{list(value.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        t = value.detach().cpu().contiguous()
+        h.update(header(name, t).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

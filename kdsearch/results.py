@@ -18,6 +18,7 @@ from .study import FINAL_ATTR, RECORD_ATTR, TEACHER_ATTR
 
 R = TypeVar("R", bound="Record")
 
+NEW_STUDY = "use the kdsearch version that wrote it, or start a new study with --study NEW_NAME"
 BASELINES = ("scratch", "pseudo_label")  # the final comparison's students that no trial chose
 
 
@@ -31,14 +32,13 @@ class Record(BaseModel):
         return self.model_dump()
 
     @classmethod
-    def from_attr(cls: type[R], value: Any, *, what: str) -> R:
-        """Parse a stored attribute; KdsearchError naming ``what`` when it is not such a record."""
+    def from_attr(cls: type[R], value: Any, *, what: str, fix: str) -> R:
+        """Parse a stored attribute; KdsearchError naming ``what`` and the ``fix`` when it is not such a record."""
         try:
             return cls.model_validate(value)
         except ValidationError as err:
             raise KdsearchError(
-                f"the study's stored {what} is not readable by this kdsearch ({first_line(err)}); run "
-                "'kdsearch report' with the study's spec to compute it again, or use the kdsearch version that wrote it"
+                f"the study's stored {what} is not readable by this kdsearch ({first_line(err)}); {fix}"
             ) from None
 
 
@@ -121,7 +121,18 @@ class FinalComparison(Record):
     def read(cls, study: optuna.Study) -> FinalComparison | None:
         """The study's last final comparison, or None when it has none yet."""
         value = study.user_attrs.get(FINAL_ATTR)
-        return None if value is None else cls.from_attr(value, what=f"final comparison ({FINAL_ATTR!r})")
+        fix = "run 'kdsearch report' to compute it again, or use the kdsearch version that wrote it"
+        return None if value is None else cls.from_attr(value, what=f"final comparison ({FINAL_ATTR!r})", fix=fix)
+
+    @classmethod
+    def next_run_of(cls, study: optuna.Study) -> tuple[int, list[int]]:
+        """(run number, trials each earlier run saw) for a new final comparison of ``study``. An earlier one that
+        does not read still scored the test split: this one is a re-run (how many trials it saw is unknown)."""
+        try:
+            previous = cls.read(study)
+        except KdsearchError:
+            return 2, []
+        return previous.next_run() if previous else (1, [])
 
     def save(self, study: optuna.Study) -> None:
         study.set_user_attr(FINAL_ATTR, self.to_attr())
@@ -140,7 +151,7 @@ class TeacherScores(Record):
     @classmethod
     def read(cls, study: optuna.Study) -> TeacherScores | None:
         value = study.user_attrs.get(TEACHER_ATTR)
-        return None if value is None else cls.from_attr(value, what=f"teacher scores ({TEACHER_ATTR!r})")
+        return None if value is None else cls.from_attr(value, what=f"teacher scores ({TEACHER_ATTR!r})", fix=NEW_STUDY)
 
 
 class Builder(Record):
@@ -167,7 +178,7 @@ class TeacherRecord(Record):
     @classmethod
     def read(cls, study: optuna.Study) -> TeacherRecord | None:
         value = study.user_attrs.get(RECORD_ATTR)
-        return None if value is None else cls.from_attr(value, what=f"teacher record ({RECORD_ATTR!r})")
+        return None if value is None else cls.from_attr(value, what=f"teacher record ({RECORD_ATTR!r})", fix=NEW_STUDY)
 
     def save(self, study: optuna.Study) -> None:
         """Record this teacher and its validation scores on the study."""

@@ -411,8 +411,13 @@ def rebuild_report(study, spec, out: Path, console: Console) -> Path:
     if out.is_dir():
         raise KdsearchError(f"--output {out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
     writable_dir(out.parent, "the report's folder")
-    if FinalComparison.read(study) is None:
-        console.echo("no final comparison stored yet: running it now")
+    try:
+        missing = FinalComparison.read(study) is None
+    except KdsearchError as err:  # written by another version or edited: computed again, as a re-run
+        console.echo(f"warning: {err}", err=True)
+        missing = True
+    if missing:
+        console.echo("no readable final comparison stored: running it now")
         splits, teacher, dev = prepare(spec, console, study=study)
         final_and_report(study, study_data(spec, splits, teacher, dev, console), teacher, out, console)
         return out

@@ -363,6 +363,7 @@ def final_comparison(
         raise KdsearchError(f"study {study.study_name!r} has no completed trial yet; run some trials first")
     f = data.spec.final
     seeds = list(range(f.first_seed, f.first_seed + f.seeds))
+    run, earlier = FinalComparison.next_run_of(study)  # before the training: it needs no test scores
     test = data.splits.test.in_memory(data.device, data.spec.data.memory_budget_mb / 2)
     if train_seeds is None:
 
@@ -385,8 +386,6 @@ def final_comparison(
                 on_run(candidate.label, seed)
         students.append(CandidateRuns(**candidate.model_dump(), runs=runs))
     teacher_acc, teacher_auc = evaluate(teacher.model, test)
-    previous = FinalComparison.read(study)
-    run, earlier = previous.next_run() if previous else (1, [])
     result = FinalComparison(
         objective=data.spec.search.objective,
         seeds=seeds,

@@ -97,13 +97,16 @@ def file_sha256(path: Path) -> str:
     """sha256 (hex) of a file's bytes; a file unchanged since (same size and modification time) is not read again
     (``teacher_key`` is asked for a checkpoint's hash several times per command)."""
     stat = Path(path).stat()
-    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    return _file_sha256(str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 @functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+def _file_sha256(path: str, *stat: int) -> str:
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def train_teacher(

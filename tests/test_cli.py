@@ -91,6 +91,15 @@ def test_report_is_rebuilt_from_storage_alone(write_spec, tmp_path):
     result = invoke("report", "--storage", storage, "--output", str(out))
     assert result.exit_code == 0, result.output
     assert out.is_file() and "Final comparison (test split)" in out.read_text() and 'id="cost"' in out.read_text()
+    # a stored comparison this version cannot read (edited, another version) is computed again, as a re-run
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    study.set_user_attr("final_comparison", {"students": "damaged"})
+    again = invoke("report", "--storage", storage, "--output", str(out))
+    assert again.exit_code == 0, again.output
+    assert "final comparison ('final_comparison') is not readable" in again.output
+    assert "no readable final comparison stored: running it now" in again.output
+    final = optuna.load_study(study_name="tiny", storage=storage).user_attrs["final_comparison"]
+    assert final["run"] == 2 and final["earlier_runs_trials"] == [] and "re-run 2" in out.read_text()
 
 
 @pytest.mark.slow

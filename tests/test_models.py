@@ -105,3 +105,18 @@ def test_cost_table_numbers_are_consistent(tmp_path):
     # FLOPs are counted by torch.utils.flop_counter: a linear layer is 2 * in * out per image
     assert flops_per_image(nn.Linear(100, 10), torch.randn(1, 100)) == 2 * 100 * 10
     assert row["flops"] > 2 * (784 * 256 + 256 * 10)
+
+
+def test_a_handed_teacher_with_batchnorm_has_a_stable_fingerprint():
+    """A handed-over teacher's weights are part of its teacher key; BatchNorm's 0-dim counter hashes too."""
+    from kdsearch.models import code_fingerprint, given_models
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    with given_models(teacher=teacher):
+        first = code_fingerprint("python", "teacher")
+        assert code_fingerprint("python", "teacher") == first and len(first) == 16
+    with torch.no_grad():
+        teacher[0].weight.add_(1.0)
+    with given_models(teacher=teacher):
+        assert code_fingerprint("python", "teacher") != first  # other weights, another teacher key

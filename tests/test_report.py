@@ -559,3 +559,9 @@ def test_the_stored_final_comparison_reads_back_typed_and_a_damaged_one_is_one_l
     damaged = make_study(final={**FINAL, "students": [{"label": "best kd", "runs": "?"}]})
     with pytest.raises(KdsearchError, match="stored final comparison .* is not readable.*kdsearch report"):
         summary_rows(damaged)
+    assert FinalComparison.next_run_of(damaged) == (2, [])  # it scored the test split all the same
+    assert FinalComparison.next_run_of(make_study(final=None)) == (1, [])
+    assert FinalComparison.next_run_of(make_study(final={**FINAL, "run": 2, "earlier_runs_trials": [5]})) == (3, [5, 9])
+    damaged.set_user_attr("teacher", {"val_accuracy": "high"})
+    with pytest.raises(KdsearchError, match="teacher scores .* not readable.*--study NEW_NAME"):
+        summary_rows(damaged)

@@ -133,7 +133,7 @@ def test_4_workers_on_journal_storage(write_spec, tmp_path):
     assert FINAL_ATTR not in optuna.load_study(study_name="tiny", storage=open_storage(storage)).user_attrs
     report = CliRunner().invoke(app, ["report", "--storage", storage, "--study", "tiny"])
     assert report.exit_code == 0, report.output
-    assert "no final comparison stored yet: running it now" in report.output
+    assert "no readable final comparison stored: running it now" in report.output
     assert FINAL_ATTR in optuna.load_study(study_name="tiny", storage=open_storage(storage)).user_attrs
 
 
