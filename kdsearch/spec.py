@@ -8,11 +8,16 @@ Method and model names are checked against ``catalog`` (no torch), so validating
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 from .catalog import ParamRange, is_model, method_info, method_names, model_names, searchable_method_names
 from .errors import KdsearchError
