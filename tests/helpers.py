@@ -1,12 +1,17 @@
-"""Builders shared by several test files (datasets on disk, specs): import them from here, not from test files."""
+"""Builders shared by several test files (datasets on disk, specs, processes): import them from here, not from
+test files."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import os
 import pickle
 import struct
+import subprocess
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -113,3 +118,22 @@ def write_cifar(folder: Path, per_batch: int = 8, n_test: int = 6, meta: bool = 
         names = [f"class{i}".encode() for i in range(10)]
         dump_batch({b"label_names": names, b"num_cases_per_batch": per_batch}, folder / "batches.meta", py2)
     return folder
+
+
+@contextlib.contextmanager
+def started(cmd: Sequence[str], log: Path, *, with_stdout: bool = False) -> Iterator[subprocess.Popen]:
+    """``cmd`` running unbuffered, its stderr (and its stdout, ``with_stdout``) written to the file ``log`` (a file,
+    not a pipe: nobody reads a pipe while the test polls); killed if it still runs when the block ends."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            list(cmd),
+            stdout=out if with_stdout else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if with_stdout else out,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

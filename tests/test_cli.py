@@ -11,6 +11,7 @@ import time
 
 import optuna
 import pytest
+from helpers import started
 from typer.testing import CliRunner
 
 from kdsearch.cli import app
@@ -234,23 +235,13 @@ def test_ctrl_c_while_the_teacher_trains_is_one_line_and_caches_nothing(write_sp
     cache = tmp_path / "fresh-cache"
     spec = write_spec(cache=cache)
     err_path = tmp_path / "stderr.txt"
-    with open(err_path, "w") as err_file:
-        proc = subprocess.Popen(
-            [*KDSEARCH, "run", "--spec", str(spec), "--set", "teacher.epochs=200"],
-            stderr=err_file,
-            stdout=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    try:
+    with started([*KDSEARCH, "run", "--spec", str(spec), "--set", "teacher.epochs=200"], err_path) as proc:
         deadline = time.time() + 120
         while "teacher bn_cnn" not in err_path.read_text() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         time.sleep(1.0)  # well inside its 200 epochs
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     err = err_path.read_text()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err and "Aborted" not in err, err

@@ -73,6 +73,19 @@ def assert_same(a, b, tol: float) -> None:
     assert a.train_loss == pytest.approx(b.train_loss, abs=tol, rel=tol)
 
 
+def assert_stack_matches(configs, expected, train: TrainSet, val: Split, tol: float) -> StudentStack:
+    """Train ``configs`` (method, params, seed) as one stack for two epochs; each epoch of each member must match
+    ``expected[i]``, its history alone, within ``tol``. Returns the stack."""
+    stack = new_stack(val)
+    for i, (m, p, s) in enumerate(configs):
+        add(stack, i, m, p, s, train)
+    for epoch in range(2):
+        results = stack.run_epoch()
+        for i in range(len(configs)):
+            assert_same(results[i], expected[i][epoch], tol)
+    return stack
+
+
 def test_a_stack_of_kd_lskd_and_dkd_gives_each_member_its_values_alone(task):
     train, val = task
     torch.set_default_dtype(torch.float64)  # models in float64: no ReLU flips from rounding differences
@@ -80,13 +93,7 @@ def test_a_stack_of_kd_lskd_and_dkd_gives_each_member_its_values_alone(task):
         train64 = TrainSet(train.x.double(), train.y, train.labeled, train.teacher_logits)
         val64 = Split(val.x.double(), val.y)
         expected = [alone(m, p, s, train64, val64) for m, p, s in CONFIGS]
-        stack = new_stack(val64)
-        for i, (m, p, s) in enumerate(CONFIGS):
-            add(stack, i, m, p, s, train64)
-        for epoch in range(2):
-            results = stack.run_epoch()
-            for i in range(len(CONFIGS)):
-                assert_same(results[i], expected[i][1][epoch], 1e-6)
+        stack = assert_stack_matches(CONFIGS, [h for _, h in expected], train64, val64, 1e-6)
         for i in range(len(CONFIGS)):
             got = stack.member_model(i, student()).state_dict()
             for name, value in expected[i][0].state_dict().items():
@@ -98,14 +105,7 @@ def test_a_stack_of_kd_lskd_and_dkd_gives_each_member_its_values_alone(task):
 def test_fp32_stack_matches_alone_within_1e_4(task):
     train, val = task
     configs = [CONFIGS[0], CONFIGS[1], ("kd", {"temperature": 1.0, "alpha": 0.9}, 14)]
-    expected = [alone(m, p, s, train, val)[1] for m, p, s in configs]
-    stack = new_stack(val)
-    for i, (m, p, s) in enumerate(configs):
-        add(stack, i, m, p, s, train)
-    for epoch in range(2):
-        results = stack.run_epoch()
-        for i in range(len(configs)):
-            assert_same(results[i], expected[i][epoch], 1e-4)
+    assert_stack_matches(configs, [alone(m, p, s, train, val)[1] for m, p, s in configs], train, val, 1e-4)
 
 
 def test_a_member_leaving_or_joining_mid_stack_changes_nothing_for_the_others(task):

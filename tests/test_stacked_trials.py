@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import started
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -123,21 +124,10 @@ def test_ctrl_c_with_three_trials_in_flight_leaves_none_running(write_spec, tmp_
     spec = write_spec(epochs=30, extra="threads = 1\n")  # long trials: all three are still in flight at the signal
     storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     err = tmp_path / "run.err"
-    with open(err, "w") as err_file:
-        proc = subprocess.Popen(
-            [*KDSEARCH, "run", "--spec", str(spec), "--trials", "50", "-k", "3"],
-            stdout=subprocess.DEVNULL,
-            stderr=err_file,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    try:
+    with started([*KDSEARCH, "run", "--spec", str(spec), "--trials", "50", "-k", "3"], err) as proc:
         wait_for_running(storage, 3, proc)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     text = err.read_text()
     assert proc.returncode == 130, text[-2000:]
     assert "Traceback" not in text and "resume with: kdsearch run" in text
@@ -243,15 +233,10 @@ def test_kill_9_with_three_trials_in_flight_they_are_retried_with_their_seeds(wr
     storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     cmd = [*KDSEARCH, "worker", "--spec", str(spec), "--storage", storage, "-k", "3"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(tmp_path / "victim.log", "w") as log:
-        victim = subprocess.Popen([*cmd, "--trials", "6"], stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
+    with started([*cmd, "--trials", "6"], tmp_path / "victim.log", with_stdout=True) as victim:
         wait_for_running(storage, 3, victim)
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
     killed = {t.number: t for t in optuna.load_study(study_name="tiny", storage=storage).trials}
     in_flight = [t for t in killed.values() if t.state == TrialState.RUNNING]
     assert len(in_flight) >= 3

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import started
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -157,19 +158,10 @@ def test_ctrl_c_reaches_every_worker_of_run(write_spec, tmp_path):
     spec = write_spec(epochs=4, extra=FAST)
     storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     err = tmp_path / "run.err"
-    with open(err, "w") as err_file:
-        proc = subprocess.Popen(
-            [*KDSEARCH, "run", "--spec", str(spec), "--workers", "2", "--trials", "500"],
-            stdout=subprocess.DEVNULL,
-            stderr=err_file,
-            env=ENV,
-        )
-    try:
+    with started([*KDSEARCH, "run", "--spec", str(spec), "--workers", "2", "--trials", "500"], err) as proc:
         wait_for_finished(storage, 4, proc)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=90)
-    finally:
-        wait_all([proc], timeout=1)
     assert proc.returncode == 130, err.read_text()[-2000:]
     assert "resume with: kdsearch run" in err.read_text() and "Traceback" not in err.read_text()
     states = [t.state for t in optuna.load_study(study_name="tiny", storage=open_storage(storage)).trials]
