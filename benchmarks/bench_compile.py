@@ -43,10 +43,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import REPO, prepare_bench, sync
+from common import REPO, prepare_bench
 
 from kdsearch.search import StudyData, plan_trial, train_plan
 from kdsearch.spec import StudySpec
+from kdsearch.train import sync
 
 QUICK = [
     "data.train_limit=3000",

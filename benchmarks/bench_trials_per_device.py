@@ -33,11 +33,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import REPO, prepare_bench, sync
+from common import REPO, prepare_bench
 
+from kdsearch.errors import out_of_memory
 from kdsearch.search import fresh_student, plan_trial
 from kdsearch.stacked_trials import add_fresh, empty_stack
-from kdsearch.train import fit
+from kdsearch.train import fit, sync
 
 QUICK = ["data.train_limit=3000", "data.labeled=500", "data.unlabeled=1500", "data.val_size=500", "teacher.epochs=1"]
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             seconds = time_stacked(data, k, args.epochs)
         except RuntimeError as err:
-            if "out of memory" not in str(err).lower():
+            if not out_of_memory(err):
                 raise
             print(f"stacked   K={k:<4d} out of memory")
             break

@@ -63,9 +63,3 @@ def prepare_bench(spec_path: str, overrides: list[str], threads: int) -> Bench:
     data = prepare_study_data(spec, splits, prepare_teacher(spec, splits, device), device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
     return Bench(spec_path, overrides, spec, data, device, name, threads)
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work (timings on CUDA)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -6,6 +6,7 @@ and user attrs (``seed``); the study's life in storage (create, join, load, best
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,6 +257,11 @@ def train_student(
     )
 
 
+def train_each(data: StudyData, plans: list[TrialPlan]) -> list[nn.Module]:
+    """``train_plan`` for each plan, one after the other (the final comparison's seeds, by default)."""
+    return [train_plan(data, plan)[0] for plan in plans]
+
+
 TrainFn = Callable[[TrialPlan, Callable[[EpochResult], None]], list[EpochResult]]
 
 
@@ -366,10 +372,7 @@ def final_comparison(
     run, earlier = FinalComparison.next_run_of(study)  # before the training: it needs no test scores
     test = data.splits.test.in_memory(data.device, data.spec.data.memory_budget_mb / 2)
     if train_seeds is None:
-
-        def train_seeds(plans):
-            return [train_plan(data, plan)[0] for plan in plans]
-
+        train_seeds = functools.partial(train_each, data)
     students = []
     for candidate in final_candidates(study, unlabeled=len(data.splits.unlabeled) > 0, students=f.students):
         runs = []

@@ -45,6 +45,8 @@ def stack_refusal(plan: TrialPlan) -> str | None:
         return "the teacher runs live on augmented batches (teacher_mode = consistent)"
     if plan.augment is not None:
         return "its batches are augmented (teacher_mode = consistent), which the stacked path does not do"
+    if len(plan.train) < plan.batch_size:
+        return "its training rows are fewer than one batch"
     if isinstance(plan.train.x, ImageStore):
         return "the images are streamed from disk (data.stream)"
     return None
@@ -308,7 +310,7 @@ def probe(template: nn.Module, plan: TrialPlan, val: Split) -> str | None:
     """Why ``template`` cannot be trained stacked as ``plan`` says (an op without a ``vmap`` rule, data-dependent
     control flow), from one step of a two-member stack on copies; None when it can."""
     stack = StudentStack(
-        copy.deepcopy(template).cpu(),
+        template,
         Split(val.x[:2], val.y[:2]),
         batch_size=2,
         lr=1e-3,

@@ -27,25 +27,51 @@ import optuna
 import torch
 from torch import nn
 
-from .search import SeedTrainer, StudyData, fresh_student, make_objective, plan_trial, train_plan
+from .data import Split
+from .errors import out_of_memory
+from .search import SeedTrainer, StudyData, fresh_student, make_objective, plan_trial, train_each, train_plan
 from .signals import interruptible, shielded
 from .stacked import StudentStack, probe, stack_refusal
-from .train import EpochResult, TrialPlan
+from .train import EpochResult, TrialPlan, sync
 
 JOIN_WAIT_S = 5.0  # the longest an epoch boundary waits for threads that are starting their next trial
 
 
-def empty_stack(data: StudyData) -> StudentStack:
-    """A stack with no member yet, for the study's student, data and training settings."""
+def empty_stack(data: StudyData, *, steps: int | None = None, val: Split | None = None) -> StudentStack:
+    """A stack with no member yet, for the study's student, data and training settings (``steps`` per epoch and
+    the ``val`` split scored after each: the study's unless given)."""
     spec = data.spec
     return StudentStack(
         fresh_student(data),
-        data.val,
+        data.val if val is None else val,
         batch_size=spec.student.batch_size,
         lr=spec.student.lr,
-        steps=data.steps,
+        steps=steps or data.steps,
         device=data.device,
     )
+
+
+class StackCheck:
+    """Whether a plan can train in a stack: ``stacked.stack_refusal``, then whether the study's student stacks at
+    all (``stacked.probe``, run once); each reason is said once, after ``prefix(plan)``."""
+
+    def __init__(self, data: StudyData, echo: Callable[[str], None], prefix: Callable[[TrialPlan], str]) -> None:
+        self.data, self.echo, self.prefix = data, echo, prefix
+        self.refusal: list[str | None] = []  # the probe's answer, once asked
+        self.told: set[str] = set()
+
+    def why_alone(self, plan: TrialPlan) -> str | None:
+        """Why ``plan`` trains one at a time (said once per reason), or None when it stacks."""
+        why = stack_refusal(plan)
+        if why is None:
+            if not self.refusal:
+                self.refusal.append(probe(fresh_student(self.data), plan, self.data.val))
+            if self.refusal[0] is not None:
+                why = f"the student cannot be stacked ({self.refusal[0]})"
+        if why is not None and why not in self.told:
+            self.told.add(why)
+            self.echo(f"{self.prefix(plan)}: {why}")
+        return why
 
 
 def add_fresh(stack: StudentStack, data: StudyData, key, plan: TrialPlan) -> None:
@@ -78,27 +104,21 @@ class StackServer:
     """The main thread's side: admits trials at epoch boundaries and trains them stacked (see module docstring)."""
 
     def __init__(self, data: StudyData, threads: int, *, echo: Callable[[str], None] = print) -> None:
-        spec = data.spec
         self.data = data
-        self.threads = threads
-        self.echo = echo
-        self.epochs = spec.student.epochs
+        self.check = StackCheck(data, echo, lambda plan: f"trials of {plan.method.name} run one at a time, not stacked")
         self.stack = empty_stack(data)
         self.cv = threading.Condition()
         self.pending: list[_Seat] = []
         self.starting: set[int] = set(range(threads))  # trial threads expected to hand over a trial soon
         self.local = threading.local()  # .index: which trial thread this is
         self.error: BaseException | None = None
-        self.refusal: str | None = None  # why this student cannot stack at all (probe), once known
-        self.probed = False
-        self.told: set[str] = set()
         self.alone: list[_Seat] = []  # admitted trials that cannot stack, trained one at a time
 
     # ------------------------------------------------------------------ trial-thread side
 
     def train(self, plan: TrialPlan, on_epoch: Callable[[EpochResult], None]) -> list[EpochResult]:
         """``search.TrainFn`` for a trial thread: blocks until the trial has trained (or left the stack)."""
-        seat = _Seat(plan, alone=stack_refusal(plan), on_epoch=on_epoch)
+        seat = _Seat(plan, on_epoch=on_epoch)
         with self.cv:
             self._raise_if_stopped()
             self.pending.append(seat)
@@ -122,7 +142,7 @@ class StackServer:
                 self._answer(seat, leave=True)
                 raise
             seat.history.append(r)
-            finished = r.epoch >= self.epochs
+            finished = r.epoch >= seat.plan.epochs
             self._answer(seat, leave=finished)
             if finished:
                 return seat.history
@@ -187,20 +207,12 @@ class StackServer:
                 self.cv.wait(0.02)
             self._raise_if_stopped()
             admitted, self.pending = self.pending, []
-        data = self.data
         for seat in admitted:
-            if seat.alone is None and not self.probed:  # whether this student stacks at all, tried once
-                self.probed = True
-                self.refusal = probe(fresh_student(data), seat.plan, data.val)
-            if seat.alone is None and self.refusal is not None:
-                seat.alone = f"the student cannot be stacked ({self.refusal})"
+            seat.alone = self.check.why_alone(seat.plan)
             if seat.alone is not None:
-                if seat.alone not in self.told:
-                    self.told.add(seat.alone)
-                    self.echo(f"trials of {seat.plan.method.name} run one at a time, not stacked: {seat.alone}")
                 self.alone.append(seat)
-                continue
-            add_fresh(self.stack, data, seat, seat.plan)
+            else:
+                add_fresh(self.stack, self.data, seat, seat.plan)
 
     def _train_alone(self, seat: _Seat) -> None:
         """Train a trial that cannot stack here, one at a time, reporting through its ``on_epoch``; its thread
@@ -321,23 +333,14 @@ def run_stacked_study(
 def stacked_seed_trainer(data: StudyData, k: int, *, echo: Callable[[str], None] = print) -> SeedTrainer:
     """``final_comparison``'s ``train_seeds``: a candidate's seeds' plans trained K at a time as one stack (each seed's
     init and batch order as alone); one that cannot stack is trained seed after seed, saying why once."""
-    told: set[str] = set()
-    refusal: list[str | None] = []  # whether this student stacks at all, probed once
+    check = StackCheck(
+        data, echo, lambda plan: f"final comparison: {plan.method.name} students are trained one seed at a time"
+    )
 
     def train(plans: list[TrialPlan]) -> list[nn.Module]:
         first = plans[0]
-        why = stack_refusal(first)
-        if why is None and len(first.train) < first.batch_size:
-            why = "its training rows are fewer than one batch"
-        if why is None:
-            if not refusal:
-                refusal.append(probe(fresh_student(data), first, data.val))
-            why = None if refusal[0] is None else f"the student cannot be stacked ({refusal[0]})"
-        if why is not None:
-            if why not in told:
-                told.add(why)
-                echo(f"final comparison: {first.method.name} students are trained one seed at a time: {why}")
-            return [train_plan(data, plan)[0] for plan in plans]
+        if check.why_alone(first) is not None:
+            return train_each(data, plans)
         models: list[nn.Module] = []
         for start in range(0, len(plans), k):
             chunk = plans[start : start + k]
@@ -377,32 +380,31 @@ def probe_trials_per_device(
 ) -> tuple[int, dict[int, float]]:
     """(best K, student-steps per second of each K tried): a few stacked kd steps per K on the study's data,
     stopping when the gain over the previous K falls under 10% or the device's memory passes ``memory_share``."""
-    spec, device = data.spec, data.device
+    device = data.device
     params = {"temperature": 4.0, "alpha": 0.5}
-    val = type(data.val)(data.val.x[:2], data.val.y[:2])
+    val = Split(data.val.x[:2], data.val.y[:2])
     rates: dict[int, float] = {}
     best = 1
     for k in candidates:
-        stack = StudentStack(
-            fresh_student(data), val, batch_size=spec.student.batch_size, lr=spec.student.lr, steps=steps, device=device
-        )
+        stack = empty_stack(data, steps=steps, val=val)
         try:
             for i in range(k):
                 add_fresh(stack, data, i, plan_trial(data, "kd", params, i))
             with warnings.catch_warnings():  # two validation rows: AUC warns about a missing class
                 warnings.simplefilter("ignore", UserWarning)
                 stack.run_epoch()  # warm-up: kernels chosen, memory allocated
-                _sync(device)
+                sync(device)
                 start = time.perf_counter()
                 stack.run_epoch()
-                _sync(device)
+                sync(device)
+                seconds = time.perf_counter() - start
         except RuntimeError as err:  # out of memory, or the student cannot stack
-            if "out of memory" not in str(err).lower():
+            if not out_of_memory(err):
                 raise
             break
         finally:
             del stack
-        rates[k] = k * steps / (time.perf_counter() - start)
+        rates[k] = k * steps / seconds
         if rates[k] > rates.get(best, 0.0) * 1.1:
             best = k
         elif k > 1:
@@ -414,8 +416,3 @@ def probe_trials_per_device(
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return best, rates
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -213,6 +213,12 @@ def batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generato
     return order[: steps * batch_size].view(steps, batch_size)
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (for timings: CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """The precision of a training step's forward and loss: bf16 autocast on CUDA (matmuls and convolutions
     in bf16, softmaxes, norms and reductions in float32; the weights and their gradients stay float32, no

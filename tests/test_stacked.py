@@ -177,6 +177,8 @@ def test_a_student_that_cannot_stack_is_refused_with_a_reason(task):
     # an augmented scratch (the baseline of a 'consistent' winner) is not stacked: the stack does not augment
     assert "augmented" in stack_refusal(plan("scratch", {}, 0, train, augment=Augment(2, True)))
     assert stack_refusal(plan("lskd", {"temperature": 2.0, "alpha": 0.1}, 0, train)) is None
+    small = TrainSet(train.x[:10], train.y[:10], train.labeled[:10], train.teacher_logits[:10])
+    assert "fewer than one batch" in stack_refusal(plan("kd", {"temperature": 2.0, "alpha": 0.5}, 0, small))
 
 
 def test_members_must_share_the_batch_size(task):
