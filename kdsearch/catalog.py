@@ -87,7 +87,8 @@ METHOD_CATALOG: Mapping[str, MethodInfo] = MappingProxyType(
         "hint": _FEATURE,
     }
 )
-"""Every method of ``kdsearch.methods``, by name: its default search space and flags."""
+"""Every method of ``kdsearch.methods``, by name: its default search space (the one place it is written; the
+method classes read it, and their docstrings say why the ranges are these) and flags."""
 
 TORCHVISION_MODELS: Mapping[str, str] = MappingProxyType(
     {  # the torchvision architectures kdsearch builds (weights=None), with their feature layer

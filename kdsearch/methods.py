@@ -50,9 +50,10 @@ How a method declares what it needs (the training loop reads these class variabl
 Adding a method: write the loss as a pure function of tensors, then a small ``Method`` subclass
 registered with ``@METHODS.register(name)`` that sets ``name``, ``space`` (default ranges as
 ``ParamRange``; a study's ``[methods.<name>]`` table may override them; ``low == high`` is a fixed
-value, stored with the trial's params but not searched), and the flags above. A shipped method also
-gets its line in ``kdsearch/catalog.py`` (same space and flags), which validates specs without torch;
-this module refuses to import while the two differ.
+value, stored with the trial's params but not searched), and the flags above. A shipped method's space
+is its line in ``kdsearch/catalog.py`` (which validates specs without torch; the class reads it from
+there and says why the ranges are what they are); its flags are repeated there, and this module refuses
+to import while the two differ.
 """
 
 from __future__ import annotations
@@ -349,10 +350,7 @@ class KD(Method):
     """Hinton et al. 2015: soft targets at temperature T, weighted against hard labels by alpha."""
 
     name = "kd"
-    space: ClassVar[Mapping[str, ParamRange]] = {
-        "temperature": ParamRange(0.5, 20.0, log=True),
-        "alpha": ParamRange(0.0, 1.0),
-    }
+    space: ClassVar[Mapping[str, ParamRange]] = METHOD_CATALOG["kd"].space
     logit_loss = staticmethod(kd_loss)  # (student, teacher, labels, labeled, temperature, alpha) -> loss
 
     def loss(self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None) -> Tensor:
@@ -376,10 +374,7 @@ class LSKD(KD):
     """
 
     name = "lskd"
-    space: ClassVar[Mapping[str, ParamRange]] = {
-        "temperature": ParamRange(0.5, 20.0, log=True),
-        "alpha": ParamRange(0.001, 1.0, log=True),
-    }
+    space: ClassVar[Mapping[str, ParamRange]] = METHOD_CATALOG["lskd"].space
     logit_loss = staticmethod(lskd_loss)
     min_classes = 3
 
@@ -396,12 +391,7 @@ class DKD(Method):
     """
 
     name = "dkd"
-    space: ClassVar[Mapping[str, ParamRange]] = {
-        "temperature": ParamRange(0.5, 20.0, log=True),
-        "alpha_tckd": ParamRange(0.1, 4.0, log=True),
-        "beta": ParamRange(0.5, 16.0, log=True),
-        "warmup_epochs": ParamRange(1.0, 1.0),
-    }
+    space: ClassVar[Mapping[str, ParamRange]] = METHOD_CATALOG["dkd"].space
     min_classes = 3
 
     def loss(self, batch: DistillBatch, params: Mapping[str, float], *, regressor: nn.Module | None = None) -> Tensor:
@@ -420,9 +410,7 @@ class DKD(Method):
 class FeatureMethod(Method):
     """CE on the labeled rows + ``feature_weight`` × a loss between student and teacher features."""
 
-    space: ClassVar[Mapping[str, ParamRange]] = {
-        "feature_weight": ParamRange(0.01, 10.0, log=True),
-    }
+    space: ClassVar[Mapping[str, ParamRange]] = METHOD_CATALOG["cosine"].space  # cosine and hint share it
     needs_features = True
 
     def feature_loss(self, student: Tensor, teacher: Tensor, regressor: nn.Module | None) -> Tensor:
@@ -474,11 +462,6 @@ def build_method(name: str) -> Method:
     return METHODS.get(name)()
 
 
-def searchable_methods() -> list[str]:
-    """Methods a study may search over (everything but the scratch and pseudo-label baselines)."""
-    return [n for n in METHODS.names() if METHODS.get(n).searchable]
-
-
 def unusable_methods(methods: list[str], num_classes: int) -> dict[str, str]:
     """Method → why it cannot learn anything more than kd on a task with ``num_classes`` classes."""
     reasons = {
@@ -508,7 +491,6 @@ __all__ = [
     "masked_cross_entropy",
     "nckd_term",
     "pseudo_label_loss",
-    "searchable_methods",
     "soft_kl",
     "standardize_logits",
     "tckd_term",

@@ -16,9 +16,10 @@ import optuna
 import torch
 from torch import nn
 
+from .catalog import searchable_method_names
 from .data import Split, Splits, take
 from .errors import KdsearchError, out_of_memory
-from .methods import METHODS, DistillBatch, build_method, searchable_methods, unusable_methods
+from .methods import METHODS, DistillBatch, build_method, unusable_methods
 from .metrics import cost_row
 from .models import FeatureTap, build_model, default_feature_layer, load_state, read_checkpoint
 from .results import Candidate, CandidateRuns, FinalComparison, Scores, SeedRun
@@ -172,7 +173,7 @@ def methods_for_task(spec: StudySpec, num_classes: int) -> tuple[StudySpec, dict
     kept = [m for m in spec.search.methods if m not in dropped]
     if not kept:
         why = "; ".join(f"{m}: {reason}" for m, reason in dropped.items())
-        works = [m for m in searchable_methods() if not unusable_methods([m], num_classes)]
+        works = [m for m in searchable_method_names() if not unusable_methods([m], num_classes)]
         raise KdsearchError(
             f"search.methods = {spec.search.methods} cannot distill on {num_classes} classes ({why}). "
             f"Use methods that work on {num_classes} classes: {', '.join(works)}"
