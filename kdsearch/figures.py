@@ -14,6 +14,7 @@ from plotly.subplots import make_subplots
 
 from .report_model import (
     TEACHER_COLOUR,
+    StudentStats,
     TrialPoint,
     _by_method,
     _fmt,
@@ -358,11 +359,12 @@ def history_figure(points: Sequence[TrialPoint], objective: str | None) -> go.Fi
     return fig
 
 
-def final_comparison_figure(final: FinalComparison) -> go.Figure:
+def final_comparison_figure(final: FinalComparison, stats: list[StudentStats] | None = None) -> go.Figure:
     """Test accuracy and AUC per student: mean ± std (point with error bars), each seed a dot beside it,
-    the teacher a dashed line (legend entry ``teacher (test)``). No bars, so no truncated baseline."""
-    stats = final_stats(final)
-    teacher = final.teacher.model_dump() if final.teacher else {}
+    the teacher a dashed line (legend entry ``teacher (test)``). No bars, so no truncated baseline.
+    ``stats``: ``final_stats(final)``, computed when not given."""
+    stats = final_stats(final) if stats is None else stats
+    teacher = final.teacher
     fig = make_subplots(rows=1, cols=2, subplot_titles=("test accuracy", "test AUC"), horizontal_spacing=0.09)
     xs = list(range(len(stats)))
     for col, metric in enumerate(("accuracy", "auc"), start=1):
@@ -406,9 +408,9 @@ def final_comparison_figure(final: FinalComparison) -> go.Figure:
                 col=col,
             )
             shown += [*values, mean - sd, mean + sd]
-        if metric in teacher:
+        if teacher is not None:
             fig.add_hline(
-                y=teacher[metric],
+                y=getattr(teacher, metric),
                 line=dict(color=TEACHER_COLOUR, dash="dash", width=2),
                 row=1,
                 col=col,
@@ -416,7 +418,7 @@ def final_comparison_figure(final: FinalComparison) -> go.Figure:
                 name="teacher (test)",
                 legendgroup="teacher",
             )
-            shown.append(teacher[metric])
+            shown.append(getattr(teacher, metric))
         if shown:
             lo, hi = min(shown), max(shown)
             pad = max(0.004, (hi - lo) * 0.12)

@@ -93,10 +93,11 @@ def _delta_cell(d: PairedDifference | None) -> str:
     return f'{mean} <span class="ci">{interval}</span>'
 
 
-def final_table(final: FinalComparison) -> str:
+def final_table(final: FinalComparison, stats: list[StudentStats] | None = None) -> str:
     """HTML table ``#final-comparison`` with the figure's numbers: mean ± std, n seeds, and the paired
-    per-seed Δ (mean and 95% t-interval) vs scratch, and vs pseudo-label when the study has that baseline."""
-    stats = final_stats(final)
+    per-seed Δ (mean and 95% t-interval) vs scratch, and vs pseudo-label when the study has that baseline
+    (``stats``: ``final_stats(final)``, computed when not given)."""
+    stats = final_stats(final) if stats is None else stats
     pseudo = any(s.vs_pseudo_label for s in stats)
     head = (
         "<tr><th>student</th><th>trial</th><th>params</th><th class=num>test accuracy</th>"
@@ -208,6 +209,14 @@ def _swatch_label(s: StudentStats) -> str:
 
 def summary_rows(study: optuna.Study) -> list[tuple[str, str]]:
     """(label, value) rows that summarise the study for the terminal and the report."""
+    final = FinalComparison.read(study)
+    return _summary_rows(study, final, final_stats(final) if final else [])
+
+
+def _summary_rows(
+    study: optuna.Study, final: FinalComparison | None, stats: list[StudentStats]
+) -> list[tuple[str, str]]:
+    """``summary_rows`` with the final comparison and its statistics already at hand."""
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
@@ -225,7 +234,6 @@ def summary_rows(study: optuna.Study) -> list[tuple[str, str]]:
         shown = format_params(params)
         what = f"#{best.number} {method}{' ' + shown if shown else ''}"
         rows.append(("best trial (val)", f"{what}: val {metric_label(objective)} {best.value:.4f}"))
-    final = FinalComparison.read(study)
     if final:
         n = len(final.seeds)
         if final.teacher:
@@ -234,7 +242,7 @@ def summary_rows(study: optuna.Study) -> list[tuple[str, str]]:
         rerun = rerun_text(final)
         if rerun:
             rows.append(("final comparison", rerun))
-        for s in final_stats(final):
+        for s in stats:
             text = f"accuracy {s.accuracy_mean:.4f} ± {s.accuracy_std:.4f}, AUC {s.auc_mean:.4f} ± {s.auc_std:.4f}"
             rows.append((f"{s.label} (test, {n} seed{'s' * (n != 1)})", text + vs_text(s)))
         rows += [(f"cost: {name}", text) for name, text in cost_lines(final)]
@@ -322,6 +330,7 @@ def write_report(study: optuna.Study, path: Path) -> Path:
     objective = study_objective(study)
     shown_metric = objective or "accuracy"
     final = FinalComparison.read(study)
+    stats = final_stats(final) if final else []
     has_temperature = any(p.complete and "temperature" in p.params for p in points)
 
     blocks: list[str | go.Figure] = ["<h2>Search (validation split)</h2>"]  # page order
@@ -350,13 +359,13 @@ def write_report(study: optuna.Study, path: Path) -> Path:
         blocks += [
             f"<h2>{html.escape(heading)}</h2>",
             *([f'<p class="note">This is a {html.escape(rerun)}.</p>'] if rerun else []),
-            final_comparison_figure(final),
+            final_comparison_figure(final, stats),
             '<p class="caption">Mean ± sample standard deviation over seeds. Every student trains with the same '
             "seeds, and seed <i>s</i> gives each the same initial weights and batch order, so Δ is <b>paired by "
             "seed</b>: the mean of the per-seed differences in percentage points, with its 95% Student-t interval "
             "in brackets; ✓ and bold when the interval excludes 0. Pseudo-label: cross-entropy on the labeled "
             "images plus the teacher's arg-max label of each unlabeled image, same steps.</p>",
-            final_table(final),
+            final_table(final, stats),
             cost_table(final),
         ]
         if final.exports:
@@ -377,7 +386,9 @@ def write_report(study: optuna.Study, path: Path) -> Path:
         else:
             html_parts.append(block)
     body = "\n".join(html_parts)
-    table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary_rows(study))
+    table = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _summary_rows(study, final, stats)
+    )
     note = (
         '<p class="note">Trials are tuned on the <b>validation</b> split. The final comparison retrains the best '
         "trial of each method and a scratch student (cross-entropy on the labeled images only, same optimizer "

@@ -562,6 +562,7 @@ def test_the_stored_final_comparison_reads_back_typed_and_a_damaged_one_is_one_l
     assert FinalComparison.next_run_of(damaged) == (2, [])  # it scored the test split all the same
     assert FinalComparison.next_run_of(make_study(final=None)) == (1, [])
     assert FinalComparison.next_run_of(make_study(final={**FINAL, "run": 2, "earlier_runs_trials": [5]})) == (3, [5, 9])
-    damaged.set_user_attr("teacher", {"val_accuracy": "high"})
+    bad_teacher = make_study()
+    bad_teacher.set_user_attr("teacher", {"val_accuracy": "high"})
     with pytest.raises(KdsearchError, match="teacher scores .* not readable.*--study NEW_NAME"):
-        summary_rows(damaged)
+        summary_rows(bad_teacher)
