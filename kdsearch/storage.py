@@ -15,17 +15,28 @@ from .errors import KdsearchError, first_line
 from .spec import StudySpec
 
 
+def storage_file(url: str) -> Path | None:
+    """The file behind a storage URL: ``sqlite:///rel/file.db`` (relative; ``sqlite:////abs`` absolute) or
+    ``journal:///abs/file.log`` (always absolute); None for in-memory SQLite and for server storages."""
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        return None if path in ("", ":memory:") else Path(path)
+    if url.startswith("journal:///"):
+        path = url.removeprefix("journal:///").lstrip("/")  # journal:////abs too, without a leading "//"
+        return Path("/" + path) if path else None
+    return None
+
+
 def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
     """``open_storage`` for commands that read a study (report, a worker without a spec; not the dashboard,
     which may be opened before the first run): a
     SQLite or journal file that does not exist is a KdsearchError instead of a new empty database."""
-    for prefix, cut in (("sqlite:///", "sqlite:///"), ("journal:///", "journal://")):
-        path = url.removeprefix(cut)
-        if url.startswith(prefix) and path not in ("", ":memory:") and not Path(path).is_file():
-            raise KdsearchError(
-                f"no study storage at {path}: run `kdsearch run` first, or point --storage at the study's "
-                "database (--spec for a study file, from the folder it was run in)"
-            )
+    path = storage_file(url)
+    if path is not None and not path.is_file():
+        raise KdsearchError(
+            f"no study storage at {path}: run `kdsearch run` first, or point --storage at the study's "
+            "database (--spec for a study file, from the folder it was run in)"
+        )
     return open_storage(url)
 
 
@@ -55,24 +66,23 @@ def open_storage(
     (``workers.fail_dead_local_trials``).
     """
     try:
-        if url.startswith("journal:///"):
-            path = Path(url.removeprefix("journal://"))
-            path.parent.mkdir(parents=True, exist_ok=True)
+        file = storage_file(url)
+        if url.startswith("journal:///") and file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(JournalFileBackend(str(file)))
         engine_kwargs: dict = {}
-        sqlite_file = url.startswith("sqlite:///") and url.removeprefix("sqlite:///") not in ("", ":memory:")
+        sqlite_file = url.startswith("sqlite:///") and file is not None
         if sqlite_file:
-            path = Path(url.removeprefix("sqlite:///"))
-            path.parent.mkdir(parents=True, exist_ok=True)
+            file.parent.mkdir(parents=True, exist_ok=True)
             engine_kwargs = {"connect_args": {"timeout": 60}}
         rdb_url = url
         if url.startswith(("postgresql://", "postgres://")):
             # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; kdsearch ships psycopg2-binary
             rdb_url = "postgresql+psycopg2://" + url.split("://", 1)[1]
         heartbeat = _heartbeat_kwargs(heartbeat_interval, grace_period, max_retry) if heartbeat_interval else {}
-        storage = _new_rdb_storage(rdb_url, engine_kwargs, heartbeat, path if sqlite_file else None)
+        storage = _new_rdb_storage(rdb_url, engine_kwargs, heartbeat, file if sqlite_file else None)
         if sqlite_file:
             import sqlalchemy
 
@@ -183,12 +193,12 @@ class StorageLock:
         self._file = None
         self._engine = None
         self._conn = None
-        for prefix in ("sqlite:///", "journal:///"):
-            if url.startswith(prefix) and url.removeprefix(prefix) not in ("", ":memory:"):
-                from filelock import FileLock
+        file = storage_file(url)
+        if file is not None:
+            from filelock import FileLock
 
-                self.where = f"{url.removeprefix(prefix)}{suffix}"  # sqlite:////abs → /abs, sqlite:///rel → rel
-                self._file = FileLock(self.where)
+            self.where = f"{file}{suffix}"  # beside the storage's file
+            self._file = FileLock(self.where)
         if url.startswith(("postgresql", "postgres://")) and isinstance(storage, optuna.storages.RDBStorage):
             import hashlib
 

@@ -34,7 +34,7 @@ from .errors import KdsearchError, first_line
 from .models import state_dict_sha256
 from .results import Builder, TeacherRecord, TeacherScores
 from .spec import StudySpec
-from .storage import StorageLock
+from .storage import StorageLock, storage_file
 from .teacher import Teacher, build_teacher_model, cache_teacher, file_sha256, teacher_cache_path, teacher_key
 
 WAIT_S = 24 * 3600.0  # how long a process waits for another one building the study's teacher
@@ -65,7 +65,7 @@ def store_location(spec: StudySpec, url: str) -> str | None:
     SQLite or journal file, else None (no upload)."""
     if spec.runtime.artifact_store:
         return _normalized(spec.runtime.artifact_store)
-    if url.startswith(("sqlite:///", "journal:///")) and url.split(":///", 1)[1] not in ("", ":memory:"):
+    if storage_file(url) is not None:
         return str((spec.resolved_output_dir() / ARTIFACT_DIR).resolve())
     return None
 

@@ -296,3 +296,17 @@ def test_two_worker_processes_started_at_once_train_one_teacher(idx_dataset, tmp
         model.load_state_dict(torch.load(cached, weights_only=True)["state_dict"])
         digests.add(state_dict_sha256(model.state_dict()))
     assert digests == {record["sha256"]}
+
+
+def test_the_build_lock_of_a_journal_storage_lies_beside_its_file(tmp_path, monkeypatch):
+    """journal:///abs/file.log names /abs/file.log for the storage and for its locks alike, from any folder."""
+    from kdsearch.storage import StorageLock, storage_file
+
+    monkeypatch.chdir(tmp_path)
+    url = f"journal://{tmp_path / 'journal.log'}"  # three slashes: an absolute path
+    assert url.startswith("journal:///") and storage_file(url) == tmp_path / "journal.log"
+    assert StorageLock(url, None, "x", ".teacher.lock").where == f"{tmp_path / 'journal.log'}.teacher.lock"
+    assert (
+        storage_file("sqlite:///runs/study.db") == Path("runs/study.db") and storage_file("sqlite:///:memory:") is None
+    )
+    assert storage_file("postgresql://u@h/db") is None
