@@ -111,9 +111,7 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str, ra
         return study
     check_same_settings(study, spec)
     name_objective(study, spec)
-    if study.trials:
-        study.sampler = make_sampler(spec, rank, resumed_at=len(study.trials))
-    return study
+    return _reseed(study, spec, rank)
 
 
 def join_study(name: str, storage: optuna.storages.BaseStorage, spec: StudySpec, rank: int = 0) -> optuna.Study:
@@ -124,8 +122,14 @@ def join_study(name: str, storage: optuna.storages.BaseStorage, spec: StudySpec,
         study_name=name, storage=storage, sampler=make_sampler(spec, rank), pruner=make_pruner(spec)
     )
     check_same_settings(study, spec)
-    if study.trials:
-        study.sampler = make_sampler(spec, rank, resumed_at=len(study.trials))
+    return _reseed(study, spec, rank)
+
+
+def _reseed(study: optuna.Study, spec: StudySpec, rank: int) -> optuna.Study:
+    """A resumed study gets a sampler seeded anew from the trials it holds (``make_sampler``)."""
+    n = len(study.get_trials(deepcopy=False))
+    if n:
+        study.sampler = make_sampler(spec, rank, resumed_at=n)
     return study
 
 
@@ -142,6 +146,12 @@ def name_objective(study: optuna.Study, spec: StudySpec) -> None:
             study.set_metric_names([objective_name(spec)])
 
 
+def settings_may_change(study: optuna.Study) -> bool:
+    """Whether ``study`` may take new settings: it holds no finished, running or queued trial to compare with."""
+    state = TrialState
+    return not study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.RUNNING, state.WAITING))
+
+
 def check_same_settings(study: optuna.Study, spec: StudySpec) -> None:
     """KdsearchError naming what changed when ``spec`` differs from the study's stored spec in a setting
     that determines trial results; while the study holds no finished, running or queued trial (e.g. every
@@ -150,8 +160,7 @@ def check_same_settings(study: optuna.Study, spec: StudySpec) -> None:
     changes = spec_changes(study.user_attrs.get(SPEC_ATTR, {}), new)
     if not changes:
         return
-    state = TrialState
-    if not study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.RUNNING, state.WAITING)):
+    if settings_may_change(study):
         study.set_user_attr(SPEC_ATTR, new)  # nothing finished or under way to compare with: the new settings hold
         return
     more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
