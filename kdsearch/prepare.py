@@ -51,7 +51,7 @@ def prepare(
     ``url`` and ``storage``, the first process publishes its teacher; without, the recorded one is only used."""
     from .data import load_splits
     from .imports import use_python_path
-    from .teacher import cache_root, prepare_teacher, teacher_steps
+    from .teacher import cache_root, prepare_teacher, teacher_key, teacher_steps
     from .train import configure_threads, resolve_device
 
     echo = console.echo
@@ -76,6 +76,7 @@ def prepare(
     for method, why in dropped.items():
         echo(f"warning: method {method} is dropped from this study: on {splits.num_classes} classes {why}")
     check_models(spec, splits)
+    key = teacher_key(spec, splits)  # hashes a checkpoint or a handed model's weights: once per command
 
     def build():
         bar = console.progress(teacher_steps(spec, splits), f"teacher {spec.teacher.arch}", "step", leave=False)
@@ -86,6 +87,7 @@ def prepare(
                 device,
                 on_step=lambda: bar.update(),
                 on_epoch=lambda r: bar.set_postfix(epoch=r.epoch, val_acc=f"{r.accuracy:.4f}"),
+                key=key,
             )
         finally:
             bar.close()
@@ -95,7 +97,7 @@ def prepare(
     else:
         from .teacher_share import share_teacher
 
-        teacher = share_teacher(spec, splits, device, study, url=url, storage=storage, build=build, echo=echo)
+        teacher = share_teacher(spec, splits, device, study, url=url, storage=storage, build=build, echo=echo, key=key)
     tuned = spec.teacher.fine_tune_epochs
     tuning = f"fine-tuned {tuned} epoch{'s' * (tuned != 1)}" if tuned else "not fine-tuned"
     if teacher.from_cache:

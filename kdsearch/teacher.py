@@ -7,7 +7,6 @@ and the file is written to a temporary name and renamed, so nobody reads half a 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -77,9 +76,10 @@ def teacher_key(spec: StudySpec, splits: Splits) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def teacher_cache_path(spec: StudySpec, splits: Splits) -> Path:
-    """The cache file of this spec's teacher on this data (``<cache>/teachers/<arch>-<teacher_key>.pt``)."""
-    return cache_root(spec) / "teachers" / f"{spec.teacher.arch}-{teacher_key(spec, splits)}.pt"
+def teacher_cache_path(spec: StudySpec, splits: Splits, key: str | None = None) -> Path:
+    """The cache file of this spec's teacher on this data (``<cache>/teachers/<arch>-<teacher_key>.pt``; ``key``:
+    the teacher key when the caller has it)."""
+    return cache_root(spec) / "teachers" / f"{spec.teacher.arch}-{key or teacher_key(spec, splits)}.pt"
 
 
 def cache_teacher(
@@ -94,14 +94,7 @@ def cache_teacher(
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 (hex) of a file's bytes; a file unchanged since (same size and modification time) is not read again
-    (``teacher_key`` is asked for a checkpoint's hash several times per command)."""
-    stat = Path(path).stat()
-    return _file_sha256(str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, *stat: int) -> str:
+    """sha256 (hex) of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -177,9 +170,11 @@ def prepare_teacher(
     *,
     on_step: Callable[[], None] | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    key: str | None = None,
 ) -> Teacher:
-    """Load the cached teacher for this spec and data, or train, score (validation split) and cache it (under a lock)."""
-    path = teacher_cache_path(spec, splits)
+    """Load the cached teacher for this spec and data, or train, score (validation split) and cache it (under a
+    lock). ``key``: its ``teacher_key``, when the caller has computed it."""
+    path = teacher_cache_path(spec, splits, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.is_file():

@@ -35,6 +35,7 @@ from .models import state_dict_sha256
 from .results import Builder, TeacherRecord, TeacherScores
 from .spec import StudySpec
 from .storage import StorageLock, storage_file
+from .study import settings_may_change
 from .teacher import Teacher, build_teacher_model, cache_teacher, file_sha256, teacher_cache_path, teacher_key
 
 WAIT_S = 24 * 3600.0  # how long a process waits for another one building the study's teacher
@@ -163,6 +164,7 @@ def share_teacher(
     echo: Callable[..., None],
     wait_s: float = WAIT_S,
     poll_s: float = 2.0,
+    key: str | None = None,
 ) -> Teacher:
     """The study's one teacher: the recorded one (cached here, else downloaded and verified), or for the first
     process ``build()``'s, published (uploaded when there is a store, recorded on the study once).
@@ -172,11 +174,12 @@ def share_teacher(
         url, storage: the study's storage URL and storage (for the build lock and the default store);
             ``url=None`` only reads the record (``report``, ``export``): a study without one gets ``build()``'s.
         wait_s, poll_s: how long to wait for another process building the teacher, and how often to look (s).
+        key: the teacher's ``teacher_key``, when the caller has computed it.
 
     Raises a KdsearchError when this process's teacher (settings, data, checkpoint or weights) is not the
     recorded one, or the downloaded artifact does not match its recorded sha256.
     """
-    key = teacher_key(spec, splits)
+    key = key or teacher_key(spec, splits)
     record = _current_record(study, key)
     if record is None and url is not None:
         lock = BuildLock(url, storage, study.study_name)
@@ -198,7 +201,7 @@ def share_teacher(
                 return teacher
     if record is None:
         return build()
-    path = teacher_cache_path(spec, splits)
+    path = teacher_cache_path(spec, splits, key)
     if record.artifact_id and not path.is_file():
         location = _normalized(spec.runtime.artifact_store) if spec.runtime.artifact_store else record.store
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,8 +223,7 @@ def _current_record(study: optuna.Study, key: str) -> TeacherRecord | None:
     record = TeacherRecord.read(study)
     if record is None or record.key == key:
         return record
-    state = optuna.trial.TrialState
-    if not study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.RUNNING, state.WAITING)):
+    if settings_may_change(study):
         return None
     raise KdsearchError(
         f"this process's teacher is not the teacher of study {study.study_name!r}: its settings, data files, "

@@ -88,20 +88,3 @@ def test_teacher_augmentation_changes_the_teacher_and_its_cache_key(idx_dataset,
     a = prepare_teacher(plain, splits, torch.device("cpu"))
     b = prepare_teacher(augmented, splits, torch.device("cpu"))
     assert not torch.allclose(a.train_logits, b.train_logits)
-
-
-def test_a_checkpoint_is_hashed_once_until_it_changes(tmp_path):
-    import hashlib
-    import os
-
-    from kdsearch import teacher as teacher_module
-
-    path = tmp_path / "teacher.pt"
-    path.write_bytes(b"a" * 100)
-    reads = teacher_module._file_sha256.cache_info().misses
-    first = teacher_module.file_sha256(path)
-    assert teacher_module.file_sha256(path) == first == hashlib.sha256(b"a" * 100).hexdigest()
-    assert teacher_module._file_sha256.cache_info().misses == reads + 1  # read once
-    path.write_bytes(b"b" * 100)  # same size, new content and modification time
-    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
-    assert teacher_module.file_sha256(path) == hashlib.sha256(b"b" * 100).hexdigest()
