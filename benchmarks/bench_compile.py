@@ -4,7 +4,7 @@
 The default study's data, teacher (cached logits), student (LightNN), batch size, learning rate, steps
 per epoch and epochs; pruning off, so every trial runs all of ``student.epochs``. Trial i trains a fresh
 student with seed ``search.trial_seed + i``, the study's methods in turn and their parameters drawn from
-the spec's ranges by a seeded RNG, through ``kdsearch.train.fit`` as ``search.train_student`` calls it for
+the spec's ranges by a seeded RNG, through ``kdsearch.distill.train.fit`` as ``search.train_student`` calls it for
 a cached-teacher trial; both ways train trial i with the same seed, method and parameters. The ways
 alternate trial by trial in ABBA order (eager, compiled, compiled, eager, ...), so drifting background
 load hits both alike.
@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from common import REPO, prepare_bench
 
-from kdsearch.search import StudyData, plan_trial, train_plan
-from kdsearch.spec import StudySpec
-from kdsearch.train import sync
+from kdsearch.config.spec import StudySpec
+from kdsearch.distill.train import sync
+from kdsearch.search.objective import StudyData, plan_trial, train_plan
 
 QUICK = [
     "data.train_limit=3000",

@@ -15,9 +15,9 @@ Two steps, both from the repository root:
 2. ``simulate``: searches replayed on that table (a tabular benchmark, as NAS-Bench/HPOBench do):
    each search samples the grid's indices (``method``, then ordinal integers for T and the second
    parameter, so TPE sees their order), and a trial "trains" by reading its point's per-epoch
-   curve, reported epoch by epoch to the pruner exactly as ``kdsearch.search`` reports it. Epochs
+   curve, reported epoch by epoch to the pruner exactly as ``kdsearch.search.objective`` reports it. Epochs
    spent = epochs a trial ran before it ended or was pruned. Searches: random, TPE (kdsearch's
-   sampler settings) with no pruning, and TPE with each pruner of ``kdsearch.pruners``; 3 sampler
+   sampler settings) with no pruning, and TPE with each pruner of ``kdsearch.search.pruners``; 3 sampler
    seeds each, budgets of 10/20/30/50 trials::
 
        .venv/bin/python benchmarks/bench_search.py simulate --grid benchmarks/search/grid.json \\
@@ -84,7 +84,7 @@ def run_grid(args: argparse.Namespace) -> None:
     from kdsearch.prepare import prepare, study_data
     from kdsearch.progress import Console
     from kdsearch.runner import load_study_spec, with_runtime
-    from kdsearch.search import train_student
+    from kdsearch.search.objective import train_student
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec, _ = load_study_spec(Path(args.spec), overrides=args.set)
@@ -137,7 +137,7 @@ def make_search(kind: str, seed: int, epochs: int) -> optuna.Study:
     """A fresh in-memory study with the sampler and pruner of ``kind`` (``random``, ``tpe`` or ``tpe+<pruner>``)."""
     import warnings
 
-    from kdsearch.pruners import build_pruner
+    from kdsearch.search.pruners import build_pruner
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -10,9 +10,9 @@ per epoch. Only the data/teacher path differs:
   ``torch.utils.data.Dataset`` over the pool's uint8 images that builds one PIL image per item
   and applies ``transforms.ToTensor()`` + ``transforms.Normalize``; a
   ``DataLoader(batch_size, shuffle=True, drop_last=True)``; a live teacher forward pass
-  (``with torch.no_grad(): teacher(x)``) at every step; ``kdsearch.methods.kd_loss`` and Adam;
+  (``with torch.no_grad(): teacher(x)``) at every step; ``kdsearch.distill.methods.kd_loss`` and Adam;
   validation through a ``DataLoader`` over the validation split, after each epoch.
-* ``kdsearch``: ``kdsearch.search.prepare_study_data`` + ``kdsearch.search.train_student``:
+* ``kdsearch``: ``kdsearch.search.objective.prepare_study_data`` + ``kdsearch.search.objective.train_student``:
   device-resident normalized tensors, randperm index batching, teacher logits computed once and
   cached (kdsearch's ``fit`` also evaluates on the validation split after each epoch).
 
@@ -55,16 +55,16 @@ from torch import Tensor, nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
+from kdsearch.config.spec import StudySpec, load_spec, spec_from_dict  # noqa: E402
 from kdsearch.data import Splits, load_splits, read_idx_dataset, split_indices  # noqa: E402
+from kdsearch.distill.methods import kd_loss  # noqa: E402
+from kdsearch.distill.metrics import accuracy, auc  # noqa: E402
+from kdsearch.distill.teacher import Teacher, prepare_teacher  # noqa: E402
+from kdsearch.distill.train import EpochResult, resolve_device  # noqa: E402
 from kdsearch.errors import KdsearchError  # noqa: E402
-from kdsearch.methods import kd_loss  # noqa: E402
-from kdsearch.metrics import accuracy, auc  # noqa: E402
-from kdsearch.models import build_model  # noqa: E402
-from kdsearch.search import StudyData, make_objective, prepare_study_data, train_student  # noqa: E402
-from kdsearch.spec import StudySpec, load_spec, spec_from_dict  # noqa: E402
-from kdsearch.study import make_sampler  # noqa: E402
-from kdsearch.teacher import Teacher, prepare_teacher  # noqa: E402
-from kdsearch.train import EpochResult, resolve_device  # noqa: E402
+from kdsearch.nets.models import build_model  # noqa: E402
+from kdsearch.search.objective import StudyData, make_objective, prepare_study_data, train_student  # noqa: E402
+from kdsearch.search.study import make_sampler  # noqa: E402
 
 DEFAULT_SPEC = Path("studies") / "fashion_mnist.toml"
 DEFAULT_OUT = Path("runs") / "bench_trial_loop"
@@ -254,7 +254,7 @@ def naive_train_student(
 ) -> list[EpochResult]:
     """The tutorial loop: DataLoader batches, live teacher forward, kd_loss, Adam; DataLoader validation."""
     s = spec.student
-    torch.manual_seed(seed)  # same init as kdsearch.search.train_student (the batch order differs)
+    torch.manual_seed(seed)  # same init as kdsearch.search.objective.train_student (the batch order differs)
     model = build_model(s.arch, splits.num_classes, splits.in_channels, splits.image_size).to(device)
     train_loader = DataLoader(
         train_ds, batch_size=min(s.batch_size, len(train_ds)), shuffle=True, drop_last=True, num_workers=workers

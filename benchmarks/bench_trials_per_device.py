@@ -6,8 +6,8 @@ steps per epoch; pruning off, so every trial runs all of ``student.epochs``. For
 measurement trains K fresh students (kd, distinct T and alpha, each its own seed) for
 ``--epochs`` epoch(s) and times it, validation after each epoch included:
 
-* K = 1 ``alone``: ``kdsearch.train.fit`` (the one-at-a-time path every trial takes today);
-* K ≥ 1 ``stacked``: ``kdsearch.stacked.StudentStack`` with K members (``vmap`` over
+* K = 1 ``alone``: ``kdsearch.distill.train.fit`` (the one-at-a-time path every trial takes today);
+* K ≥ 1 ``stacked``: ``kdsearch.distill.stacked.StudentStack`` with K members (``vmap`` over
   ``functional_call``, one Adam over the stacked parameters).
 
 trials/hour = K / (seconds per epoch × student.epochs) × 3600; the ratio is against ``alone``.
@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 from common import REPO, prepare_bench
 
+from kdsearch.distill.train import fit, sync
 from kdsearch.errors import out_of_memory
-from kdsearch.search import fresh_student, plan_trial
-from kdsearch.stacked_trials import add_fresh, empty_stack
-from kdsearch.train import fit, sync
+from kdsearch.parallel.stacked_trials import add_fresh, empty_stack
+from kdsearch.search.objective import fresh_student, plan_trial
 
 QUICK = ["data.train_limit=3000", "data.labeled=500", "data.unlabeled=1500", "data.val_size=500", "teacher.epochs=1"]
 

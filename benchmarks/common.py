@@ -16,11 +16,11 @@ if str(REPO) not in sys.path:  # use this checkout's kdsearch even without `pip 
 
 import torch  # noqa: E402
 
+from kdsearch.config.spec import StudySpec, apply_overrides, load_spec, spec_from_dict  # noqa: E402
 from kdsearch.data import load_splits  # noqa: E402
-from kdsearch.search import StudyData, prepare_study_data  # noqa: E402
-from kdsearch.spec import StudySpec, apply_overrides, load_spec, spec_from_dict  # noqa: E402
-from kdsearch.teacher import prepare_teacher  # noqa: E402
-from kdsearch.train import configure_threads, resolve_device  # noqa: E402
+from kdsearch.distill.teacher import prepare_teacher  # noqa: E402
+from kdsearch.distill.train import configure_threads, resolve_device  # noqa: E402
+from kdsearch.search.objective import StudyData, prepare_study_data  # noqa: E402
 
 
 @dataclass

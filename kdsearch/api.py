@@ -35,7 +35,7 @@ def _spec_with(
     storage: str | None,
 ):
     """The study spec (a path, a StudySpec or a dict) with the API's arguments applied."""
-    from .spec import StudySpec, apply_overrides, load_spec, set_field, spec_from_dict, with_study_folder
+    from .config.spec import StudySpec, apply_overrides, load_spec, set_field, spec_from_dict, with_study_folder
 
     if isinstance(spec, StudySpec):
         base = spec
@@ -92,7 +92,7 @@ def run_study(
     ``["student.epochs=2"]``. Ctrl-C raises ``KeyboardInterrupt`` after the running trial is marked
     FAILED; finished trials stay in the storage, and calling again adds trials.
     """
-    from .models import given_models
+    from .nets.models import given_models
 
     full = _spec_with(
         spec,
@@ -132,8 +132,8 @@ def export_student_of(
     """``kdsearch export`` from Python: retrain a trial of a finished study (a ``StudyResult`` or an
     ``optuna.Study``; default its best), optionally longer or on train+val, score it on test and write the
     four files into ``out``. Objects handed to ``run_study`` must be handed again. Returns an ExportedStudent."""
-    from .models import given_models
-    from .study import study_spec
+    from .nets.models import given_models
+    from .search.study import study_spec
 
     study = getattr(result_or_study, "study", result_or_study)
     spec = study_spec(study)

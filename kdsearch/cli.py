@@ -272,7 +272,7 @@ def dashboard(
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port (0: any free one)."),
 ) -> None:
     """Watch the study live in optuna-dashboard; the report and the final comparison show as study artifacts."""
-    from .dashboard import start_dashboard
+    from .report.dashboard import start_dashboard
 
     quiet_optuna()
     default_out = None
@@ -326,8 +326,8 @@ def report(
 
 def _stored_study(study_name, storage, spec_path, data_root, device, overrides=None):
     """The study named on the command line (by --storage, else the spec's storage) and its stored spec."""
-    from .storage import open_existing_storage
-    from .study import load_study, study_spec
+    from .search.storage import open_existing_storage
+    from .search.study import load_study, study_spec
 
     quiet_optuna()
     if storage is None:

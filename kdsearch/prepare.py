@@ -29,9 +29,9 @@ def writable_dir(path: Path, what: str) -> Path:
 def check_models(spec, splits) -> None:
     """Fail before the teacher is built when the user's own teacher or student (import path, whole-model file,
     Python object) cannot be built or does not map this data's images to (N, num_classes) logits."""
-    from .models import MODELS, check_model_output
-    from .search import build_student_model
-    from .teacher import build_teacher_model
+    from .distill.teacher import build_teacher_model
+    from .nets.models import MODELS, check_model_output
+    from .search.objective import build_student_model
 
     shape = {"num_classes": splits.num_classes, "in_channels": splits.in_channels, "image_size": splits.image_size}
     for role, arch, build in (
@@ -50,9 +50,9 @@ def prepare(
     With ``study`` the teacher is the study's one teacher (``teacher_share.share_teacher``): with its storage
     ``url`` and ``storage``, the first process publishes its teacher; without, the recorded one is only used."""
     from .data import load_splits
-    from .imports import use_python_path
-    from .teacher import cache_root, prepare_teacher, teacher_key, teacher_steps
-    from .train import configure_threads, resolve_device
+    from .distill.teacher import cache_root, prepare_teacher, teacher_key, teacher_steps
+    from .distill.train import configure_threads, resolve_device
+    from .nets.imports import use_python_path
 
     echo = console.echo
     use_python_path(spec.runtime.python_path)
@@ -70,7 +70,7 @@ def prepare(
         f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images, "
         f"{splits.num_classes} classes; student pool {len(splits.labeled)} labeled + {len(splits.unlabeled)} unlabeled"
     )
-    from .search import methods_for_task
+    from .search.objective import methods_for_task
 
     _, dropped = methods_for_task(spec, splits.num_classes)  # nothing left: refused before the teacher is built
     for method, why in dropped.items():
@@ -95,7 +95,7 @@ def prepare(
     if study is None:
         teacher = build()
     else:
-        from .teacher_share import share_teacher
+        from .parallel.teacher_share import share_teacher
 
         teacher = share_teacher(spec, splits, device, study, url=url, storage=storage, build=build, echo=echo, key=key)
     tuned = spec.teacher.fine_tune_epochs
@@ -119,9 +119,9 @@ def prepare(
 
 def study_data(spec, splits, teacher, device, console: Console):
     """``prepare_study_data``, saying how feature methods get teacher features and which layers they read."""
-    from .methods import METHODS
-    from .models import MODELS
-    from .search import methods_for_task, prepare_study_data
+    from .distill.methods import METHODS
+    from .nets.models import MODELS
+    from .search.objective import methods_for_task, prepare_study_data
 
     spec, _ = methods_for_task(spec, splits.num_classes)  # prepare() said which it drops
     data = prepare_study_data(spec, splits, teacher, device)

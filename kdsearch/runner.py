@@ -39,7 +39,7 @@ def load_study_spec(
     overrides: Optional[list[str]] = None,
 ):
     """Load the spec file and apply command-line overrides (validated like the file)."""
-    from .spec import apply_overrides, load_spec, spec_from_dict
+    from .config.spec import apply_overrides, load_spec, spec_from_dict
 
     path = spec_path or default_spec_path()
     spec = load_spec(path)
@@ -68,7 +68,7 @@ def with_runtime(
     overrides: Optional[list[str]] = None,
 ):
     """``spec`` with the overrides of the command line (validated like the file)."""
-    from .spec import apply_overrides, spec_from_dict
+    from .config.spec import apply_overrides, spec_from_dict
 
     if data_root is None and not device and threads is None and not overrides:
         return spec
@@ -109,7 +109,7 @@ def resume_command(
 
 def echo_rerun_notice(study, echo: Callable[..., None]) -> None:
     """Say so when a study whose final comparison already touched the test split gets more trials."""
-    from .results import FinalComparison
+    from .search.results import FinalComparison
 
     final = FinalComparison.read(study)
     if final:
@@ -135,7 +135,7 @@ class StudyResult:
 
 def best_summary(study) -> dict[str, dict[str, Any]]:
     """Method → params, validation value and trial number of its best completed trial."""
-    from .study import best_trials_per_method, params_of
+    from .search.study import best_trials_per_method, params_of
 
     return {
         m: {"params": params_of(t)[1], "value": t.value, "trial": t.number}
@@ -148,10 +148,10 @@ def final_and_report(
 ) -> tuple[Any, dict]:
     """The final comparison on test (retraining with several seeds; K seeds at once as a stack when
     ``runtime.trials_per_device``, or ``k``, is above 1), the exported students, the report."""
-    from .report import summary_text, write_report
-    from .search import final_candidates, final_comparison
-    from .stacked_trials import resolve_trials_per_device, stacked_seed_trainer
-    from .students import StudentKeeper, export_summary
+    from .parallel.stacked_trials import resolve_trials_per_device, stacked_seed_trainer
+    from .report.page import summary_text, write_report
+    from .search.objective import final_candidates, final_comparison
+    from .ship.students import StudentKeeper, export_summary
 
     f = data.spec.final
     n_runs = len(final_candidates(study, unlabeled=len(data.splits.unlabeled) > 0, students=f.students)) * f.seeds
@@ -202,11 +202,11 @@ def run(
     """
     import optuna
 
-    from .search import make_objective
-    from .stacked_trials import resolve_trials_per_device, run_stacked_study
-    from .storage import spec_storage
-    from .study import create_study, finished_count
-    from .workers import worker_count
+    from .parallel.stacked_trials import resolve_trials_per_device, run_stacked_study
+    from .parallel.workers import worker_count
+    from .search.objective import make_objective
+    from .search.storage import spec_storage
+    from .search.study import create_study, finished_count
 
     console = console or Console()
     echo = console.echo
@@ -301,7 +301,7 @@ def _run_workers(
 ) -> StudyResult:
     """``run --workers N``: the worker processes (``workers.run_worker_processes``), then the final comparison
     and report here."""
-    from .workers import run_worker_processes
+    from .parallel.workers import run_worker_processes
 
     finished = run_worker_processes(
         spec, path, url, study, dev, workers, trials, threads, overrides, resume, console, debug
@@ -330,11 +330,11 @@ def work(
     no final comparison. Returns the number of trials this worker ran."""
     import optuna
 
-    from .search import make_objective
-    from .stacked_trials import resolve_trials_per_device, run_stacked_study
-    from .storage import open_existing_storage, spec_storage
-    from .study import create_study, finished_count, join_study, load_study, study_spec
-    from .workers import work_on_study
+    from .parallel.stacked_trials import resolve_trials_per_device, run_stacked_study
+    from .parallel.workers import work_on_study
+    from .search.objective import make_objective
+    from .search.storage import open_existing_storage, spec_storage
+    from .search.study import create_study, finished_count, join_study, load_study, study_spec
 
     if spec_path is not None:
         spec, _ = load_study_spec(
@@ -405,8 +405,8 @@ def work(
 
 def rebuild_report(study, spec, out: Path, console: Console) -> Path:
     """``report.html`` from storage; the final comparison (and the exported students) first when it is missing."""
-    from .report import summary_text, write_report
-    from .results import FinalComparison
+    from .report.page import summary_text, write_report
+    from .search.results import FinalComparison
 
     if out.is_dir():
         raise KdsearchError(f"--output {out} is a folder; give the HTML file to write, e.g. {out / 'report.html'}")
@@ -442,7 +442,7 @@ def export_trial(
     """Retrain one trial's settings (default: the study's best; ``method``: that method's best; ``trial``: by
     number) with the study's data and teacher, optionally for ``epochs`` and on ``train+val``; score it once
     on test and write safetensors, TorchScript, ONNX and a card into ``out``. Returns the ExportedStudent."""
-    from .students import export_one
+    from .ship.students import export_one
 
     console = console or Console()
     if epochs is not None:
@@ -458,7 +458,7 @@ def pick_trial(study, *, method: Optional[str] = None, trial: Optional[int] = No
     """The completed trial to export: number ``trial``, else the best of ``method``, else the best overall."""
     import optuna
 
-    from .study import best_trials_per_method
+    from .search.study import best_trials_per_method
 
     if method is not None and trial is not None:
         raise KdsearchError("give --method or --trial, not both")
@@ -484,7 +484,7 @@ def pick_trial(study, *, method: Optional[str] = None, trial: Optional[int] = No
 def given_data_spec(raw: Mapping[str, Any]) -> dict[str, Any]:
     """A spec dict's ``data`` table for datasets handed over from Python: ``source = "python"``, without the
     fields that the python source does not read (``spec.SOURCE_FIELDS``) nor where its data comes from."""
-    from .spec import SOURCE_FIELDS
+    from .config.spec import SOURCE_FIELDS
 
     dropped = {name for name, sources in SOURCE_FIELDS.items() if "python" not in sources} | {"root", "factory", "args"}
     data = {k: v for k, v in raw.items() if k not in dropped}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lint (ruff check + ruff format --check), then the test suite; pytest's exit code 5 (no tests collected)
+# Lint (ruff check + ruff format --check), the layers (import-linter's contracts in pyproject.toml), then the test suite; pytest's exit code 5 (no tests collected)
 # is a failure, not a pass. Arguments go to pytest (e.g. -m "not slow").
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,13 @@ if ! "$VENV/bin/ruff" check . || ! "$VENV/bin/ruff" format --check .; then
   echo "test.sh: ruff found lint or format problems; fix them with: $VENV/bin/ruff check --fix . && $VENV/bin/ruff format ." >&2
   exit 1
 fi
+if ! "$VENV/bin/lint-imports" pyproject.toml --no-cache >/tmp/kdsearch-lint-imports.$$ 2>&1; then
+  sed -n '/Broken contracts/,$p' /tmp/kdsearch-lint-imports.$$ >&2
+  rm -f /tmp/kdsearch-lint-imports.$$
+  echo "test.sh: an import breaks the layers (see above; the contracts are [tool.importlinter] in pyproject.toml)" >&2
+  exit 1
+fi
+rm -f /tmp/kdsearch-lint-imports.$$
 "$VENV/bin/python" -m pytest "$@"
 rc=$?
 if [ "$rc" = 5 ]; then

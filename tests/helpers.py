@@ -16,7 +16,9 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from kdsearch.spec import DataSpec
+from kdsearch.config.spec import DataSpec
+
+REPO = Path(__file__).resolve().parents[1]  # the repository root (tests/ is one level below it)
 
 COLORS = {"cat": (200, 40, 40), "dog": (40, 60, 220), "HP": (230, 200, 30), "SSA": (20, 160, 90)}
 

@@ -290,8 +290,8 @@ def test_resumed_run_does_not_replay_the_first_runs_params(write_spec, tmp_path)
 
 
 def test_warmup_epochs_protect_that_many_epochs():
-    from kdsearch.spec import spec_from_dict
-    from kdsearch.study import make_pruner
+    from kdsearch.config.spec import spec_from_dict
+    from kdsearch.search.study import make_pruner
 
     study = optuna.create_study(
         direction="maximize",

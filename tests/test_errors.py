@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdsearch import storage
 from kdsearch.data.images import fill_images
 from kdsearch.errors import KdsearchError, first_line
+from kdsearch.search import storage
 
 
 def test_a_corrupt_image_is_reported_but_running_out_of_memory_is_not_a_bad_file():

@@ -13,6 +13,7 @@ import onnxruntime
 import optuna
 import pytest
 import torch
+from helpers import REPO
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -21,9 +22,9 @@ from typer.testing import CliRunner
 import kdsearch
 from kdsearch.cli import app
 from kdsearch.errors import KdsearchError
-from kdsearch.results import FinalComparison
+from kdsearch.search.results import FinalComparison
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 runner = CliRunner()
 FILES = ("student.safetensors", "student.torchscript.pt", "student.onnx", "card.json")
 

@@ -35,8 +35,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..config.spec import DataSpec
 from ..errors import KdsearchError
-from ..spec import DataSpec
 from .cache import DATA_CACHE_VERSION, cached_decode, data_cache_dir, decode_cache_key, default_cache_root, save_atomic
 from .cifar10 import (
     CIFAR10_CLASSES,

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..config.spec import DataSpec
 from ..errors import KdsearchError
-from ..spec import DataSpec
 from .cache import cached_decode
 from .images import conform_images
 from .splits import check_memory_budget

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config.spec import DataSpec
 from ..errors import KdsearchError
-from ..spec import DataSpec
 from .arrays import conform_parts, fetch_with_torchvision
 from .sources import SOURCES
 from .store import Part, RawDataset

@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from ..config.spec import DataSpec
 from ..errors import KdsearchError
-from ..spec import DataSpec
 from .image_files import ImageList, listing, load_image_list, sorted_class_names
 from .sources import SOURCES
 from .store import RawDataset

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..config.spec import DataSpec
 from ..errors import KdsearchError, first_line
-from ..spec import DataSpec
 from .cache import cached_decode
 from .items import as_image, as_label, conform_image, hash_image, image_shape, read_pair
 from .splits import check_memory_budget, fits_memory_budget

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config.spec import DEFAULT_FASHION_MNIST_ROOT, DataSpec
 from ..errors import KdsearchError
-from ..spec import DEFAULT_FASHION_MNIST_ROOT, DataSpec
 from .arrays import as_nchw, conform_parts, fetch_with_torchvision
 from .sources import SOURCES
 from .store import Part, RawDataset

@@ -15,8 +15,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..config.spec import DataSpec
 from ..errors import KdsearchError
-from ..spec import DataSpec
 from .cache import cached_decode
 from .images import decode_images, probe_images
 from .splits import check_memory_budget, fits_memory_budget

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..config.spec import DataSpec
 from ..errors import KdsearchError
-from ..spec import DataSpec
 from .image_files import SPLIT_FOLDERS, ImageList, load_image_list, sorted_class_names
 from .images import IMAGE_EXTENSIONS
 from .sources import SOURCES

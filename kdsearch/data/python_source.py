@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..config.spec import DataSpec
 from ..errors import KdsearchError, first_line
-from ..imports import import_object
-from ..spec import DataSpec
+from ..nets.imports import import_object
 from .datasets import load_datasets
 from .items import describe
 from .sources import SOURCES

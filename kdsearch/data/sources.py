@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from ..config.spec import DataSpec
 from ..registry import Registry
-from ..spec import DataSpec
 from .store import RawDataset
 
 Loader = Callable[[DataSpec, Path | None], RawDataset]

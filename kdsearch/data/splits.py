@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..config.spec import DataSpec
 from ..errors import KdsearchError
-from ..spec import DataSpec
 from .store import ImageStore, Part, RawDataset, Split, Splits, take
 
 log = logging.getLogger(__name__)

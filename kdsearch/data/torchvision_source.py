@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..config.spec import DataSpec
 from ..errors import KdsearchError
-from ..spec import DataSpec
 from .datasets import load_datasets
 from .sources import SOURCES
 from .store import RawDataset

@@ -1,0 +1,328 @@
+"""K students of one architecture trained in lock-step as one stacked model (``torch.func``).
+
+A small student keeps a GPU busy a few percent of the time: stacking K of them (their parameters
+and buffers stacked along a new first dimension, ``stack_module_state``) and running them with
+``vmap`` over ``functional_call`` turns K small launches into one large one. Each member keeps
+what it would have alone: its initial weights (built by the caller under its seed), its batch
+order (``batch_indices`` with a generator seeded like ``fit``'s), its own method, T and alpha (the
+loss is ``vmap``-ed per method over the members that use it, parameters as tensors), its own
+BatchNorm running statistics (stacked buffers, updated in place under ``vmap``) and its own Adam
+state and step count (Adam is per element, written out here so that members that joined at
+different times keep their own bias corrections). Members join and leave between epochs
+(``add``/``remove``), so a pruned trial's slot is refilled at the next epoch boundary.
+
+What cannot stack (feature methods, a live teacher, streamed images, an op without a ``vmap``
+rule) is the caller's to run one at a time: see ``stack_refusal`` and ``probe``.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Hashable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from ..data import ImageStore, Split
+from ..errors import first_line
+from .methods import DistillBatch, Method
+from .metrics import accuracy, auc
+from .train import EpochResult, TrainSet, TrialPlan, _autocast, batch_indices
+
+BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as fit uses them
+EPS = 1e-8
+LOSS_DTYPE = torch.float32  # losses are computed on float32 logits, as in fit (hyperparameters as tensors of it)
+
+
+def stack_refusal(plan: TrialPlan) -> str | None:
+    """Why a student trained as ``plan`` says cannot join a stack (one line), or None when it can."""
+    if plan.method.needs_features:
+        return f"{plan.method.name} reads feature maps through hooks, which the stacked path does not tap"
+    if plan.live_teacher is not None:
+        return "the teacher runs live on augmented batches (teacher_mode = consistent)"
+    if plan.augment is not None:
+        return "its batches are augmented (teacher_mode = consistent), which the stacked path does not do"
+    if len(plan.train) < plan.batch_size:
+        return "its training rows are fewer than one batch"
+    if isinstance(plan.train.x, ImageStore):
+        return "the images are streamed from disk (data.stream)"
+    return None
+
+
+@dataclass
+class Member:
+    """One student of the stack: who it is for (``key``), how it learns, where it is."""
+
+    key: Hashable
+    method: Method
+    params: dict[str, float]
+    train: TrainSet
+    generator: torch.Generator  # batch order, seeded like fit's
+    epochs_done: int = 0
+    history: list[EpochResult] = field(default_factory=list)
+
+
+class StudentStack:
+    """K students of ``template``'s architecture trained together; see the module docstring.
+
+    ``steps`` Adam steps per epoch with ``batch_size`` rows each (every member takes the same number
+    of steps, as ``fit`` does with ``steps``); ``val`` is scored for every member after each epoch.
+    """
+
+    def __init__(
+        self,
+        template: nn.Module,
+        val: Split,
+        *,
+        batch_size: int,
+        lr: float,
+        steps: int,
+        device: torch.device,
+    ) -> None:
+        self.base = copy.deepcopy(template).to("meta")
+        self.val = val
+        self.batch_size = batch_size
+        self.lr = lr
+        self.steps = steps
+        self.device = device
+        self.members: list[Member] = []
+        self.params: dict[str, Tensor] = {}
+        self.buffers: dict[str, Tensor] = {}
+        self.exp_avg: dict[str, Tensor] = {}
+        self.exp_avg_sq: dict[str, Tensor] = {}
+        self.adam_steps = torch.zeros(0, device=device)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The students' floating-point type (float32 unless a caller builds them otherwise)."""
+        return next(iter(self.params.values())).dtype if self.params else torch.get_default_dtype()
+
+    @property
+    def keys(self) -> list[Hashable]:
+        return [m.key for m in self.members]
+
+    def batch_rows(self, train: TrainSet) -> int:
+        return min(self.batch_size, len(train))
+
+    def add(self, key: Hashable, model: nn.Module, plan: TrialPlan) -> None:
+        """Add a fresh student (``model``, initialized by the caller under ``plan.seed``) that learns as ``plan``
+        says (its method and params, on ``plan.train``, already on this device), its batch order from the seed.
+        The plan's batch size and learning rate must be the stack's (``stack_refusal`` must have passed it)."""
+        if (plan.batch_size, plan.lr) != (self.batch_size, self.lr):
+            raise ValueError(
+                f"a stack of batch size {self.batch_size} and lr {self.lr} cannot take a student planned with "
+                f"batch size {plan.batch_size} and lr {plan.lr}"
+            )
+        train = plan.train
+        if self.members and self.batch_rows(train) != self.batch_rows(self.members[0].train):
+            raise ValueError("every member of a stack needs the same batch size (a training set smaller than it)")
+        model = model.to(self.device)
+        new_params, new_buffers = stack_module_state([model])
+        member = Member(key, plan.method, dict(plan.params), train, torch.Generator().manual_seed(plan.seed))
+
+        def grow(old: dict[str, Tensor], new: dict[str, Tensor]) -> dict[str, Tensor]:
+            if not old:
+                return {k: v.detach().clone() for k, v in new.items()}
+            return {k: torch.cat([old[k].detach(), new[k].detach()]) for k, v in new.items()}
+
+        self.params = {k: v.requires_grad_(True) for k, v in grow(self.params, new_params).items()}
+        self.buffers = grow(self.buffers, new_buffers)
+        zeros = {k: torch.zeros_like(v.detach()) for k, v in new_params.items()}
+        self.exp_avg = grow(self.exp_avg, zeros)
+        self.exp_avg_sq = grow(self.exp_avg_sq, zeros)
+        self.adam_steps = torch.cat(
+            [self.adam_steps.to(self.dtype), torch.zeros(1, device=self.device, dtype=self.dtype)]
+        )
+        self.members.append(member)
+
+    def remove(self, key: Hashable) -> list[EpochResult]:
+        """Take member ``key`` out of the stack (pruned, finished or failed); its history."""
+        at = self.keys.index(key)
+        keep = torch.tensor([i for i in range(len(self.members)) if i != at], dtype=torch.long, device=self.device)
+
+        def shrink(d: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v.detach().index_select(0, keep) for k, v in d.items()}
+
+        self.params = {k: v.requires_grad_(True) for k, v in shrink(self.params).items()}
+        self.buffers = shrink(self.buffers)
+        self.exp_avg = shrink(self.exp_avg)
+        self.exp_avg_sq = shrink(self.exp_avg_sq)
+        self.adam_steps = self.adam_steps.index_select(0, keep)
+        return self.members.pop(at).history
+
+    def member_model(self, key: Hashable, template: nn.Module) -> nn.Module:
+        """Member ``key``'s weights and buffers loaded into ``template`` (a model of the same architecture)."""
+        at = self.keys.index(key)
+        state = {k: v[at].detach().clone() for k, v in {**self.params, **self.buffers}.items()}
+        template.load_state_dict(state)
+        return template
+
+    # ----------------------------------------------------------------------------------------- training
+
+    def _forward(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def _batch_plan(self, epoch_rows: list[Tensor]) -> tuple[list[tuple[TrainSet, Tensor]], Tensor | None]:
+        """Per training set: (the set, its members' row indices as (steps, K_set, B)), and the permutation
+        that puts the concatenated sets back in member order (None when every member shares one set)."""
+        groups: dict[int, list[int]] = {}
+        for i, m in enumerate(self.members):
+            groups.setdefault(id(m.train), []).append(i)
+        plan = [(self.members[g[0]].train, torch.stack([epoch_rows[i] for i in g], dim=1)) for g in groups.values()]
+        if len(plan) == 1:
+            return plan, None
+        order = [i for g in groups.values() for i in g]
+        return plan, torch.argsort(torch.tensor(order, device=self.device))
+
+    def _gather(
+        self, plan: list[tuple[TrainSet, Tensor]], inverse: Tensor | None, step: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """(x, y, labeled, teacher logits) of every member's batch at ``step``, stacked (K, B, ...); a member
+        whose set has no teacher logits (``scratch``) gets zeros, which its loss does not read."""
+        parts = []
+        for train, rows in plan:
+            r = rows[step]
+            parts.append(
+                (
+                    train.x[r],
+                    train.y[r],
+                    train.labeled[r],
+                    None if train.teacher_logits is None else train.teacher_logits[r],
+                )
+            )
+        if inverse is None:
+            return parts[0]
+        like = next((p[3] for p in parts if p[3] is not None), None)
+        teacher = None
+        if like is not None:
+            filled = [p[3] if p[3] is not None else like.new_zeros((len(p[0]), *like.shape[1:])) for p in parts]
+            teacher = torch.cat(filled)[inverse]
+        return (
+            torch.cat([p[0] for p in parts])[inverse],
+            torch.cat([p[1] for p in parts])[inverse],
+            torch.cat([p[2] for p in parts])[inverse],
+            teacher,
+        )
+
+    def _method_groups(self) -> list[tuple[Method, Tensor, dict[str, Tensor]]]:
+        """(method, member positions, params as (K_m,) tensors) per method in the stack."""
+        by_name: dict[str, list[int]] = {}
+        for i, m in enumerate(self.members):
+            by_name.setdefault(m.method.name, []).append(i)
+        groups = []
+        for positions in by_name.values():
+            method = self.members[positions[0]].method
+            names = self.members[positions[0]].params.keys()
+            params = {
+                n: torch.tensor([self.members[i].params[n] for i in positions], device=self.device, dtype=LOSS_DTYPE)
+                for n in names
+            }
+            groups.append((method, torch.tensor(positions, device=self.device), params))
+        return groups
+
+    def run_epoch(self) -> dict[Hashable, EpochResult]:
+        """One epoch for every member (``steps`` lock-step Adam steps), then one validation pass for all;
+        each member's ``EpochResult`` by key."""
+        if not self.members:
+            return {}
+        k = len(self.members)
+        epoch_rows = [batch_indices(len(m.train), self.batch_size, self.steps, m.generator) for m in self.members]
+        plan, inverse = self._batch_plan([r.to(self.device) for r in epoch_rows])
+        groups = self._method_groups()
+        done = torch.tensor([float(m.epochs_done) for m in self.members], device=self.device, dtype=LOSS_DTYPE)
+        total = torch.zeros(k, device=self.device, dtype=LOSS_DTYPE)
+        forward = vmap(self._forward, randomness="different")
+        self.base.train()
+        params = list(self.params.values())
+        for step in range(self.steps):
+            x, y, labeled, t_logits = self._gather(plan, inverse, step)
+            progress = done + (step + 1) / self.steps
+            with _autocast(self.device):
+                logits = forward(self.params, self.buffers, x).float()
+                losses = torch.zeros(k, device=self.device, dtype=LOSS_DTYPE)
+                for method, at, hp in groups:
+                    every = len(at) == k
+                    inputs = (logits, y, labeled, t_logits, progress)
+                    if not every:
+                        inputs = tuple(None if t is None else t.index_select(0, at) for t in inputs)
+                    dims = (0, 0, 0, None if inputs[3] is None else 0, 0, 0)  # scratch: no teacher logits
+                    member_losses = vmap(_member_loss(method), in_dims=dims)(*inputs[:4], hp, inputs[4])
+                    losses = member_losses if every else losses.to(member_losses.dtype).index_add(0, at, member_losses)
+            for p in params:
+                p.grad = None
+            losses.sum().backward()
+            self._adam_step()
+            total += losses.detach().to(total.dtype)
+        results = self._evaluate()
+        out: dict[Hashable, EpochResult] = {}
+        for i, m in enumerate(self.members):
+            m.epochs_done += 1
+            acc, roc = results[i]
+            r = EpochResult(m.epochs_done, acc, roc, float(total[i]) / self.steps)
+            m.history.append(r)
+            out[m.key] = r
+        return out
+
+    @torch.no_grad()
+    def _adam_step(self) -> None:
+        """``torch.optim.Adam`` (defaults, no weight decay) on every member at once, with per-member step counts."""
+        self.adam_steps += 1
+        b1, b2 = BETAS
+        bias1 = 1 - b1**self.adam_steps
+        bias2_sqrt = (1 - b2**self.adam_steps).sqrt()
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            g = p.grad
+            m, v = self.exp_avg[name], self.exp_avg_sq[name]
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v.sqrt() / bias2_sqrt.view(shape)).add_(EPS)
+            p.addcdiv_(m, denom * (bias1.view(shape) / self.lr), value=-1.0)
+
+    @torch.no_grad()
+    def _evaluate(self, chunk: int = 1024) -> list[tuple[float, float]]:
+        """(accuracy, AUC) of every member on ``val``, in fp32 like ``train.predict``."""
+        self.base.eval()
+        forward = vmap(self._forward, in_dims=(0, 0, None))
+        logits = torch.cat([forward(self.params, self.buffers, x).float() for x in self.val.x.split(chunk)], dim=1)
+        self.base.train()
+        return [(accuracy(member, self.val.y), auc(member, self.val.y)) for member in logits]
+
+
+def _member_loss(method: Method):
+    """``method``'s loss for one member's batch, as a function ``vmap`` can map over the members."""
+
+    def loss(logits: Tensor, labels: Tensor, labeled: Tensor, teacher: Tensor | None, params, progress) -> Tensor:
+        return method.loss(DistillBatch(logits, labels, labeled, teacher, progress=progress), params)
+
+    return loss
+
+
+def probe(template: nn.Module, plan: TrialPlan, val: Split) -> str | None:
+    """Why ``template`` cannot be trained stacked as ``plan`` says (an op without a ``vmap`` rule, data-dependent
+    control flow), from one step of a two-member stack on copies; None when it can."""
+    stack = StudentStack(
+        template,
+        Split(val.x[:2], val.y[:2]),
+        batch_size=2,
+        lr=1e-3,
+        steps=1,
+        device=plan.train.x.device,
+    )
+    try:
+        for key in (0, 1):
+            stack.add(key, copy.deepcopy(template), replace(plan, seed=key, batch_size=2, lr=1e-3, steps=1))
+        with warnings.catch_warnings():  # two validation rows: AUC warns about a missing class
+            warnings.simplefilter("ignore", UserWarning)
+            stack.run_epoch()
+    except (RuntimeError, ValueError, NotImplementedError, TypeError) as err:
+        return first_line(err)
+    return None

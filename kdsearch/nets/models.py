@@ -1,0 +1,545 @@
+"""Models: the registry (``name → builder(num_classes, in_channels, image_size)``), the user's own.
+
+An ``arch`` is resolved by ``build_model``: a registry name; ``package.module:callable`` (the
+user's code, called with whichever of ``num_classes``, ``in_channels``, ``image_size`` it accepts
+plus ``arch_args``); ``torchscript`` / ``exported`` (a whole teacher read from its checkpoint
+file); or ``python`` (an object handed to the Python API, see ``given_models``).
+
+Adding an architecture to the registry is one decorated function, registered with the module
+path of the layer whose output feature-based methods (cosine, hint) read by default; for other
+models the default is the module just before the last ``nn.Linear`` (``default_feature_layer``).
+Features are read with forward hooks (``FeatureTap``), so no model class is edited to expose
+them. Builders never download weights. A shipped model also gets its line in ``kdsearch/catalog.py``
+(name and feature layer), which validates specs without torch; this module refuses to import while
+the two differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..config.catalog import MODEL_CATALOG, TORCHVISION_MODELS, check_catalog
+from ..errors import KdsearchError, first_line
+from ..registry import Registry
+from .imports import import_object
+
+ModelBuilder = Callable[[int, int, int], nn.Module]
+MODELS: Registry[ModelBuilder] = Registry("model")
+
+
+def _flat_features(features: nn.Module, in_channels: int, image_size: int) -> int:
+    """Size of the flattened output of ``features`` for one image (a dry run on zeros)."""
+    try:
+        with torch.no_grad():
+            return int(features(torch.zeros(1, in_channels, image_size, image_size)).flatten(1).shape[1])
+    except RuntimeError as err:
+        raise KdsearchError(
+            f"this architecture cannot take {image_size}x{image_size} images ({str(err).splitlines()[0]}); "
+            "use larger images (data.image_size) or another architecture"
+        ) from None
+
+
+class ConvClassifier(nn.Module):
+    """``features`` → flatten → ``classifier``; the flattened features are the hidden representation."""
+
+    def __init__(self, features: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def conv_classifier(
+    layers: Sequence[int | str],
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    *,
+    hidden: int,
+    dropout: float,
+    batch_norm: bool = False,
+) -> ConvClassifier:
+    """A VGG-style net: each int of ``layers`` a 3x3 conv of that width (then BatchNorm when ``batch_norm``) and
+    ReLU, each ``"M"`` a 2x2 max-pool; then FC ``hidden`` with ReLU and dropout, and the logits."""
+    modules: list[nn.Module] = []
+    width = in_channels
+    for layer in layers:
+        if layer == "M":
+            modules.append(nn.MaxPool2d(2))
+            continue
+        modules.append(nn.Conv2d(width, int(layer), 3, padding=1))
+        if batch_norm:
+            modules.append(nn.BatchNorm2d(int(layer)))
+        modules.append(nn.ReLU(inplace=True))
+        width = int(layer)
+    features = nn.Sequential(*modules)
+    flat = _flat_features(features, in_channels, image_size)
+    classifier = nn.Sequential(
+        nn.Linear(flat, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+    )
+    return ConvClassifier(features, classifier)
+
+
+@MODELS.register("bn_cnn", feature_layer="features")
+def bn_cnn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """A 422k-parameter teacher on 28x28: conv32-BN-pool, conv64-BN-pool, FC128."""
+    return conv_classifier(
+        [32, "M", 64, "M"], num_classes, in_channels, image_size, hidden=128, dropout=0.2, batch_norm=True
+    )
+
+
+@MODELS.register("deep_nn", feature_layer="features")
+def deep_nn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """Seed 004's teacher (DeepNN): four 3x3 convs (128, 64, 64, 32), two pools, FC512."""
+    return conv_classifier([128, 64, "M", 64, 32, "M"], num_classes, in_channels, image_size, hidden=512, dropout=0.1)
+
+
+@MODELS.register("light_nn", feature_layer="features")
+def light_nn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """Seed 004's student (LightNN): two 3x3 convs of 16 filters, two pools, FC256 (206k params on 28x28x1)."""
+    return conv_classifier([16, "M", 16, "M"], num_classes, in_channels, image_size, hidden=256, dropout=0.1)
+
+
+_GIVEN: dict[str, Callable[[], nn.Module]] = {}  # role → builder of the object handed to the Python API
+
+
+@contextlib.contextmanager
+def given_models(
+    *, teacher: nn.Module | None = None, student: Callable[..., nn.Module] | None = None
+) -> Iterator[None]:
+    """While open, ``arch = "python"`` builds these: a copy of the ``teacher`` module (used as is, the
+    caller's object is never changed) and a fresh ``student()`` per call (a factory or class)."""
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise KdsearchError(f"teacher= must be a torch.nn.Module (got a {type(teacher).__name__})")
+    if student is not None and (isinstance(student, nn.Module) or not callable(student)):
+        raise KdsearchError(
+            "student= must be a factory that builds a fresh model, e.g. student=lambda: MyStudent(width=32) or "
+            "student=MyStudent, so every trial starts from its own initialisation"
+        )
+    before = dict(_GIVEN)
+    if teacher is not None:
+        _GIVEN["teacher"] = lambda: copy.deepcopy(teacher)
+    if student is not None:
+        _GIVEN["student"] = student
+    try:
+        yield
+    finally:
+        _GIVEN.clear()
+        _GIVEN.update(before)
+
+
+def _call_builder(builder: Callable[..., Any], what: str, shape: dict[str, int], args: Mapping[str, Any]) -> nn.Module:
+    """``builder(**the shape keywords it accepts, **args)``, checked to return an nn.Module."""
+    try:
+        params = inspect.signature(builder).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs = {k: v for k, v in shape.items() if takes_any or k in params}
+    except (TypeError, ValueError):  # no signature (some builtins): pass the user's arguments only
+        kwargs = {}
+    kwargs.update(args)
+    try:
+        model = builder(**kwargs)
+    except KdsearchError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's constructor may raise anything
+        raise KdsearchError(f"{what} raised {type(err).__name__}: {first_line(err)}") from None
+    if not isinstance(model, nn.Module):
+        raise KdsearchError(f"{what} returned {type(model).__name__!r}, not a torch.nn.Module; return the model")
+    return model
+
+
+def load_whole_model(kind: str, path: Path, *, role: str = "teacher") -> nn.Module:
+    """A whole model from a file: ``torchscript`` (``torch.jit.save``) or ``exported`` (``torch.export.save``, .pt2,
+    unflattened so that its submodules keep their paths and forward hooks work)."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdsearchError(f"{role}.checkpoint {path} not found; point it at the {kind} file of the {role}")
+    try:
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream but users still have such files
+            warnings.simplefilter("ignore")
+            if kind == "torchscript":
+                return torch.jit.load(str(path), map_location="cpu")
+            return torch.export.unflatten(torch.export.load(str(path)))
+    except Exception as err:  # noqa: BLE001 - torch raises many types for foreign or damaged files
+        how = (
+            "torch.jit.save(torch.jit.script(model), path)"
+            if kind == "torchscript"
+            else "torch.export.save(torch.export.export(model, (x,)), path)"
+        )
+        raise KdsearchError(
+            f"{role}.checkpoint {path} is not a readable {kind} file ({type(err).__name__}: {first_line(err)}); "
+            f"save it with {how}"
+        ) from None
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    *,
+    args: Mapping[str, Any] | None = None,
+    checkpoint: Path | str | None = None,
+    role: str = "model",
+) -> nn.Module:
+    """A fresh instance of ``name``: a registry name, ``package.module:callable``, ``torchscript`` / ``exported``
+    (the whole model read from ``checkpoint``) or ``python`` (the object handed to the Python API for ``role``)."""
+    from ..config.spec import GIVEN_ARCH, WHOLE_MODEL_ARCHS, is_import_path
+
+    shape = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    if name in MODELS:
+        return MODELS.get(name)(num_classes, in_channels, image_size)
+    if name in WHOLE_MODEL_ARCHS:
+        if checkpoint is None:
+            raise KdsearchError(f"{role}.arch = {name!r} reads the whole model from {role}.checkpoint; set it")
+        return load_whole_model(name, Path(checkpoint), role=role)
+    if name == GIVEN_ARCH:
+        builder = _GIVEN.get(role)
+        if builder is None:
+            raise KdsearchError(
+                f"{role}.arch = 'python' means a model handed to kdsearch.run_study({role}=...); from the command line "
+                "give a known model or 'package.module:callable'"
+            )
+        return _call_builder(builder, f"the {role} factory handed to kdsearch.run_study", shape, {})
+    if is_import_path(name):
+        builder = import_object(name, field=f"{role}.arch")
+        if not callable(builder):
+            raise KdsearchError(f"{role}.arch = {name!r} names {type(builder).__name__!r}, not a class or function")
+        return _call_builder(builder, f"{role}.arch = {name!r}", shape, args or {})
+    return MODELS.get(name)(num_classes, in_channels, image_size)  # unknown: the registry's error lists the names
+
+
+def code_fingerprint(name: str, role: str = "model") -> str:
+    """What identifies the code behind ``name`` beyond its name: the hash of the user's module file for an
+    import path, of the handed object's weights for ``python``; "" for registry names and whole-model files."""
+    import hashlib
+
+    from ..config.spec import GIVEN_ARCH, is_import_path
+
+    if name == GIVEN_ARCH and role == "teacher" and _GIVEN.get(role) is not None:
+        return state_dict_sha256(_GIVEN[role]().state_dict(), header=_fingerprint_header)[:16]
+    if name in MODELS or not is_import_path(name):
+        return ""
+    builder = import_object(name, field=f"{role}.arch")
+    try:
+        source = inspect.getsourcefile(builder) or inspect.getsourcefile(inspect.getmodule(builder))  # type: ignore[arg-type]
+        return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16] if source else ""
+    except (TypeError, OSError):
+        return ""
+
+
+def _weights_header(name: str, t: torch.Tensor) -> str:
+    return f"{name}|{t.dtype}|{list(t.shape)}|"
+
+
+def _fingerprint_header(name: str, t: torch.Tensor) -> str:
+    return f"{name}\0{tuple(t.shape)}\0{t.dtype}\n"
+
+
+def state_dict_sha256(
+    state: Mapping[str, torch.Tensor], *, header: Callable[[str, torch.Tensor], str] = _weights_header
+) -> str:
+    """sha256 (hex) of a state_dict: names, dtypes, shapes and bytes, in name order (not pickle bytes), so the same
+    weights give the same digest on every machine. ``header`` is how each tensor is introduced: the teacher's
+    digest (recorded in studies) and a handed module's code fingerprint (in teacher keys) keep their own."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, value in sorted(state.items()):
+        t = value.detach().cpu().contiguous()
+        h.update(header(name, t).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def default_feature_layer(name: str, model: Callable[[], nn.Module] | None = None) -> str:
+    """The module path a feature-based method taps unless the spec says otherwise: the registry's entry for a
+    registered ``name``, else the module just before the last ``nn.Linear`` of ``model()`` (built only then)."""
+    if name in MODELS:
+        return MODELS.meta(name).get("feature_layer", "")
+    return layer_before_last_linear(model()) if model is not None else ""
+
+
+def layer_before_last_linear(model: nn.Module) -> str:
+    """The dotted path of the sibling module just before the one holding ``model``'s last ``nn.Linear``
+    (descending while that Linear sits in the first child); "" when there is none (e.g. no Linear)."""
+
+    def is_linear(m: nn.Module) -> bool:  # an exported program's layers are plain modules holding the weights
+        weight = dict(m.named_parameters(recurse=False)).get("weight")
+        return isinstance(m, nn.Linear) or (weight is not None and weight.dim() == 2 and not list(m.children()))
+
+    linears = [name for name, m in model.named_modules() if name and is_linear(m)]
+    if not linears:
+        return ""
+    path = linears[-1].split(".")
+    node, prefix = model, []
+    for part in path:
+        names = [n for n, _ in node.named_children()]
+        if part not in names:
+            return ""
+        i = names.index(part)
+        if i > 0:
+            return ".".join(prefix + [names[i - 1]])
+        node, prefix = getattr(node, part), prefix + [part]
+    return ""
+
+
+def check_model_output(
+    model: nn.Module, *, role: str, arch: str, num_classes: int, in_channels: int, image_size: int
+) -> None:
+    """KdsearchError unless ``model`` maps 2 images of the data's shape to (2, num_classes) logits."""
+    x = torch.zeros(2, in_channels, image_size, image_size)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as err:  # noqa: BLE001 - the user's forward may raise anything
+        raise KdsearchError(
+            f"{role}.arch = {arch!r} fails on a batch of 2 images of {in_channels}×{image_size}×{image_size} "
+            f"({type(err).__name__}: {first_line(err)}); check its input layer against data.channels/data.image_size"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise KdsearchError(
+            f"{role}.arch = {arch!r} returns a {type(out).__name__}; kdsearch needs a tensor of logits (N, {num_classes})"
+        )
+    if tuple(out.shape) != (2, num_classes):
+        raise KdsearchError(
+            f"{role}.arch = {arch!r} gives outputs of shape {tuple(out.shape)} for 2 images; expected (N, {num_classes}) "
+            f"logits for the {num_classes} classes (size its last layer with num_classes)"
+        )
+
+
+class FeatureTap:
+    """Keeps the latest output of one submodule (by dotted path) through a forward hook.
+
+    Example::
+
+        tap = FeatureTap(model, "features", role="student")
+        logits = model(x)
+        tap.output  # the output of model.features for x
+        tap.remove()
+    """
+
+    def __init__(self, model: nn.Module, path: str, *, role: str = "model") -> None:
+        if isinstance(model, torch.jit.ScriptModule):
+            raise KdsearchError(
+                f"feature methods (cosine, hint) cannot read a layer of a TorchScript {role}: its layers run inside "
+                f"the compiled graph. Save the {role} as a torch.export program ({role}.arch = 'exported', .pt2), "
+                f"or give its class ({role}.arch = 'package.module:Class' with a state_dict checkpoint), or drop "
+                "the feature methods from search.methods"
+            )
+        if not path:
+            raise KdsearchError(
+                f"the {role} has no nn.Linear to find a default feature layer by; set {role}.feature_layer to the "
+                "dotted path of the module whose output feature methods read"
+            )
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            names = [n for n, _ in model.named_children()]
+            raise KdsearchError(
+                f"{role}.feature_layer {path!r} is not a module of the {role}; its top-level modules are "
+                f"{', '.join(names)} (use a dotted path such as 'features' or 'layer4.1')"
+            ) from None
+        self.output: torch.Tensor | None = None
+        self._handle = module.register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        self.output = output
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+# --- the seeds' small networks -------------------------------------------------------------
+
+
+def _keras_mnist(widths: tuple[int, int], num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """The Keras KD example's shape: conv(w1)/2, LeakyReLU, max-pool/1, conv(w2)/2, dense."""
+    w1, w2 = widths
+    features = nn.Sequential(
+        nn.Conv2d(in_channels, w1, 3, stride=2, padding=1),
+        nn.LeakyReLU(0.2),
+        nn.MaxPool2d(2, stride=1, padding=1),
+        nn.Conv2d(w1, w2, 3, stride=2, padding=1),
+    )
+    return ConvClassifier(features, nn.Linear(_flat_features(features, in_channels, image_size), num_classes))
+
+
+@MODELS.register("keras_mnist_teacher", feature_layer="features")
+def keras_mnist_teacher(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """Seed 003's teacher (Keras KD example): conv256/2, LeakyReLU, max-pool/1, conv512/2, dense."""
+    return _keras_mnist((256, 512), num_classes, in_channels, image_size)
+
+
+@MODELS.register("keras_mnist_student", feature_layer="features")
+def keras_mnist_student(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """Seed 003's student: conv16/2, LeakyReLU, max-pool/1, conv32/2, dense."""
+    return _keras_mnist((16, 32), num_classes, in_channels, image_size)
+
+
+@MODELS.register("cnn_big", feature_layer="features")
+def cnn_big(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """Seed 000's teacher: conv32, conv64, dropout, conv64, conv128 (each 3x3 + 2x2 pool), dropout, FC512."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for i, width in enumerate((32, 64, 64, 128)):
+        layers += [nn.Conv2d(channels, width, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        if i == 1:
+            layers.append(nn.Dropout(0.2))
+        channels = width
+    features = nn.Sequential(*layers, nn.Dropout(0.5))
+    flat = _flat_features(features, in_channels, image_size)
+    return ConvClassifier(
+        features, nn.Sequential(nn.Linear(flat, 512), nn.ReLU(inplace=True), nn.Linear(512, num_classes))
+    )
+
+
+@MODELS.register("cnn_small", feature_layer="features")
+def cnn_small(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """Seed 000's student: one 3x3 conv32 + 2x2 pool, then a dense layer."""
+    features = nn.Sequential(nn.Conv2d(in_channels, 32, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+    return ConvClassifier(features, nn.Linear(_flat_features(features, in_channels, image_size), num_classes))
+
+
+@MODELS.register("conv3_student", feature_layer="features")
+def conv3_student(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """Seed 001's student: conv16 5x5/2, conv32 5x5/2, conv64 3x3 (each + 2x2 pool), FC250, FC50."""
+    features = nn.Sequential(
+        nn.Conv2d(in_channels, 16, 5, stride=2, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5, stride=2, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+    flat = _flat_features(features, in_channels, image_size)
+    classifier = nn.Sequential(
+        nn.Linear(flat, 250),
+        nn.ReLU(inplace=True),
+        nn.Linear(250, 50),
+        nn.ReLU(inplace=True),
+        nn.Linear(50, num_classes),
+    )
+    return ConvClassifier(features, classifier)
+
+
+# --- torchvision architectures (never pretrained here: weights come from a checkpoint file) ---
+
+
+def _repeat_gray(module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook: feed a 1-channel batch to a 3-channel network by repeating the channel."""
+    x = args[0]
+    return (x.expand(-1, 3, -1, -1),) if x.shape[1] == 1 else None
+
+
+def _torchvision(name: str, feature_layer: str) -> ModelBuilder:
+    def build(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+        import torchvision
+
+        model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+        if in_channels == 1:
+            model.register_forward_pre_hook(_repeat_gray)
+        return model
+
+    build.__name__ = name
+    build.__doc__ = f"torchvision {name} (weights=None; 1-channel input repeated to 3; head sized to num_classes)."
+    MODELS.register(name, feature_layer=feature_layer)(build)
+    return build
+
+
+for _name, _layer in TORCHVISION_MODELS.items():
+    _torchvision(_name, _layer)
+
+check_catalog(MODELS, MODEL_CATALOG, lambda name: MODELS.meta(name).get("feature_layer", ""))
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def read_checkpoint(path: Path, *, role: str) -> dict[str, torch.Tensor]:
+    """A state_dict from a checkpoint file: a (wrapped) state_dict or a TorchScript module."""
+    if not path.is_file():
+        raise KdsearchError(f"{role}.checkpoint {path} not found; point it at a .pt file (state_dict or TorchScript)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - unpickling raises many types for foreign or damaged files: try TorchScript
+        try:
+            with warnings.catch_warnings():  # TorchScript is deprecated upstream but users still have such files
+                warnings.simplefilter("ignore")
+                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - neither format: one line below
+            raise KdsearchError(
+                f"{role}.checkpoint {path} is neither a PyTorch state_dict nor a TorchScript file (corrupt, another "
+                "format, or a whole pickled model from torch.save(model), which is not loaded since unpickling can run "
+                "code); save it with torch.save(model.state_dict(), path)"
+            ) from None
+    for wrapper in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise KdsearchError(f"{role}.checkpoint {path} holds no state_dict of tensors; save model.state_dict()")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_checkpoint(model: nn.Module, path: Path, *, role: str, arch: str, ignore: tuple[str, ...] = ()) -> nn.Module:
+    """Load a checkpoint into ``model`` strictly (keys and shapes), skipping keys that start with ``ignore``.
+
+    A mismatch is a KdsearchError that shows the first missing, unexpected and mis-shaped keys.
+    """
+    return load_state(model, read_checkpoint(Path(path), role=role), role=role, arch=arch, ignore=ignore, source=path)
+
+
+def load_state(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    role: str,
+    arch: str,
+    ignore: tuple[str, ...] = (),
+    source: object = "the checkpoint",
+) -> nn.Module:
+    """``load_checkpoint`` for a state_dict already read (e.g. once per study rather than per trial)."""
+    path = source
+    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(ignore)}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", shapes)):
+            if items:
+                more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+                parts.append(f"{label}: {', '.join(items[:5])}{more}")
+        head = next(reversed([k for k, v in own.items() if v.dim() == 2]), "fc.weight")  # the last linear layer
+        head = head.rsplit(".", 1)[0] + "."
+        raise KdsearchError(
+            f"{role}.checkpoint {path} does not fit {role}.arch = {arch!r} ({'; '.join(parts)}). Check the "
+            f"architecture and class count, or skip a replaced head with {role}.checkpoint_ignore = [{head!r}]"
+        )
+    model.load_state_dict(state, strict=not ignore)
+    return model

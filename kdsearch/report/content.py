@@ -1,0 +1,337 @@
+"""What the report shows, as plain data: the study's trials, best per T bin and per method, and the
+final comparison's statistics (paired by seed). No plotting here: ``figures.py`` draws, ``report.py``
+lays out the page and the terminal summary.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import optuna
+
+from ..search.results import FinalComparison, SeedRun
+from ..search.stats import PairedDifference, paired_by_seed
+from ..search.study import SPEC_ATTR, best_trials_per_method, params_of
+
+METRIC_LABELS = {"accuracy": "accuracy", "auc": "AUC"}
+METHOD_ORDER = ("kd", "lskd", "dkd", "cosine", "hint", "pseudo_label", "scratch")
+METHOD_COLOURS = {
+    "kd": "#1f77b4",
+    "lskd": "#ff7f0e",
+    "dkd": "#2ca02c",
+    "cosine": "#9467bd",
+    "hint": "#8c564b",
+    "pseudo_label": "#bcbd22",
+    "scratch": "#7f7f7f",
+}
+_EXTRA_COLOURS = ("#17becf", "#bcbd22", "#e377c2", "#393b79", "#637939", "#843c39")
+TEACHER_COLOUR = "#d62728"
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def method_colour(method: str) -> str:
+    """The method's colour, the same in every figure (unknown methods get a stable extra colour)."""
+    if method in METHOD_COLOURS:
+        return METHOD_COLOURS[method]
+    return _EXTRA_COLOURS[sum(map(ord, method)) % len(_EXTRA_COLOURS)]
+
+
+def method_sort_key(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def metric_label(metric: str | None) -> str:
+    """``accuracy`` / ``AUC``, or ``objective`` when the metric is unknown."""
+    return METRIC_LABELS.get(metric or "", "objective")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def format_params(params: Mapping[str, float], skip: Iterable[str] = ()) -> str:
+    """``alpha=0.31, beta=2.4`` (3 significant digits), leaving out ``skip``."""
+    skipped = set(skip)
+    return ", ".join(f"{k}={v:.3g}" for k, v in params.items() if k not in skipped)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _pp(diff: float | None) -> str:
+    return "—" if diff is None else f"{diff:+.2f} pp"
+
+
+# --------------------------------------------------------------------------- extraction (reads the study)
+
+
+@dataclass(frozen=True, eq=True)
+class TrialPoint:
+    """What the report needs of one trial: its method and params, objective value and last val metrics."""
+
+    number: int
+    state: str  # TrialState name: COMPLETE, PRUNED, FAIL, RUNNING, WAITING
+    method: str
+    params: Mapping[str, float]
+    value: float | None = None  # the objective (COMPLETE trials only)
+    accuracy: float | None = None  # validation accuracy of the last epoch run
+    auc: float | None = None  # validation AUC of the last epoch run
+    epochs: int | None = None  # epochs run (a pruned trial's last reported epoch)
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "COMPLETE"
+
+    def metric(self, name: str) -> float | None:
+        return {"accuracy": self.accuracy, "auc": self.auc}.get(name)
+
+
+def trial_points(study: optuna.Study) -> list[TrialPoint]:
+    """Every trial that has sampled a method, in trial-number order."""
+    points = []
+    for t in study.get_trials(deepcopy=False):
+        if "method" not in t.params:
+            continue
+        method, params = params_of(t)
+        complete = t.state == optuna.trial.TrialState.COMPLETE
+        points.append(
+            TrialPoint(
+                number=t.number,
+                state=t.state.name,
+                method=method,
+                params=params,
+                value=t.value if complete else None,
+                accuracy=t.user_attrs.get("accuracy"),
+                auc=t.user_attrs.get("auc"),
+                epochs=t.user_attrs.get("epochs_run"),
+            )
+        )
+    return sorted(points, key=lambda p: p.number)
+
+
+def study_objective(study: optuna.Study) -> str | None:
+    """The metric the study maximised (``accuracy`` or ``auc``), from the stored spec or final comparison."""
+    spec = study.user_attrs.get(SPEC_ATTR) or {}
+    objective = (spec.get("search") or {}).get("objective") if isinstance(spec, dict) else None
+    if objective is None:
+        final = FinalComparison.read(study)
+        objective = final.objective if final else None
+    return objective if objective in METRIC_LABELS else None
+
+
+def _by_method(points: Iterable[TrialPoint]) -> dict[str, list[TrialPoint]]:
+    grouped: dict[str, list[TrialPoint]] = {}
+    for p in points:
+        grouped.setdefault(p.method, []).append(p)
+    return {m: grouped[m] for m in sorted(grouped, key=method_sort_key)}
+
+
+# --------------------------------------------------------------------------- best per bin
+
+
+@dataclass(frozen=True)
+class BinBest:
+    """The best trial of one x bin: drawn at the trial's own x, with the bin's edges and size."""
+
+    x: float
+    y: float
+    number: int
+    count: int
+    low: float
+    high: float
+
+
+def best_per_bin(points: Sequence[tuple[float, float, int]], bins: int = 8) -> list[BinBest]:
+    """The best (max y) of ``(x, y, trial_number)`` points in each of ``bins`` log-spaced x bins.
+
+    Bins span the points' own x range; empty bins are left out. Each bin's best is reported at the
+    x of the trial that achieved it, never at an invented bin centre.
+    """
+    if not points:
+        return []
+    lo, hi = min(x for x, _, _ in points), max(x for x, _, _ in points)
+    if lo == hi:
+        x, y, n = max(points, key=lambda p: p[1])
+        return [BinBest(x, y, n, len(points), lo, hi)]
+    span = math.log(hi) - math.log(lo)
+    edges = [math.exp(math.log(lo) + span * i / bins) for i in range(bins + 1)]
+    members: dict[int, list[tuple[float, float, int]]] = {}
+    for p in points:
+        i = min(bins - 1, int(bins * (math.log(p[0]) - math.log(lo)) / span))
+        members.setdefault(i, []).append(p)
+    out = []
+    for i in sorted(members):
+        x, y, n = max(members[i], key=lambda p: p[1])
+        out.append(BinBest(x, y, n, len(members[i]), edges[i], edges[i + 1]))
+    return out
+
+
+def best_per_bin_line(
+    points: Sequence[tuple[float, float, int]], max_bins: int = 8, min_per_bin: int = 2
+) -> list[BinBest]:
+    """``best_per_bin`` when the data can carry it, else ``[]`` (the line is then not drawn).
+
+    Uses about one bin per 3 trials (at most ``max_bins``); needs at least 3 non-empty bins and
+    more than half of them holding ``min_per_bin`` trials, so a "best" is rarely a lone trial.
+    """
+    bins = min(max_bins, len(points) // 3)
+    if bins < 3:
+        return []
+    binned = best_per_bin(points, bins)
+    well_filled = sum(b.count >= min_per_bin for b in binned)
+    if len(binned) < 3 or well_filled * 2 <= len(binned):
+        return []
+    return binned
+
+
+# --------------------------------------------------------------------------- best per method (validation)
+
+
+@dataclass(frozen=True)
+class MethodBest:
+    """One row of the best-per-method table (validation split)."""
+
+    method: str
+    trial: int | None  # best completed trial by the objective; None if none completed
+    params: Mapping[str, float]
+    value: float | None
+    accuracy: float | None
+    auc: float | None
+    complete: int
+    pruned: int
+    other: int  # failed or still running
+
+
+def best_per_method(study: optuna.Study, points: Sequence[TrialPoint] | None = None) -> list[MethodBest]:
+    """The best completed trial of each method (``study.best_trials_per_method``, the trials the final
+    comparison retrains), with each method's trial counts; ``points`` are ``trial_points(study)`` when the
+    caller has them already.
+
+    Sorted best first; methods with no completed trial come last.
+    """
+    if points is None:
+        points = trial_points(study)
+    best_numbers = {m: t.number for m, t in best_trials_per_method(study).items()}
+    rows = []
+    for method, pts in _by_method(points).items():
+        best = next((p for p in pts if p.number == best_numbers.get(method)), None)
+        n_complete = sum(p.complete for p in pts)
+        n_pruned = sum(p.state == "PRUNED" for p in pts)
+        rows.append(
+            MethodBest(
+                method=method,
+                trial=best.number if best else None,
+                params=dict(best.params) if best else {},
+                value=best.value if best else None,
+                accuracy=best.accuracy if best else None,
+                auc=best.auc if best else None,
+                complete=n_complete,
+                pruned=n_pruned,
+                other=len(pts) - n_complete - n_pruned,
+            )
+        )
+    return sorted(rows, key=lambda r: (r.value is None, -(r.value or 0.0), method_sort_key(r.method)))
+
+
+# --------------------------------------------------------------------------- final comparison (test)
+
+
+@dataclass(frozen=True)
+class StudentStats:
+    """Test-split numbers of one retrained student over its seeds."""
+
+    label: str
+    method: str
+    params: Mapping[str, float]
+    trial: int | None
+    seeds: tuple[int, ...]
+    accuracy: tuple[float, ...]
+    auc: tuple[float, ...]
+    accuracy_mean: float
+    accuracy_std: float
+    auc_mean: float
+    auc_std: float
+    accuracy_vs_scratch_pp: float | None  # (mean - scratch mean) × 100; None for scratch itself
+    auc_vs_scratch_pp: float | None
+    # metric → the per-seed difference to the baseline trained with the same seeds (None: no baseline / itself)
+    vs_scratch: Mapping[str, PairedDifference] | None = None
+    vs_pseudo_label: Mapping[str, PairedDifference] | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    def values(self, metric: str) -> tuple[float, ...]:
+        return self.accuracy if metric == "accuracy" else self.auc
+
+    def mean_std(self, metric: str) -> tuple[float, float]:
+        return (self.accuracy_mean, self.accuracy_std) if metric == "accuracy" else (self.auc_mean, self.auc_std)
+
+
+def _paired(runs: Sequence[SeedRun], base: Sequence[SeedRun] | None) -> dict[str, PairedDifference] | None:
+    """Per metric, ``runs`` minus ``base`` paired by seed; None without a base or a shared seed."""
+    if not base:
+        return None
+    out = {
+        m: paired_by_seed({r.seed: getattr(r, m) for r in runs}, {r.seed: getattr(r, m) for r in base})
+        for m in ("accuracy", "auc")
+    }
+    return None if any(d is None for d in out.values()) else out  # type: ignore[return-value]
+
+
+def final_stats(final: FinalComparison) -> list[StudentStats]:
+    """Mean ± sample std per student; each student's difference to scratch (the scratch student of the same
+    teacher mode) and each distilled student's to pseudo-label: as a difference of means in percentage
+    points and paired by seed (``stats.paired_by_seed``: mean, std, 95% t-interval).
+
+    Students are ordered like the methods everywhere else (kd, lskd, dkd, cosine, hint, …, scratch last).
+    """
+    # each distilled student against the scratch student trained with the same teacher mode
+    # (a 'consistent' winner saw augmented batches, so its baseline is the augmented scratch)
+    base_runs: dict[str, list[SeedRun]] = {}
+    pseudo_runs = None
+    for student in final.students:
+        if student.is_scratch and student.runs:
+            base_runs.setdefault(student.teacher_mode, student.runs)
+        elif student.method == "pseudo_label" and student.runs:
+            pseudo_runs = student.runs
+    out = []
+    for s in final.students:
+        if not s.runs:
+            continue
+        acc = tuple(r.accuracy for r in s.runs)
+        roc = tuple(r.auc for r in s.runs)
+        (am, asd), (um, usd) = mean_std(acc), mean_std(roc)
+        scratch_runs = None if s.is_scratch else base_runs.get(s.teacher_mode, base_runs.get("cached"))
+        base = (
+            {m: statistics.fmean(getattr(r, m) for r in scratch_runs) for m in ("accuracy", "auc")}
+            if scratch_runs
+            else None
+        )
+        out.append(
+            StudentStats(
+                label=s.label,
+                method=s.method,
+                params=dict(s.params),
+                trial=s.trial,
+                seeds=tuple(r.seed for r in s.runs),
+                accuracy=acc,
+                auc=roc,
+                accuracy_mean=am,
+                accuracy_std=asd,
+                auc_mean=um,
+                auc_std=usd,
+                accuracy_vs_scratch_pp=(am - base["accuracy"]) * 100 if base else None,
+                auc_vs_scratch_pp=(um - base["auc"]) * 100 if base else None,
+                vs_scratch=_paired(s.runs, scratch_runs),
+                vs_pseudo_label=None if s.is_baseline else _paired(s.runs, pseudo_runs),
+            )
+        )
+    return sorted(out, key=lambda s: method_sort_key(s.method))

@@ -1,0 +1,404 @@
+"""The search's training side: the per-trial objective (sample, distill, report, prune) and the final comparison.
+
+Everything a trial needs to be reproduced is in its params (``method``, ``<method>_<param>``)
+and user attrs (``seed``); the study's life in storage (create, join, load, best per method) is ``study.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import optuna
+import torch
+from torch import nn
+
+from ..config.catalog import searchable_method_names
+from ..config.spec import StudySpec
+from ..data import Split, Splits, take
+from ..distill.methods import METHODS, DistillBatch, build_method, unusable_methods
+from ..distill.metrics import cost_row
+from ..distill.teacher import Teacher, feature_cache_mb, teacher_features
+from ..distill.train import Augment, EpochResult, LiveTeacher, TrainSet, TrialPlan, evaluate, fit, steps_per_epoch
+from ..errors import KdsearchError, out_of_memory
+from ..nets.models import FeatureTap, build_model, default_feature_layer, load_state, read_checkpoint
+from ..signals import interruptible, shielded
+from .results import Candidate, CandidateRuns, FinalComparison, Scores, SeedRun
+from .study import best_trials_per_method, params_of, teacher_mode_of
+
+
+@dataclass
+class StudyData:
+    """Device-resident tensors shared by every trial of one process."""
+
+    spec: StudySpec
+    splits: Splits
+    device: torch.device
+    teacher: Teacher
+    distill_set: TrainSet  # labeled + unlabeled rows, with cached teacher logits (and features when they fit)
+    labeled_set: TrainSet  # labeled rows only (scratch baseline)
+    val: Split
+    steps: int  # optimizer steps per epoch, the same for distilled and scratch students
+    teacher_layer: str
+    student_layer: str
+    features: str  # how feature methods get teacher features: "cached (N MB)", "live (...)" or "not needed"
+    student_init: dict[str, torch.Tensor] | None = None  # student.checkpoint, read once for every trial
+
+
+def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device: torch.device) -> StudyData:
+    """Gather the student's pool and the teacher's cached outputs once, on ``device``.
+
+    Streamed data (``ImageStore``) is not decoded here: trials decode their batches through the
+    loader workers, while the teacher's logits and features stay computed once per image.
+    Teacher features (for cosine/hint) are cached when a study uses such a method in ``cached``
+    mode and they fit ``teacher.feature_cache_mb``; otherwise those trials run the teacher live.
+    """
+    pool = torch.cat([splits.labeled, splits.unlabeled])
+    labeled = torch.zeros(len(pool), dtype=torch.bool)
+    labeled[: len(splits.labeled)] = True
+    teacher_layer = spec.teacher.feature_layer or default_feature_layer(spec.teacher.arch, lambda: teacher.model)
+    student_layer = spec.student.feature_layer or default_feature_layer(
+        spec.student.arch, lambda: build_student_model(spec, splits)
+    )
+    x_pool = take(splits.train.x, pool).to(device)  # streamed data stays on disk: a lazy ImageStore
+    features, how = None, "not needed"
+    if "cached" in spec.search.teacher_modes and any(METHODS.get(m).needs_features for m in spec.search.methods):
+        probe = teacher_features(teacher.model, teacher_layer, x_pool[:1])
+        mb = feature_cache_mb(len(pool), tuple(probe.shape[1:]))
+        if mb <= spec.teacher.feature_cache_mb:
+            features, how = teacher_features(teacher.model, teacher_layer, x_pool), f"cached in memory ({mb:.0f} MB)"
+        else:
+            how = f"teacher runs live ({mb:.0f} MB of features > teacher.feature_cache_mb = {spec.teacher.feature_cache_mb:g})"
+    distill = TrainSet(x_pool, splits.train.y[pool], labeled, teacher.train_logits[pool], features).to(device)
+    labeled_only = TrainSet(
+        take(splits.train.x, splits.labeled),
+        splits.train.y[splits.labeled],
+        torch.ones(len(splits.labeled), dtype=torch.bool),
+    ).to(device)
+    steps = steps_per_epoch(len(pool), spec.student.batch_size)
+    init = None if spec.student.checkpoint is None else read_checkpoint(Path(spec.student.checkpoint), role="student")
+    val = splits.val.in_memory(device, spec.data.memory_budget_mb / 2)  # streamed data: decode val once if it fits
+    data = StudyData(
+        spec, splits, device, teacher, distill, labeled_only, val, steps, teacher_layer, student_layer, how, init
+    )
+    check_student(data)
+    return data
+
+
+def build_student_model(spec: StudySpec, splits: Splits) -> nn.Module:
+    """A fresh student of the spec's architecture for this data (registry, import path or the API's factory)."""
+    s = spec.student
+    return build_model(
+        s.arch, splits.num_classes, splits.in_channels, splits.image_size, args=s.arch_args, role="student"
+    )
+
+
+def fresh_student(data: StudyData) -> nn.Module:
+    """A new student of the study's architecture (its init from torch's current seed), with
+    ``student.checkpoint``'s weights when the spec names one."""
+    spec = data.spec
+    model = build_student_model(spec, data.splits)
+    if data.student_init is not None:
+        load_state(
+            model,
+            data.student_init,
+            role="student",
+            arch=spec.student.arch,
+            ignore=tuple(spec.student.checkpoint_ignore),
+            source=spec.student.checkpoint,
+        )
+    return model
+
+
+def check_student(data: StudyData) -> None:
+    """Fail before the first trial on what every trial would fail on: a KdsearchError when the student's
+    checkpoint does not fit it, or when a feature method's loss cannot pair the student's and the
+    teacher's feature layers (tried on two images at the low end of the method's ranges)."""
+    spec = data.spec
+    model = fresh_student(data)
+    methods = [m for m in spec.search.methods if METHODS.get(m).needs_features]
+    if not methods:
+        return
+    model = model.to(data.device).eval()
+    rows = torch.arange(min(2, len(data.distill_set)), device=data.device)
+    x = data.distill_set.x[rows]  # an ImageStore decodes these two
+    train = data.distill_set
+    student_tap = FeatureTap(model, data.student_layer, role="student")
+    try:
+        with torch.no_grad():
+            cached = train.teacher_features
+            t_features = (
+                cached[rows] if cached is not None else teacher_features(data.teacher.model, data.teacher_layer, x)
+            )
+            batch = DistillBatch(
+                model(x).float(),
+                train.y[rows],
+                train.labeled[rows],
+                train.teacher_logits[rows],
+                student_tap.output.float(),
+                t_features.float(),
+            )
+            for method in methods:
+                impl = build_method(method)
+                params = {name: r.low for name, r in spec.method_space(method).items()}
+                try:
+                    regressor = impl.make_regressor(
+                        tuple(batch.student_features.shape[1:]), tuple(batch.teacher_features.shape[1:])
+                    )
+                    impl.loss(batch, params, regressor=None if regressor is None else regressor.to(data.device))
+                except (ValueError, RuntimeError) as err:
+                    if out_of_memory(err):
+                        raise
+                    raise KdsearchError(
+                        f"method {method!r} cannot pair student.feature_layer {data.student_layer!r} (output "
+                        f"{tuple(batch.student_features.shape[1:])}) with teacher.feature_layer {data.teacher_layer!r} "
+                        f"(output {tuple(batch.teacher_features.shape[1:])}): {err}. Pick other layers, "
+                        "or drop the method from search.methods"
+                    ) from None
+    finally:
+        student_tap.remove()
+
+
+def methods_for_task(spec: StudySpec, num_classes: int) -> tuple[StudySpec, dict[str, str]]:
+    """The spec with the methods that cannot work on ``num_classes`` classes dropped, and why each was.
+
+    A KdsearchError naming the reason and the methods that work when none of the study's would be left.
+    """
+    dropped = unusable_methods(spec.search.methods, num_classes)
+    if not dropped:
+        return spec, {}
+    kept = [m for m in spec.search.methods if m not in dropped]
+    if not kept:
+        why = "; ".join(f"{m}: {reason}" for m, reason in dropped.items())
+        works = [m for m in searchable_method_names() if not unusable_methods([m], num_classes)]
+        raise KdsearchError(
+            f"search.methods = {spec.search.methods} cannot distill on {num_classes} classes ({why}). "
+            f"Use methods that work on {num_classes} classes: {', '.join(works)}"
+        )
+    return spec.model_copy(update={"search": spec.search.model_copy(update={"methods": kept})}), dropped
+
+
+def trial_params(trial: optuna.trial.BaseTrial, spec: StudySpec) -> tuple[str, dict[str, float]]:
+    """Sample a method, then only that method's parameters (named ``<method>_<param>``; a fixed one is
+    stored with the others, but not searched)."""
+    method = trial.suggest_categorical("method", spec.search.methods)
+    params = {
+        name: trial.suggest_float(f"{method}_{name}", r.low, r.high, log=r.log)
+        for name, r in spec.method_space(method).items()
+    }
+    return method, params
+
+
+def trial_teacher_mode(trial: optuna.trial.BaseTrial, spec: StudySpec) -> str:
+    """The teacher-output mode: searched (param ``teacher_mode``) when the spec lists both."""
+    modes = spec.search.teacher_modes
+    return modes[0] if len(modes) == 1 else trial.suggest_categorical("teacher_mode", modes)
+
+
+def plan_trial(
+    data: StudyData, method: str, params: Mapping[str, float], seed: int, *, teacher_mode: str = "cached"
+) -> TrialPlan:
+    """How a student of this study trains with ``method`` and ``params`` under ``seed``.
+
+    Teacher-free ``scratch`` trains on the labeled rows only, with as many steps as a distilled
+    student. In ``consistent`` mode the student sees augmented batches and the teacher runs live
+    on the same batch (scratch gets the same augmentation, so the comparison stays fair).
+    """
+    spec = data.spec
+    impl = build_method(method)
+    consistent = teacher_mode == "consistent"
+    live = None
+    if impl.needs_teacher and (consistent or (impl.needs_features and data.distill_set.teacher_features is None)):
+        live = LiveTeacher(data.teacher.model, data.teacher_layer if impl.needs_features else None)
+    return TrialPlan(
+        impl,
+        dict(params),
+        seed,
+        data.distill_set if impl.needs_teacher else data.labeled_set,
+        epochs=spec.student.epochs,
+        batch_size=spec.student.batch_size,
+        lr=spec.student.lr,
+        steps=data.steps,
+        live_teacher=live,
+        augment=Augment(spec.student.augment_shift, spec.student.augment_flip) if consistent else None,
+        student_layer=data.student_layer,
+        compile=spec.runtime.compile,
+    )
+
+
+def train_plan(
+    data: StudyData,
+    plan: TrialPlan,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    *,
+    on_step: Callable[[], None] | None = None,
+) -> tuple[nn.Module, list[EpochResult]]:
+    """A fresh student (initial weights from ``plan.seed``) trained as ``plan`` says, scored on validation."""
+    torch.manual_seed(plan.seed)
+    model = fresh_student(data).to(data.device)
+    return model, fit(model, plan, data.val, on_epoch=on_epoch, on_step=on_step)
+
+
+def train_student(
+    data: StudyData,
+    method: str,
+    params: Mapping[str, float],
+    seed: int,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    *,
+    teacher_mode: str = "cached",
+    on_step: Callable[[], None] | None = None,
+) -> tuple[nn.Module, list[EpochResult]]:
+    """A fresh student (init, batch order, augmentation from ``seed``) trained with ``method`` (``plan_trial``)."""
+    return train_plan(
+        data, plan_trial(data, method, params, seed, teacher_mode=teacher_mode), on_epoch, on_step=on_step
+    )
+
+
+def train_each(data: StudyData, plans: list[TrialPlan]) -> list[nn.Module]:
+    """``train_plan`` for each plan, one after the other (the final comparison's seeds, by default)."""
+    return [train_plan(data, plan)[0] for plan in plans]
+
+
+TrainFn = Callable[[TrialPlan, Callable[[EpochResult], None]], list[EpochResult]]
+
+
+def make_objective(data: StudyData, *, train: TrainFn | None = None) -> Callable[[optuna.Trial], float]:
+    """The trial function: sample, distill, report the objective each epoch (pruning), store attrs.
+
+    ``train(plan, on_epoch) -> history`` trains the trial's ``TrialPlan``: ``train_plan`` on ``data`` by
+    default, a stack of students in ``stacked_trials``.
+    """
+    spec = data.spec
+    objective = spec.search.objective
+    if train is None:
+
+        def train(plan, on_epoch):  # type: ignore[no-redef]
+            return train_plan(data, plan, on_epoch)[1]
+
+    # which teacher, device and torch each trial ran with (workers of one study must share the teacher)
+    provenance = {
+        "teacher_sha256": data.teacher.digest,
+        "device": str(data.device),
+        "torch_version": torch.__version__,
+    }
+
+    def run(trial: optuna.Trial) -> float:
+        method, params = trial_params(trial, spec)
+        mode = trial_teacher_mode(trial, spec)
+        seed = trial.user_attrs.get("seed", spec.search.trial_seed + trial.number)  # a retry keeps its seed
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("teacher_mode", mode)
+        for key, value in provenance.items():
+            trial.set_user_attr(key, value)
+        start = time.perf_counter()
+
+        def on_epoch(r: EpochResult) -> None:
+            with shielded():  # a Ctrl-C here waits until the writes are done (signals.py)
+                trial.set_user_attr("epochs_run", r.epoch)
+                trial.set_user_attr("accuracy", r.accuracy)
+                trial.set_user_attr("auc", r.auc)
+                trial.set_user_attr("wall_time_s", time.perf_counter() - start)
+                trial.report(getattr(r, objective), r.epoch)
+                prune = trial.should_prune()
+            if prune:
+                raise optuna.TrialPruned(f"pruned after epoch {r.epoch}")
+
+        with interruptible():  # only training is: Optuna's storage writes around it may run shielded
+            history = train(plan_trial(data, method, params, seed, teacher_mode=mode), on_epoch)
+        return getattr(history[-1], objective)
+
+    return run
+
+
+def cost_table(data: StudyData, teacher: Teacher, student: nn.Module) -> dict[str, dict[str, float]]:
+    """Cost of the teacher and of the student architecture (scratch and distilled students share it)."""
+    sample = data.val.x[:1]
+    return {
+        f"teacher ({data.spec.teacher.arch})": cost_row(teacher.model, sample),
+        f"student ({data.spec.student.arch})": cost_row(student, sample),
+    }
+
+
+def final_candidates(study: optuna.Study, *, unlabeled: bool = False, students: str = "each") -> list[Candidate]:
+    """The students the final comparison retrains: the best trial of each method (``students = "each"``) or of
+    the study (``"best"``), scratch, the pseudo-label baseline when the student's pool has ``unlabeled`` images,
+    and an augmented scratch when a winner used ``consistent``."""
+    best = best_trials_per_method(study)
+    if students == "best" and best:
+        top = max(best.values(), key=lambda t: t.value)
+        best = {top.params["method"]: top}
+    candidates = [
+        Candidate(label=f"best {m}", method=m, params=params_of(t)[1], trial=t.number, teacher_mode=teacher_mode_of(t))
+        for m, t in sorted(best.items())
+    ]
+    candidates.append(Candidate(label="scratch", method="scratch"))
+    if unlabeled:
+        candidates.append(Candidate(label="pseudo-label", method="pseudo_label"))
+    if any(c.teacher_mode == "consistent" for c in candidates):
+        candidates.append(Candidate(label="scratch (augmented)", method="scratch", teacher_mode="consistent"))
+    return candidates
+
+
+SeedTrainer = Callable[[list[TrialPlan]], list[nn.Module]]
+
+
+def final_comparison(
+    data: StudyData,
+    study: optuna.Study,
+    teacher: Teacher,
+    *,
+    on_run: Callable[[str, int], None] | None = None,
+    on_student: Callable[[Candidate, SeedRun, nn.Module], None] | None = None,
+    train_seeds: SeedTrainer | None = None,
+) -> FinalComparison:
+    """Retrain the best trial of each method and the baselines with K seeds; score them and the teacher on **test**.
+
+    This is the only place that touches the test split (besides export). Every candidate trains with the
+    same seeds, so seed ``s`` gives each the same initial weights and batch order: differences are paired
+    by seed (``stats.paired_difference``). The result is stored on the study (``FinalComparison.save``) and
+    returned; a comparison run after an earlier one is numbered (``run``) and remembers how many trials the
+    earlier ones saw. ``on_student(candidate, run, model)`` sees each retrained student (e.g. to keep it as
+    files). ``train_seeds(plans)`` trains one candidate's students, one per seed's plan (default:
+    ``train_plan`` seed after seed; ``stacked_trials`` passes one that trains them at once as a stack).
+    """
+    best = best_trials_per_method(study)
+    if not best:
+        raise KdsearchError(f"study {study.study_name!r} has no completed trial yet; run some trials first")
+    f = data.spec.final
+    seeds = list(range(f.first_seed, f.first_seed + f.seeds))
+    run, earlier = FinalComparison.next_run_of(study)  # before the training: it needs no test scores
+    test = data.splits.test.in_memory(data.device, data.spec.data.memory_budget_mb / 2)
+    if train_seeds is None:
+        train_seeds = functools.partial(train_each, data)
+    students = []
+    for candidate in final_candidates(study, unlabeled=len(data.splits.unlabeled) > 0, students=f.students):
+        runs = []
+        plans = [
+            plan_trial(data, candidate.method, candidate.params, seed, teacher_mode=candidate.teacher_mode)
+            for seed in seeds
+        ]
+        for seed, model in zip(seeds, train_seeds(plans)):
+            acc, roc = evaluate(model, test)
+            runs.append(SeedRun(seed=seed, accuracy=acc, auc=roc))
+            if on_student is not None:
+                on_student(candidate, runs[-1], model)
+            if on_run is not None:
+                on_run(candidate.label, seed)
+        students.append(CandidateRuns(**candidate.model_dump(), runs=runs))
+    teacher_acc, teacher_auc = evaluate(teacher.model, test)
+    result = FinalComparison(
+        objective=data.spec.search.objective,
+        seeds=seeds,
+        students=students,
+        teacher=Scores(accuracy=teacher_acc, auc=teacher_auc),
+        cost=cost_table(data, teacher, model),
+        n_complete_trials=len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
+        run=run,
+        earlier_runs_trials=earlier,
+    )
+    result.save(study)
+    return result

@@ -1,0 +1,257 @@
+"""Optuna storage by URL: SQLite (WAL, busy timeout, schema lock), journal files, PostgreSQL; heartbeats."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import optuna
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..config.spec import StudySpec
+from ..errors import KdsearchError, first_line
+
+ARTIFACT_DIR = (
+    "artifacts"  # the default artifact store: <output_dir>/artifacts (teacher weights, report); the dashboard serves it
+)
+
+
+def storage_file(url: str) -> Path | None:
+    """The file behind a storage URL: ``sqlite:///rel/file.db`` (relative; ``sqlite:////abs`` absolute) or
+    ``journal:///abs/file.log`` (always absolute); None for in-memory SQLite and for server storages."""
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        return None if path in ("", ":memory:") else Path(path)
+    if url.startswith("journal:///"):
+        path = url.removeprefix("journal:///").lstrip("/")  # journal:////abs too, without a leading "//"
+        return Path("/" + path) if path else None
+    return None
+
+
+def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
+    """``open_storage`` for commands that read a study (report, a worker without a spec; not the dashboard,
+    which may be opened before the first run): a
+    SQLite or journal file that does not exist is a KdsearchError instead of a new empty database."""
+    path = storage_file(url)
+    if path is not None and not path.is_file():
+        raise KdsearchError(
+            f"no study storage at {path}: run `kdsearch run` first, or point --storage at the study's "
+            "database (--spec for a study file, from the folder it was run in)"
+        )
+    return open_storage(url)
+
+
+@contextmanager
+def storage_contents() -> Iterator[None]:
+    """Reading studies from a storage whose file holds something else (a journal file with a garbage
+    line, an SQLite database of another application) raises a KdsearchError, not Optuna's internals."""
+    try:
+        yield
+    except (ValueError, optuna.exceptions.StorageInternalError) as err:  # json.JSONDecodeError is a ValueError
+        raise KdsearchError(
+            f"the storage holds data that is not an Optuna study database ({type(err).__name__}: {first_line(err)}); "
+            "point --storage at kdsearch's own database or at a new file"
+        ) from None
+
+
+def open_storage(
+    url: str, *, heartbeat_interval: int = 0, grace_period: int = 30, max_retry: int = 2
+) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``: ``journal:///file`` or any RDB URL.
+
+    SQLite gets WAL mode and a 60 s busy timeout (several worker processes on one file);
+    ``postgresql://`` uses psycopg2. With ``heartbeat_interval`` > 0 an RDB storage records a
+    heartbeat per running trial; one silent for ``grace_period`` s is FAILED by the next worker
+    that checks, and re-queued with the same params up to ``max_retry`` times. Optuna's journal
+    storage has no heartbeats: there, workers detect dead processes on their own host instead
+    (``workers.fail_dead_local_trials``).
+    """
+    try:
+        file = storage_file(url)
+        if url.startswith("journal:///") and file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            return JournalStorage(JournalFileBackend(str(file)))
+        engine_kwargs: dict = {}
+        sqlite_file = url.startswith("sqlite:///") and file is not None
+        if sqlite_file:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            engine_kwargs = {"connect_args": {"timeout": 60}}
+        rdb_url = url
+        if url.startswith(("postgresql://", "postgres://")):
+            # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; kdsearch ships psycopg2-binary
+            rdb_url = "postgresql+psycopg2://" + url.split("://", 1)[1]
+        heartbeat = _heartbeat_kwargs(heartbeat_interval, grace_period, max_retry) if heartbeat_interval else {}
+        storage = _new_rdb_storage(rdb_url, engine_kwargs, heartbeat, file if sqlite_file else None)
+        if sqlite_file:
+            import sqlalchemy
+
+            sqlalchemy.event.listen(storage.engine, "connect", _sqlite_on_connect)
+        return storage
+    except (ImportError, ModuleNotFoundError) as err:
+        raise KdsearchError(
+            f"storage {url!r} needs a driver that is not installed ({err}); install it with pip"
+        ) from None
+    except (SQLAlchemyError, OSError, ValueError, optuna.exceptions.StorageInternalError) as err:
+        # bad URLs, unreachable servers, unwritable files; anything else is a bug and keeps its traceback
+        raise KdsearchError(
+            f"cannot open storage {url!r}: {first_line(err)}; check the URL (sqlite:///path.db, journal:///path.log, "
+            "postgresql://user:pass@host/db) and that the server is reachable"
+        ) from None
+
+
+def spec_storage(spec: StudySpec, url: str | None = None) -> optuna.storages.BaseStorage:
+    """``open_storage`` with the spec's heartbeat settings (``runtime.heartbeat_interval`` etc.)."""
+    r = spec.runtime
+    return open_storage(
+        url or spec.resolved_storage(),
+        heartbeat_interval=r.heartbeat_interval,
+        grace_period=r.grace_period,
+        max_retry=r.max_retry,
+    )
+
+
+def _new_rdb_storage(
+    url: str, engine_kwargs: dict, extra: dict, sqlite_path: Path | None
+) -> optuna.storages.RDBStorage:
+    """``RDBStorage``, safe when several workers open a fresh database at once.
+
+    Creating the schema is not atomic: a SQLite file is opened under a file lock (and switched
+    to WAL there); on a server, a process that loses the race retries a few times.
+    """
+    import random
+
+    import sqlalchemy
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                if sqlite_path is None:
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **extra)
+                from filelock import FileLock
+
+                with FileLock(f"{sqlite_path}.lock"):
+                    _sqlite_wal(sqlite_path)
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **extra)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):  # e.g. "relation already exists"
+            if sqlite_path is not None or attempt == 4:
+                raise
+            time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")
+
+
+def _sqlite_wal(path: Path) -> None:
+    """Switch the SQLite file to WAL (persistent in the file): readers no longer block the writer."""
+    import sqlite3
+
+    con = sqlite3.connect(str(path), timeout=60)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+def _sqlite_on_connect(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()
+
+
+def retry_callback(max_retry: int):
+    """Optuna's retry of a dead trial (same params, attrs ``failed_trial``/``retry_history``), old or new name."""
+    storages = optuna.storages
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
+            return storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        return storages.RetryFailedTrialCallback(max_retry=max_retry)
+
+
+def _heartbeat_kwargs(interval: int, grace: int, max_retry: int) -> dict:
+    import inspect
+
+    params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+    key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
+    return {"heartbeat_interval": interval, "grace_period": grace, key: retry_callback(max_retry)}
+
+
+def has_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
+    return isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
+
+
+class StorageLock:
+    """A cross-process lock that lives with a storage: a lock file ``<file><suffix>`` beside a SQLite or journal
+    file (one machine), a PostgreSQL advisory lock keyed by ``name`` (any number of machines), nothing for
+    other storages (``acquire`` then always succeeds). A killed holder releases it: the OS drops its file
+    lock, the server its session. ``where`` says which, for messages."""
+
+    def __init__(self, url: str, storage: optuna.storages.BaseStorage | None, name: str, suffix: str) -> None:
+        self.where = ""
+        self._file = None
+        self._engine = None
+        self._conn = None
+        file = storage_file(url)
+        if file is not None:
+            from filelock import FileLock
+
+            self.where = f"{file}{suffix}"  # beside the storage's file
+            self._file = FileLock(self.where)
+        if url.startswith(("postgresql", "postgres://")) and isinstance(storage, optuna.storages.RDBStorage):
+            import hashlib
+
+            self._engine = storage.engine
+            self._key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") >> 1
+            self.where = "a PostgreSQL advisory lock"
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take the lock, waiting up to ``timeout`` s (None: as long as it takes); whether it is held."""
+        if self._file is not None:
+            from filelock import Timeout
+
+            try:
+                self._file.acquire(timeout=-1 if timeout is None else timeout)
+            except Timeout:
+                return False
+            return True
+        if self._engine is None:
+            return True
+        import sqlalchemy
+
+        conn = self._engine.connect()
+        if timeout is None:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+            got = True
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                got = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
+                if got or time.monotonic() >= deadline:
+                    break
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        conn.commit()
+        if got:
+            self._conn = conn
+        else:
+            conn.close()
+        return bool(got)
+
+    def release(self) -> None:
+        if self._file is not None:
+            if self._file.is_locked:
+                self._file.release()
+        elif self._conn is not None:
+            import sqlalchemy
+
+            try:
+                self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+                self._conn.commit()
+            finally:
+                self._conn.close()
+                self._conn = None

@@ -1,0 +1,94 @@
+"""A study spec is validated up front, with messages that name the field and the fix."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from kdsearch.config.spec import StudySpec, load_spec, spec_from_dict
+from kdsearch.errors import KdsearchError
+
+
+def test_default_spec_is_the_fashion_mnist_study():
+    spec = StudySpec()
+    assert spec.name == "fashion_mnist"
+    assert spec.search.methods == ["kd"]
+    space = spec.method_space("kd")
+    assert (space["temperature"].low, space["temperature"].high, space["temperature"].log) == (0.5, 20.0, True)
+    assert (space["alpha"].low, space["alpha"].high) == (0.0, 1.0)
+
+
+def test_shipped_default_study_file_loads():
+    spec = load_spec("studies/fashion_mnist.toml")
+    assert spec.data.labeled == 2000 and spec.data.unlabeled == 8000
+    assert spec.search.trials == 50
+
+
+def test_range_override_replaces_the_default():
+    spec = spec_from_dict({"methods": {"kd": {"temperature": [1, 4]}}})
+    assert spec.method_space("kd")["temperature"].high == 4
+    assert spec.method_space("kd")["alpha"].high == 1.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"methods": {"kd": {"alpha": [0.0, 1.5]}}}, "methods.kd.alpha: alpha weights the hard-label loss"),
+        (
+            {"methods": {"kd": {"temperature": [0.0, 4.0]}}},
+            "methods.kd.temperature: this parameter is searched on a log scale",
+        ),
+        ({"methods": {"kd": {"temperature": [4.0, 2.0]}}}, "must have low < high"),
+        ({"methods": {"kd": {"tau": [1.0, 2.0]}}}, "methods.kd.tau: kd has no parameter 'tau'"),
+        ({"search": {"methods": ["kdd"]}}, "search.methods: unknown method 'kdd'"),
+        ({"student": {"arch": "resnet9000"}}, "student.arch: unknown model 'resnet9000'"),
+        ({"search": {"objective": "loss"}}, "search.objective"),
+        ({"search": {"trails": 3}}, "search.trails: unknown field"),
+        ({"data": {"train_limit": 100, "val_size": 50, "labeled": 40, "unlabeled": 20}}, "exceeds train_limit"),
+        ({"methods": {"kd": {"temperature": [0.5, float("inf")]}}}, "must be finite, within ±1e+06"),
+        ({"methods": {"kd": {"temperature": [1e300, 1e301]}}}, "must be finite, within ±1e+06"),
+        ({"search": {"sampler_seed": -1}}, "search.sampler_seed: Input should be greater than or equal to 0"),
+        ({"data": {"split_seed": 2**40}}, "data.split_seed: Input should be less than or equal to 2147483647"),
+        ({"name": "../../elsewhere"}, "name: '../../elsewhere' cannot name a study"),
+    ],
+)
+def test_bad_field_is_named_in_the_error(raw, message):
+    with pytest.raises(KdsearchError, match=re.escape(message)):
+        spec_from_dict(raw, source="my.toml")
+
+
+def test_missing_file_and_bad_toml_are_clear(tmp_path):
+    with pytest.raises(KdsearchError, match="not found"):
+        load_spec(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(KdsearchError, match="is not valid TOML"):
+        load_spec(bad)
+
+
+def test_set_overrides_take_toml_values_and_bare_words():
+    from kdsearch.config.spec import apply_overrides
+
+    raw = apply_overrides(
+        StudySpec().model_dump(mode="json"),
+        ["student.epochs=2", 'search.methods=["kd", "dkd"]', "search.objective=auc", "methods.kd.alpha=[0.1, 0.9]"],
+    )
+    spec = spec_from_dict(raw)
+    assert spec.student.epochs == 2 and spec.search.methods == ["kd", "dkd"] and spec.search.objective == "auc"
+    assert spec.method_space("kd")["alpha"].low == 0.1
+    with pytest.raises(KdsearchError, match="section.field=value"):
+        apply_overrides({}, ["student.epochs"])
+
+
+def test_paths_starting_with_tilde_mean_the_home_folder():
+    spec = spec_from_dict(
+        {"data": {"root": "~/fmnist"}, "runtime": {"cache_dir": "~/kd-cache"}, "output_dir": "~/runs/x"}
+    )
+    home = Path.home()
+    assert (spec.data.root, spec.runtime.cache_dir, spec.output_dir) == (
+        home / "fmnist",
+        home / "kd-cache",
+        home / "runs/x",
+    )

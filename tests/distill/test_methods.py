@@ -1,0 +1,355 @@
+"""Distillation losses do the maths their papers describe, and the search samples each method's own space."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdsearch.config.catalog import searchable_method_names
+from kdsearch.config.spec import StudySpec, spec_from_dict
+from kdsearch.distill.methods import (
+    METHODS,
+    DistillBatch,
+    HintRegressor,
+    ParamRange,
+    build_method,
+    cosine_feature_loss,
+    dkd_loss,
+    dkd_targets,
+    hint_feature_loss,
+    kd_loss,
+    lskd_loss,
+    masked_cross_entropy,
+    nckd_term,
+    soft_kl,
+    tckd_term,
+)
+from kdsearch.search.objective import trial_params
+from kdsearch.search.study import make_sampler
+
+NUM_CLASSES = 5
+ALL_METHODS = ["kd", "cosine", "hint", "dkd", "lskd"]
+
+
+def logits_batch(n: int = 8, seed: int = 0, scale: float = 2.0):
+    """Random student/teacher logits, labels, and a mask with labeled and unlabeled rows."""
+    g = torch.Generator().manual_seed(seed)
+    student = torch.randn(n, NUM_CLASSES, generator=g) * scale
+    teacher = torch.randn(n, NUM_CLASSES, generator=g) * scale
+    labels = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    labeled = torch.arange(n) % 2 == 0
+    return student, teacher, labels, labeled
+
+
+def mid_params(space) -> dict[str, float]:
+    """A value inside every range (geometric midpoint on log ranges)."""
+    return {k: math.sqrt(r.low * r.high) if r.log else (r.low + r.high) / 2 for k, r in space.items()}
+
+
+class TinyStudent(nn.Module):
+    """A conv feature extractor (N, 4, 8, 8) and a linear head; returns (logits, features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh())
+        self.classifier = nn.Linear(4 * 8 * 8, NUM_CLASSES)
+
+    def forward(self, x):
+        f = self.features(x)
+        return self.classifier(f.flatten(1)), f
+
+
+def student_batch(student: TinyStudent, n: int = 8, seed: int = 0, labeled: torch.Tensor | None = None):
+    """A DistillBatch from a forward pass of ``student``, with a teacher whose maps are (6, 4, 4)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    logits, feats = student(x)
+    return DistillBatch(
+        student_logits=logits,
+        labels=torch.randint(0, NUM_CLASSES, (n,), generator=g),
+        labeled=torch.arange(n) % 2 == 0 if labeled is None else labeled,
+        teacher_logits=torch.randn(n, NUM_CLASSES, generator=g) * 2,
+        student_features=feats,
+        teacher_features=torch.randn(n, 6, 4, 4, generator=g),
+    )
+
+
+# --------------------------------------------------------------------------- KD and masked CE
+
+
+def test_kd_with_alpha_one_is_cross_entropy_on_labeled_rows():
+    s, t, y, labeled = logits_batch()
+    loss = kd_loss(s, t, y, labeled, temperature=4.0, alpha=1.0)
+    torch.testing.assert_close(loss, F.cross_entropy(s[labeled], y[labeled]))
+
+
+def test_identical_student_and_teacher_have_zero_soft_loss():
+    s, _, y, labeled = logits_batch()
+    for temperature in (0.5, 1.0, 4.0, 20.0):
+        torch.testing.assert_close(soft_kl(s, s.clone(), temperature), torch.tensor(0.0), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            kd_loss(s, s.clone(), y, labeled, temperature, alpha=0.0), torch.tensor(0.0), atol=1e-6, rtol=0
+        )
+
+
+def _soft_grad_norm(temperature: float, with_t_squared: bool) -> float:
+    s, t, _, _ = logits_batch(scale=0.1)  # small logits: the high-temperature regime
+    s.requires_grad_(True)
+    loss = soft_kl(s, t, temperature)
+    if not with_t_squared:
+        loss = loss / temperature**2
+    (grad,) = torch.autograd.grad(loss, s)
+    return float(grad.norm())
+
+
+def test_t_squared_keeps_soft_gradient_scale_comparable_across_temperatures():
+    ratio = _soft_grad_norm(2.0, True) / _soft_grad_norm(8.0, True)
+    assert 1 / 3 < ratio < 3
+    ratio_without = _soft_grad_norm(2.0, False) / _soft_grad_norm(8.0, False)
+    assert ratio_without > 8  # ~ (8/2)**2 = 16 without the factor
+
+
+def test_masked_cross_entropy_ignores_labels_of_unlabeled_rows():
+    s, _, y, labeled = logits_batch()
+    other = y.clone()
+    other[~labeled] = (y[~labeled] + 1) % NUM_CLASSES
+    torch.testing.assert_close(masked_cross_entropy(s, y, labeled), masked_cross_entropy(s, other, labeled))
+
+
+def test_batch_without_labeled_rows_has_zero_hard_loss_and_still_backpropagates():
+    s, _, y, _ = logits_batch()
+    s.requires_grad_(True)
+    loss = masked_cross_entropy(s, y, torch.zeros(len(y), dtype=torch.bool))
+    assert float(loss.detach()) == 0.0
+    loss.backward()
+    assert s.grad is not None and float(s.grad.abs().sum()) == 0.0
+
+
+# --------------------------------------------------------------------------- every method trains a student
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_loss_is_finite_and_reaches_every_student_and_regressor_parameter(name):
+    torch.manual_seed(0)
+    method = build_method(name)
+    student = TinyStudent()
+    batch = student_batch(student)
+    regressor = method.make_regressor(tuple(batch.student_features.shape[1:]), tuple(batch.teacher_features.shape[1:]))
+    if name == "hint":
+        assert regressor is not None
+    loss = method.loss(batch, mid_params(method.space), regressor=regressor)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    params = dict(student.named_parameters())
+    if regressor is not None:
+        params.update({f"regressor.{k}": p for k, p in regressor.named_parameters()})
+    for pname, p in params.items():
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, f"{name}: no gradient reaches {pname}"
+
+
+@pytest.mark.parametrize("name", ["cosine", "hint"])
+def test_feature_term_alone_trains_the_feature_extractor(name):
+    """With no labeled rows, the feature term still sends gradient to the student's convs (not its head)."""
+    torch.manual_seed(0)
+    method = build_method(name)
+    student = TinyStudent()
+    batch = student_batch(student, labeled=torch.zeros(8, dtype=torch.bool))
+    regressor = method.make_regressor((4, 8, 8), (6, 4, 4))
+    method.loss(batch, {"feature_weight": 1.0}, regressor=regressor).backward()
+    assert all(float(p.grad.abs().sum()) > 0 for p in student.features.parameters())
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in student.classifier.parameters())
+
+
+def test_feature_methods_say_what_is_missing():
+    batch = student_batch(TinyStudent())
+    batch.teacher_features = None
+    with pytest.raises(ValueError, match="teacher_features"):
+        build_method("cosine").loss(batch, {"feature_weight": 1.0})
+    with pytest.raises(ValueError, match="regressor"):
+        build_method("hint").loss(student_batch(TinyStudent()), {"feature_weight": 1.0})
+
+
+# --------------------------------------------------------------------------- cosine and hint
+
+
+def test_cosine_term_is_zero_for_identical_or_rescaled_features():
+    torch.manual_seed(0)
+    f = torch.randn(6, 3, 4, 4)
+    torch.testing.assert_close(cosine_feature_loss(f, f.clone()), torch.tensor(0.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(cosine_feature_loss(f, 3.0 * f), torch.tensor(0.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(cosine_feature_loss(f, -f), torch.tensor(2.0))
+
+
+def test_cosine_pools_the_wider_representation_down_to_the_narrower():
+    """As seed 004 pools the teacher's 2048-d vector to the student's 1024: pairs of features are averaged."""
+    torch.manual_seed(0)
+    narrow = torch.randn(4, 8)
+    wide = narrow.repeat_interleave(2, dim=1) + torch.tensor([0.5, -0.5]).repeat(8)  # pair means equal narrow
+    torch.testing.assert_close(cosine_feature_loss(narrow, wide), torch.tensor(0.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(cosine_feature_loss(wide, narrow), torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("student_shape", [(4, 8, 8), (4, 4, 4), (4, 2, 2)])
+def test_hint_regressor_maps_student_maps_to_the_teacher_shape(student_shape):
+    method = build_method("hint")
+    regressor = method.make_regressor(student_shape, (6, 4, 4))
+    assert isinstance(regressor, HintRegressor)
+    out = regressor(torch.randn(3, *student_shape))
+    assert out.shape == (3, 6, 4, 4)
+    assert hint_feature_loss(torch.randn(3, *student_shape), out.detach(), regressor).dim() == 0
+
+
+def test_hint_regressor_rejects_shapes_with_a_batch_dimension():
+    with pytest.raises(ValueError, match="per-example"):
+        build_method("hint").make_regressor((8, 4, 8, 8), (8, 6, 4, 4))
+
+
+def test_only_hint_builds_a_regressor():
+    for name in METHODS.names():
+        regressor = build_method(name).make_regressor((4, 8, 8), (6, 4, 4))
+        assert (regressor is not None) == (name == "hint")
+
+
+# --------------------------------------------------------------------------- DKD
+
+
+def _reference_tckd(s, t, target, temperature):
+    """TCKD as written in the paper: KL of the binary (target, non-target) probabilities, ×T²."""
+    ps, pt = F.softmax(s / temperature, -1), F.softmax(t / temperature, -1)
+    mask = F.one_hot(target, s.shape[-1]).bool()
+    bs = torch.stack([ps[mask], ps[~mask].view(len(s), -1).sum(-1)], -1)
+    bt = torch.stack([pt[mask], pt[~mask].view(len(t), -1).sum(-1)], -1)
+    return (bt * (bt.log() - bs.log())).sum(-1).mean() * temperature**2
+
+
+def test_dkd_with_beta_zero_and_unit_alpha_is_cross_entropy_plus_tckd():
+    s, t, y, labeled = logits_batch()
+    target = dkd_targets(t, y, labeled)
+    expected = masked_cross_entropy(s, y, labeled) + _reference_tckd(s, t, target, 4.0)
+    torch.testing.assert_close(dkd_loss(s, t, y, labeled, temperature=4.0, alpha_tckd=1.0, beta=0.0), expected)
+
+
+def test_dkd_terms_recompose_classical_kd():
+    """Zhao et al. eq. (1): KD = TCKD + (1 - p_target of the teacher) · NCKD, row by row."""
+    s, t, y, labeled = logits_batch(seed=3)
+    target = dkd_targets(t, y, labeled)
+    temperature = 2.0
+    for i in range(len(s)):
+        row = slice(i, i + 1)
+        p_other = 1 - F.softmax(t[row] / temperature, -1)[0, target[i]]
+        recomposed = tckd_term(s[row], t[row], target[row], temperature) + p_other * nckd_term(
+            s[row], t[row], target[row], temperature
+        )
+        torch.testing.assert_close(recomposed, soft_kl(s[row], t[row], temperature), rtol=1e-4, atol=1e-6)
+
+
+def test_dkd_targets_unlabeled_rows_at_the_teachers_top_class():
+    s, t, y, labeled = logits_batch()
+    target = dkd_targets(t, y, labeled)
+    assert torch.equal(target[labeled], y[labeled])
+    assert torch.equal(target[~labeled], t[~labeled].argmax(-1))
+    other = y.clone()
+    other[~labeled] = (y[~labeled] + 1) % NUM_CLASSES
+    args = dict(temperature=4.0, alpha_tckd=1.0, beta=8.0)
+    torch.testing.assert_close(dkd_loss(s, t, y, labeled, **args), dkd_loss(s, t, other, labeled, **args))
+
+
+def test_nckd_ignores_the_target_class():
+    """Only the non-target distribution matters: moving both models' target logit changes nothing."""
+    s, t, y, labeled = logits_batch()
+    target = dkd_targets(t, y, labeled)
+    bump = 3.0 * F.one_hot(target, NUM_CLASSES)
+    torch.testing.assert_close(nckd_term(s + bump, t - bump, target, 4.0), nckd_term(s, t, target, 4.0))
+
+
+# --------------------------------------------------------------------------- LSKD
+
+
+def test_lskd_ignores_shift_and_positive_scale_of_the_teacher_logits():
+    s, t, y, labeled = logits_batch()
+    base = lskd_loss(s, t, y, labeled, temperature=2.0, alpha=0.3)
+    torch.testing.assert_close(lskd_loss(s, 3.0 * t + 5.0, y, labeled, temperature=2.0, alpha=0.3), base)
+    per_row = torch.rand(len(t), 1) * 4 + 0.5
+    torch.testing.assert_close(lskd_loss(s, per_row * t - 2.0, y, labeled, temperature=2.0, alpha=0.3), base)
+
+
+def test_lskd_soft_term_ignores_shift_and_positive_scale_of_the_student_logits():
+    s, t, y, labeled = logits_batch()
+    base = lskd_loss(s, t, y, labeled, temperature=2.0, alpha=0.0)
+    torch.testing.assert_close(lskd_loss(0.25 * s - 7.0, t, y, labeled, temperature=2.0, alpha=0.0), base)
+
+
+def test_lskd_is_zero_when_the_student_is_a_rescaled_teacher():
+    s, t, y, labeled = logits_batch()
+    loss = lskd_loss(10.0 * t + 1.0, t, y, labeled, temperature=2.0, alpha=0.0)
+    torch.testing.assert_close(loss, torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------- registry and search
+
+
+def test_all_five_methods_are_searchable_with_sane_default_ranges():
+    assert sorted(searchable_method_names()) == sorted(ALL_METHODS)
+    for name in searchable_method_names():
+        cls = METHODS.get(name)
+        assert cls.name == name
+        assert cls.space, f"{name} has nothing to search"
+        for param, r in cls.space.items():
+            assert isinstance(r, ParamRange)
+            assert r.low < r.high or (r.fixed and param == "warmup_epochs"), f"{name}.{param}"
+            assert not r.log or r.low > 0, f"{name}.{param} is log-scaled from {r.low}"
+            if param == "alpha":
+                assert 0 <= r.low and r.high <= 1
+        assert cls.needs_teacher
+
+
+def test_feature_methods_declare_that_they_need_features():
+    assert {n for n in METHODS.names() if METHODS.get(n).needs_features} == {"cosine", "hint"}
+
+
+def test_study_spec_accepts_range_overrides_for_the_new_methods():
+    spec = spec_from_dict(
+        {"search": {"methods": ALL_METHODS}, "methods": {"dkd": {"beta": [1, 8]}, "hint": {"feature_weight": [0.1, 1]}}}
+    )
+    assert spec.method_space("dkd")["beta"] == ParamRange(1, 8, log=True)
+    assert spec.method_space("hint")["feature_weight"].high == 1
+
+
+def test_each_trial_samples_only_its_methods_params():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = StudySpec(search={"methods": ALL_METHODS})
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec))
+    for name in ALL_METHODS:  # make sure every method is drawn at least once
+        study.enqueue_trial({"method": name})
+
+    def objective(trial: optuna.Trial) -> float:
+        method, params = trial_params(trial, spec)
+        return sum(params.values()) + len(method)
+
+    study.optimize(objective, n_trials=30)
+    seen = set()
+    for trial in study.trials:
+        method = trial.params["method"]
+        seen.add(method)
+        expected = {"method"} | {f"{method}_{p}" for p in spec.method_space(method)}
+        assert set(trial.params) == expected, f"trial {trial.number} ({method})"
+    assert seen == set(ALL_METHODS)
+
+
+def test_nckd_ignores_the_target_class_even_for_huge_logits():
+    """The target class is masked out of NCKD at any logit scale: finite, and blind to the target logit."""
+    from kdsearch.distill.methods import nckd_term
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(4, 5) * 800, torch.randn(4, 5) * 800
+    target = torch.tensor([0, 1, 2, 3])
+    base = nckd_term(student, teacher, target, temperature=0.5)
+    bumped = teacher.clone()
+    bumped[torch.arange(4), target] += 5000
+    assert torch.isfinite(base)
+    assert torch.allclose(nckd_term(student, bumped, target, temperature=0.5), base, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,161 @@
+"""The worker loop in one process: Ctrl-C never leaves a trial RUNNING (Optuna's storage writes are
+shielded, only training is interrupted), and a trial taken over by another worker does not stop it.
+
+The signal is sent to this process from inside the storage (the exact moments a CI race hit),
+so each case is deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from kdsearch.parallel.workers import TrialSlot, run_worker
+from kdsearch.signals import StopSignals, interruptible, shielded
+
+
+def ctrl_c() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_signal_inside_shielded_is_raised_when_the_block_ends():
+    reached_end_of_block = False
+    with StopSignals() as stop:
+        with pytest.raises(KeyboardInterrupt):
+            with shielded():
+                ctrl_c()
+                reached_end_of_block = True
+        assert stop.requested
+    assert reached_end_of_block
+
+
+def test_interruptible_raises_on_entry_after_a_shielded_signal_and_the_shield_then_stays_quiet():
+    with StopSignals():
+        with pytest.raises(KeyboardInterrupt):
+            with shielded():
+                ctrl_c()
+                with interruptible():
+                    raise AssertionError("entered an interruptible block after a stop request")
+        # the KeyboardInterrupt left the shield with an exception: no second one on its way out
+
+
+def test_without_stop_signals_the_helpers_do_nothing():
+    with shielded(), interruptible():
+        pass
+
+
+class SignalingStorage(optuna.storages.InMemoryStorage):
+    """Sends Ctrl-C to this process right after one chosen storage write."""
+
+    def __init__(self, when: str) -> None:
+        super().__init__()
+        self.when = when
+
+    def create_new_trial(self, study_id, template_trial=None):
+        trial_id = super().create_new_trial(study_id, template_trial)
+        if self.when == "create":
+            ctrl_c()
+        return trial_id
+
+    def set_trial_state_values(self, trial_id, state, values=None):
+        done = super().set_trial_state_values(trial_id, state, values)
+        if self.when == "finish" and state.is_finished():
+            self.when = ""
+            ctrl_c()
+        return done
+
+
+def objective_sending(when: str):
+    """Like ``make_objective``'s: sampling shielded, the "training" interruptible."""
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        with interruptible():
+            if when == "objective":
+                ctrl_c()
+        return x
+
+    return objective
+
+
+@pytest.mark.parametrize("when", ["create", "objective", "finish"])
+def test_ctrl_c_at_any_moment_of_a_trial_leaves_nothing_running(when):
+    storage = SignalingStorage(when if when != "objective" else "")
+    study = optuna.create_study(storage=storage, study_name="s")
+    with StopSignals():
+        with pytest.raises(KeyboardInterrupt):
+            run_worker(study, objective_sending(when), 5, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01)
+    states = [t.state for t in study.trials]
+    assert len(states) == 1 and TrialState.RUNNING not in states
+    # interrupted while training (or just created): FAILED; interrupted while recording the end: kept
+    assert states == [TrialState.COMPLETE if when == "finish" else TrialState.FAIL]
+
+
+def test_without_a_stop_request_the_worker_runs_every_trial():
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+    with StopSignals() as stop:
+        ran = run_worker(study, objective_sending(""), 4, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01)
+    assert ran == 4 and not stop.requested
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+
+
+def another_worker(storage) -> optuna.Study:
+    """The study as another worker process sees it: its own Study object on the same storage."""
+    return optuna.load_study(study_name="s", storage=storage)
+
+
+def test_a_trial_failed_by_another_worker_meanwhile_does_not_stop_this_worker(capsys):
+    """Another worker FAILs this worker's trial mid-run (its heartbeat looked stale): Optuna refuses to
+    record the end; the worker says so and goes on to the total instead of crashing."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number == 1:
+            another_worker(storage).tell(trial.number, state=TrialState.FAIL)  # its heartbeat looked stale
+            trial.report(x, 1)  # raises UpdateFinishedTrialError, as the real on_epoch would
+        return x
+
+    ran = run_worker(study, objective, 3, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01)
+    assert ran == 4
+    assert [t.state for t in study.trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+        TrialState.COMPLETE,
+    ]
+    assert "trial 1 was marked FAILED by another worker" in capsys.readouterr().err
+
+
+def test_a_trial_failed_by_another_worker_after_its_last_write_does_not_stop_this_worker(capsys):
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number == 0:
+            another_worker(storage).tell(trial.number, state=TrialState.FAIL)  # between the last epoch and the end
+        return x
+
+    assert run_worker(study, objective, 2, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01) == 3
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "trial 0 was marked FAILED by another worker" in capsys.readouterr().err
+
+
+def test_an_error_of_the_trial_itself_stops_the_worker():
+    """Only a takeover is passed over: the objective's own ValueError fails its trial and ends the worker."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+
+    def objective(trial: optuna.Trial) -> float:
+        raise ValueError("only one class present in y_true")
+
+    with pytest.raises(ValueError, match="only one class"):
+        run_worker(study, objective, 3, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01)
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
