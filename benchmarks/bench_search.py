@@ -90,8 +90,8 @@ def run_grid(args: argparse.Namespace) -> None:
     spec, _ = load_study_spec(Path(args.spec), overrides=args.set)
     spec = with_runtime(spec, threads=args.threads)
     console = Console(bars=False)
-    splits, teacher, device = prepare(spec, console)
-    data = study_data(spec, splits, teacher, device, console)
+    prepared = prepare(spec, console)
+    data = study_data(prepared, console)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table = json.loads(out.read_text()) if out.is_file() else {}
@@ -102,11 +102,11 @@ def run_grid(args: argparse.Namespace) -> None:
         "epochs": spec.student.epochs,
         "objective": spec.search.objective,
         "seed": GRID_SEED,
-        "teacher_val_accuracy": teacher.metrics["val_accuracy"],
+        "teacher_val_accuracy": prepared.teacher.metrics["val_accuracy"],
         "temperatures": TEMPERATURES,
         "grid": {m: {"param": p, "values": v, "fixed": f} for m, (p, v, f) in GRID.items()},
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "device": str(device),
+        "device": str(prepared.device),
     }
     todo = [p for p in grid_points() if point_key(*p[:3]) not in table["points"]]
     print(f"grid: {len(grid_points())} points, {len(todo)} to train ({spec.student.epochs} epochs each)", flush=True)

@@ -17,10 +17,9 @@ if str(REPO) not in sys.path:  # use this checkout's kdsearch even without `pip 
 import torch  # noqa: E402
 
 from kdsearch.config.spec import StudySpec, apply_overrides, load_spec, spec_from_dict  # noqa: E402
-from kdsearch.data import load_splits  # noqa: E402
-from kdsearch.distill.teacher import prepare_teacher  # noqa: E402
-from kdsearch.distill.train import configure_threads, resolve_device  # noqa: E402
-from kdsearch.search.objective import StudyData, prepare_study_data  # noqa: E402
+from kdsearch.prepare import prepare, study_data  # noqa: E402
+from kdsearch.progress import Console  # noqa: E402
+from kdsearch.search.objective import StudyData  # noqa: E402
 
 
 @dataclass
@@ -55,11 +54,14 @@ class Bench:
 
 
 def prepare_bench(spec_path: str, overrides: list[str], threads: int) -> Bench:
-    """Load the spec with ``overrides``, the data and the (cached) teacher, as a study would."""
-    spec = spec_from_dict(apply_overrides(load_spec(spec_path).model_dump(mode="json"), overrides))
-    threads = configure_threads(threads)
-    device = resolve_device(spec.runtime.device)
-    splits = load_splits(spec.data)
-    data = prepare_study_data(spec, splits, prepare_teacher(spec, splits, device), device)
+    """Load the spec with ``overrides`` and ``threads`` (0: every core), the data (through the decode cache) and
+    the (cached) teacher with ``kdsearch.prepare``, as a study does."""
+    spec = spec_from_dict(
+        apply_overrides(load_spec(spec_path).model_dump(mode="json"), [*overrides, f"runtime.threads={threads}"])
+    )
+    quiet = Console(echo=lambda text, err=False: None, bars=False)
+    prepared = prepare(spec, quiet)
+    data = study_data(prepared, quiet)
+    device = prepared.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
-    return Bench(spec_path, overrides, spec, data, device, name, threads)
+    return Bench(spec_path, overrides, prepared.spec, data, device, name, torch.get_num_threads())

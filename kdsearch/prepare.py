@@ -8,11 +8,30 @@ and tests call it to get a study's data without running one.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .errors import KdsearchError
 from .progress import Console
+
+if TYPE_CHECKING:
+    import torch
+
+    from .config.spec import StudySpec
+    from .data import Splits
+    from .distill.teacher import Teacher
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` made ready: the spec with the methods this task can use (the others dropped, once), the
+    data, the study's teacher and the device."""
+
+    spec: StudySpec
+    splits: Splits
+    teacher: Teacher
+    device: torch.device
 
 
 def writable_dir(path: Path, what: str) -> Path:
@@ -45,7 +64,7 @@ def check_models(spec, splits) -> None:
 def prepare(
     spec, console: Console, *, datasets: Any = None, study: Any = None, url: Optional[str] = None, storage=None
 ):
-    """Data and teacher, with a progress bar while the teacher trains; (splits, teacher, device).
+    """Data and teacher, with a progress bar while the teacher trains, as a ``Prepared``.
 
     With ``study`` the teacher is the study's one teacher (``teacher_share.share_teacher``): with its storage
     ``url`` and ``storage``, the first process publishes its teacher; without, the recorded one is only used."""
@@ -72,7 +91,7 @@ def prepare(
     )
     from .search.objective import methods_for_task
 
-    _, dropped = methods_for_task(spec, splits.num_classes)  # nothing left: refused before the teacher is built
+    task_spec, dropped = methods_for_task(spec, splits.num_classes)  # nothing left: refused before the teacher
     for method, why in dropped.items():
         echo(f"warning: method {method} is dropped from this study: on {splits.num_classes} classes {why}")
     check_models(spec, splits)
@@ -114,17 +133,17 @@ def prepare(
         f"teacher on validation: accuracy {m['val_accuracy']:.4f}, AUC {m['val_auc']:.4f} "
         "(test: scored only in the final comparison)"
     )
-    return splits, teacher, device
+    return Prepared(task_spec, splits, teacher, device)
 
 
-def study_data(spec, splits, teacher, device, console: Console):
+def study_data(prepared: Prepared, console: Console):
     """``prepare_study_data``, saying how feature methods get teacher features and which layers they read."""
     from .distill.methods import METHODS
     from .nets.models import MODELS
-    from .search.objective import methods_for_task, prepare_study_data
+    from .search.objective import prepare_study_data
 
-    spec, _ = methods_for_task(spec, splits.num_classes)  # prepare() said which it drops
-    data = prepare_study_data(spec, splits, teacher, device)
+    spec = prepared.spec
+    data = prepare_study_data(spec, prepared.splits, prepared.teacher, prepared.device)
     feature_methods = [m for m in spec.search.methods if METHODS.get(m).needs_features]
     if data.features != "not needed":
         console.echo(f"teacher features for {', '.join(feature_methods)}: {data.features}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .errors import KdsearchError
-from .prepare import prepare, study_data, writable_dir
+from .prepare import Prepared, prepare, study_data, writable_dir
 from .progress import Console
 from .signals import StopSignals, StudyInterrupted, shielded
 
@@ -216,14 +216,14 @@ def run(
     writable_dir(spec.resolved_output_dir(), "the output folder (--output-dir, output_dir in the spec)")
     store = spec_storage(spec, url)  # with heartbeats: a trial of a killed run is retried by the next run
     study = create_study(spec, store)  # a resume with other settings is refused before the teacher is built
-    splits, teacher, dev = prepare(spec, console, datasets=datasets, study=study, url=url, storage=store)
+    prepared = prepare(spec, console, datasets=datasets, study=study, url=url, storage=store)
     already = len(study.trials)
     if already:
         echo(f"study {spec.name!r}: resuming, {already} trials already in {url}")
     echo_rerun_notice(study, echo)
     n = trials or spec.search.trials
     report_path = spec.resolved_output_dir() / "report.html"
-    n_workers = worker_count(workers, dev)
+    n_workers = worker_count(workers, prepared.device)
     if n_workers > 1:
         if spec_path is None or "python" in (spec.teacher.arch, spec.student.arch) or datasets is not None:
             raise KdsearchError(
@@ -235,9 +235,7 @@ def run(
             spec_path,
             url,
             study,
-            splits,
-            teacher,
-            dev,
+            prepared,
             n_workers,
             n,
             threads,
@@ -246,7 +244,7 @@ def run(
             console,
             debug,
         )
-    data = study_data(spec, splits, teacher, dev, console)
+    data = study_data(prepared, console)
     bar = console.progress(n, "trials", "trial")
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -270,7 +268,7 @@ def run(
                 else:
                     study.optimize(make_objective(data), n_trials=n, callbacks=[on_trial, stop_if_requested])
             bar.close()
-            comparison, students = final_and_report(study, data, teacher, report_path, console, k=k)
+            comparison, students = final_and_report(study, data, prepared.teacher, report_path, console, k=k)
     except KeyboardInterrupt:
         bar.close()
         done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
@@ -288,9 +286,7 @@ def _run_workers(
     path,
     url,
     study,
-    splits,
-    teacher,
-    dev,
+    prepared: Prepared,
     workers: int,
     trials: int,
     threads,
@@ -304,11 +300,12 @@ def _run_workers(
     from .parallel.workers import run_worker_processes
 
     finished = run_worker_processes(
-        spec, path, url, study, dev, workers, trials, threads, overrides, resume, console, debug
+        spec, path, url, study, prepared.device, workers, trials, threads, overrides, resume, console, debug
     )
     report_path = spec.resolved_output_dir() / "report.html"
-    data = study_data(spec, splits, teacher, dev, console)
-    comparison, students = final_and_report(study, data, teacher, report_path, console)
+    comparison, students = final_and_report(
+        study, study_data(prepared, console), prepared.teacher, report_path, console
+    )
     console.echo(f"storage: {url}\nadd trials with: {resume}")
     return StudyResult(study, url, best_summary(study), comparison, report_path, students, finished=finished)
 
@@ -358,8 +355,7 @@ def work(
     name = study.study_name
     total = trials or spec.search.trials
     console.echo(f"worker {rank}: study {name!r} in {url}: {finished_count(study)} of {total} trials finished")
-    splits, teacher_, dev = prepare(spec, console, study=study, url=url, storage=store)  # the study's one teacher
-    data = study_data(spec, splits, teacher_, dev, console)
+    data = study_data(prepare(spec, console, study=study, url=url, storage=store), console)  # the study's one teacher
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         value = f" {trial.value:.4f}" if trial.value is not None else ""
@@ -418,8 +414,8 @@ def rebuild_report(study, spec, out: Path, console: Console) -> Path:
         missing = True
     if missing:
         console.echo("no readable final comparison stored: running it now")
-        splits, teacher, dev = prepare(spec, console, study=study)
-        final_and_report(study, study_data(spec, splits, teacher, dev, console), teacher, out, console)
+        prepared = prepare(spec, console, study=study)
+        final_and_report(study, study_data(prepared, console), prepared.teacher, out, console)
         return out
     path = write_report(study, out)
     console.echo(summary_text(study))
@@ -449,8 +445,7 @@ def export_trial(
         spec = with_runtime(spec, overrides=[f"student.epochs={epochs}"])
     chosen = pick_trial(study, method=method, trial=trial)
     writable_dir(out, "--out")
-    splits, teacher, dev = prepare(spec, console, datasets=datasets, study=study)
-    data = study_data(spec, splits, teacher, dev, console)
+    data = study_data(prepare(spec, console, datasets=datasets, study=study), console)
     return export_one(data, study, chosen, out, train_on=train_on, console=console)
 
 

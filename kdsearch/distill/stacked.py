@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Hashable
+from typing import Callable, Hashable
 
 import torch
 from torch import Tensor, nn
@@ -238,6 +238,7 @@ class StudentStack:
         done = torch.tensor([float(m.epochs_done) for m in self.members], device=self.device, dtype=LOSS_DTYPE)
         total = torch.zeros(k, device=self.device, dtype=LOSS_DTYPE)
         forward = vmap(self._forward, randomness="different")
+        member_losses_of: dict[tuple[str, bool], Callable] = {}  # each group's vmapped loss, built once per epoch
         self.base.train()
         params = list(self.params.values())
         for step in range(self.steps):
@@ -251,8 +252,11 @@ class StudentStack:
                     inputs = (logits, y, labeled, t_logits, progress)
                     if not every:
                         inputs = tuple(None if t is None else t.index_select(0, at) for t in inputs)
-                    dims = (0, 0, 0, None if inputs[3] is None else 0, 0, 0)  # scratch: no teacher logits
-                    member_losses = vmap(_member_loss(method), in_dims=dims)(*inputs[:4], hp, inputs[4])
+                    key = (method.name, inputs[3] is None)
+                    if key not in member_losses_of:
+                        dims = (0, 0, 0, None if inputs[3] is None else 0, 0, 0)  # scratch: no teacher logits
+                        member_losses_of[key] = vmap(_member_loss(method), in_dims=dims)
+                    member_losses = member_losses_of[key](*inputs[:4], hp, inputs[4])
                     losses = member_losses if every else losses.to(member_losses.dtype).index_add(0, at, member_losses)
             for p in params:
                 p.grad = None

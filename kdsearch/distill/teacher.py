@@ -83,14 +83,23 @@ def teacher_cache_path(spec: StudySpec, splits: Splits, key: str | None = None) 
 
 
 def cache_teacher(
-    model: nn.Module, metrics: dict[str, float], splits: Splits, device: torch.device, path: Path
+    model: nn.Module,
+    metrics: dict[str, float],
+    splits: Splits,
+    device: torch.device,
+    path: Path,
+    *,
+    digest: str | None = None,
+    from_cache: bool = False,
 ) -> Teacher:
-    """Compute ``model``'s logits on the training split and write the cache entry at ``path`` (atomically)."""
+    """Compute ``model``'s logits on the training split and write the cache entry at ``path`` (atomically).
+    ``digest``: its weights' ``state_dict_sha256`` when the caller has just computed it; ``from_cache``: the
+    weights were not trained here (a verified download)."""
     model = model.to(device).eval()
     train_logits = predict(model, splits.train.x.to(device)).cpu()
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     save_atomic({"state_dict": state, "train_logits": train_logits, "metrics": metrics}, path)
-    return Teacher(model, train_logits, metrics, False, path, state_dict_sha256(model.state_dict()))
+    return Teacher(model, train_logits, metrics, from_cache, path, digest or state_dict_sha256(state))
 
 
 def file_sha256(path: Path) -> str:

@@ -206,11 +206,12 @@ def share_teacher(
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):  # local workers sharing one cache download it once
             if not path.is_file():
-                _download(study, record, location, spec, splits, device, path)
+                teacher = _download(study, record, location, spec, splits, device, path)
                 echo(
                     f"teacher: downloaded the teacher of study {study.study_name!r} from {location} (built on "
                     f"{record.by.host}), sha256 {record.sha256[:12]} verified, cached at {path}"
                 )
+                return teacher  # its weights are the recorded ones: checked, hashed once
     teacher = build()
     _check_same(study, teacher, record)
     return teacher
@@ -272,8 +273,9 @@ def _download(
     splits: Splits,
     device: torch.device,
     path: Path,
-) -> None:
-    """Download the recorded teacher from ``location``, check its sha256 and write it into this machine's cache."""
+) -> Teacher:
+    """Download the recorded teacher from ``location``, check its sha256 and write it into this machine's cache;
+    the cached teacher (the file and the weights are each hashed once)."""
     artifact = record.artifact_id
     if not location:
         raise KdsearchError(
@@ -308,7 +310,7 @@ def _download(
                 f"sha256 recorded for it (file {got[:12]}, expected {want}): it is damaged or was replaced; restore "
                 "it from a backup of that store, or start a new study with --study NEW_NAME"
             )
-    cache_teacher(model, record.metrics.to_attr(), splits, device, path)
+    return cache_teacher(model, record.metrics.to_attr(), splits, device, path, digest=digest, from_cache=True)
 
 
 def _check_same(study: optuna.Study, teacher: Teacher, record: TeacherRecord) -> None:

@@ -93,10 +93,10 @@ class TrialPoint:
         return {"accuracy": self.accuracy, "auc": self.auc}.get(name)
 
 
-def trial_points(study: optuna.Study) -> list[TrialPoint]:
-    """Every trial that has sampled a method, in trial-number order."""
+def trial_points(trials: Iterable[optuna.trial.FrozenTrial]) -> list[TrialPoint]:
+    """Every trial of ``trials`` (a study's ``get_trials()``) that has sampled a method, in trial-number order."""
     points = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         if "method" not in t.params:
             continue
         method, params = params_of(t)
@@ -209,16 +209,18 @@ class MethodBest:
     other: int  # failed or still running
 
 
-def best_per_method(study: optuna.Study, points: Sequence[TrialPoint] | None = None) -> list[MethodBest]:
-    """The best completed trial of each method (``study.best_trials_per_method``, the trials the final
-    comparison retrains), with each method's trial counts; ``points`` are ``trial_points(study)`` when the
-    caller has them already.
+def best_per_method(
+    study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial], points: Sequence[TrialPoint] | None = None
+) -> list[MethodBest]:
+    """The best completed trial of each method among ``trials`` (the study's, fetched once by the caller;
+    ``study.best_trials_per_method``: the trials the final comparison retrains), with each method's trial counts;
+    ``points``: ``trial_points(trials)`` when the caller has them.
 
     Sorted best first; methods with no completed trial come last.
     """
     if points is None:
-        points = trial_points(study)
-    best_numbers = {m: t.number for m, t in best_trials_per_method(study).items()}
+        points = trial_points(trials)
+    best_numbers = {m: t.number for m, t in best_trials_per_method(study, trials=trials).items()}
     rows = []
     for method, pts in _by_method(points).items():
         best = next((p for p in pts if p.number == best_numbers.get(method)), None)
@@ -302,6 +304,10 @@ def final_stats(final: FinalComparison) -> list[StudentStats]:
             base_runs.setdefault(student.teacher_mode, student.runs)
         elif student.method == "pseudo_label" and student.runs:
             pseudo_runs = student.runs
+    base_means = {  # each baseline's means, computed once
+        mode: {m: statistics.fmean(getattr(r, m) for r in runs) for m in ("accuracy", "auc")}
+        for mode, runs in base_runs.items()
+    }
     out = []
     for s in final.students:
         if not s.runs:
@@ -309,12 +315,9 @@ def final_stats(final: FinalComparison) -> list[StudentStats]:
         acc = tuple(r.accuracy for r in s.runs)
         roc = tuple(r.auc for r in s.runs)
         (am, asd), (um, usd) = mean_std(acc), mean_std(roc)
-        scratch_runs = None if s.is_scratch else base_runs.get(s.teacher_mode, base_runs.get("cached"))
-        base = (
-            {m: statistics.fmean(getattr(r, m) for r in scratch_runs) for m in ("accuracy", "auc")}
-            if scratch_runs
-            else None
-        )
+        mode = s.teacher_mode if s.teacher_mode in base_runs else "cached"
+        scratch_runs = None if s.is_scratch else base_runs.get(mode)
+        base = base_means.get(mode) if scratch_runs else None
         out.append(
             StudentStats(
                 label=s.label,

@@ -326,7 +326,8 @@ def write_report(study: optuna.Study, path: Path) -> Path:
     (only with cosine/hint trials), optimization history. Test section: the final comparison figure and
     table (paired Δ), a re-run labelled so. Figures are ``div#figure-N`` in page order.
     """
-    points = trial_points(study)
+    trials = study.get_trials(deepcopy=False)  # fetched once for the page
+    points = trial_points(trials)
     objective = study_objective(study)
     shown_metric = objective or "accuracy"
     final = FinalComparison.read(study)
@@ -339,7 +340,7 @@ def write_report(study: optuna.Study, path: Path) -> Path:
             '<p class="caption">Best completed trial of each method by the objective'
             f" (★: validation {metric_label(objective)}); these are the trials the final comparison retrains.</p>"
         )
-        blocks.append(best_per_method_table(best_per_method(study, points), objective))
+        blocks.append(best_per_method_table(best_per_method(study, trials, points), objective))
     else:
         blocks.append('<p class="caption">No completed trial yet.</p>')
     if has_temperature:  # the objective's figure first

@@ -182,8 +182,7 @@ def tiny_data(tmp_path_factory, fashion_root, teacher_cache):
     (folder / "tiny.toml").write_text(text)
     spec = load_spec(folder / "tiny.toml")
     quiet = Console(echo=lambda text, err=False: None, bars=False)
-    splits, teacher, device = prepare(spec, quiet)
-    return study_data(spec, splits, teacher, device, quiet)
+    return study_data(prepare(spec, quiet), quiet)
 
 
 def test_auto_is_one_on_a_cpu_and_the_probe_measures_each_k(tiny_data):

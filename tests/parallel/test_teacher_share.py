@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import kdsearch.distill.teacher
+import kdsearch.parallel.teacher_share
 from kdsearch.config.spec import spec_from_dict
 from kdsearch.errors import KdsearchError
 from kdsearch.nets.models import state_dict_sha256
@@ -62,7 +63,7 @@ class Machine:
         with self._monkeypatch.context() as m:
             m.setattr(kdsearch.distill.teacher, "train_teacher", counting)
             console = Console(echo=lambda text, err=False: self.lines.append(text), bars=False)
-            _, teacher, _ = prepare(self.spec, console, study=self.study, url=self.url, storage=self.storage)
+            teacher = prepare(self.spec, console, study=self.study, url=self.url, storage=self.storage).teacher
         return teacher
 
     @property
@@ -84,8 +85,19 @@ def test_two_workers_with_separate_caches_use_one_teacher_only_the_first_trains(
     a = first.prepare()
     assert first.trained == 1 and "trained and cached" in first.output
     assert f"teacher: shared with the study's other workers in {tmp_path / 'artifacts'}" in first.output
+    hashed: list[str] = []  # the download hashes the file once and the weights once
+    for module in (kdsearch.distill.teacher, kdsearch.parallel.teacher_share):
+        for name in ("state_dict_sha256", "file_sha256"):
+            if hasattr(module, name):
+                real = getattr(module, name)
+                monkeypatch.setattr(
+                    module, name, lambda *a, _real=real, _name=name, **k: hashed.append(_name) or _real(*a, **k)
+                )
     b = second.prepare()
+    monkeypatch.undo()
+    assert sorted(hashed) == ["file_sha256", "state_dict_sha256"], hashed
     assert second.trained == 0, second.output  # downloaded, not trained
+    assert "loaded from cache (no retraining)" in second.output
     assert "downloaded the teacher of study 'tiny'" in second.output and "verified" in second.output
     assert b.path.is_relative_to(tmp_path / "cache-b") and b.path.is_file()
 

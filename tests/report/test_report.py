@@ -146,7 +146,7 @@ def _traces(fig: go.Figure) -> dict[str, go.Scatter]:
 
 @pytest.mark.parametrize("metric", ["accuracy", "auc"])
 def test_temperature_figure_has_one_trace_per_method_with_its_completed_trials(study, metric) -> None:
-    fig = temperature_figure(trial_points(study), metric)
+    fig = temperature_figure(trial_points(study.trials), metric)
     traces = _traces(fig)
     # few trials: no best-per-bin line; no cosine/hint; kd's pruned trial in a trace of its own
     assert set(traces) == {"kd", "lskd", "dkd", "kd: pruned (last epoch run)"}
@@ -164,7 +164,7 @@ def test_temperature_figure_has_one_trace_per_method_with_its_completed_trials(s
 
 
 def test_temperature_hover_shows_alpha_only_for_methods_that_have_it(study) -> None:
-    traces = _traces(temperature_figure(trial_points(study), "accuracy"))
+    traces = _traces(temperature_figure(trial_points(study.trials), "accuracy"))
     assert all("alpha=" in text for text in traces["kd"].text + traces["lskd"].text)
     dkd = traces["dkd"].text
     assert all("alpha=" not in text for text in dkd)
@@ -185,7 +185,7 @@ def _many_kd_trials(n: int = 24) -> list[tuple]:
 
 def test_best_per_t_bin_line_sits_on_the_best_trial_of_each_bin() -> None:
     study = make_study(_many_kd_trials(), final=None)
-    fig = temperature_figure(trial_points(study), "accuracy")
+    fig = temperature_figure(trial_points(study.trials), "accuracy")
     traces = _traces(fig)
     assert set(traces) == {"kd", "kd: best per T bin"}
     points = list(zip(traces["kd"].x, traces["kd"].y))
@@ -204,7 +204,7 @@ def test_best_per_t_bin_hover_counts_the_completed_and_pruned_trials_of_its_bin(
     bins = best_per_bin([(p["temperature"], acc, i) for i, (_, p, acc, _, _) in enumerate(done)], bins=8)
     edge = bins[2].high  # shared by the third and fourth bin: a pruned trial there counts once, in the fourth
     cut = [("kd", {"temperature": t, "alpha": 0.5}, 0.5, 0.9, TrialState.PRUNED) for t in (0.51, 0.52, edge)]
-    traces = _traces(temperature_figure(trial_points(make_study(done + cut, final=None)), "accuracy"))
+    traces = _traces(temperature_figure(trial_points(make_study(done + cut, final=None).trials), "accuracy"))
     assert sorted(traces["kd: pruned (last epoch run)"].x) == [0.51, 0.52, edge]
     hover = traces["kd: best per T bin"].text
     completed = [int(re.search(r"best of (\d+) completed", h).group(1)) for h in hover]
@@ -228,7 +228,7 @@ def test_best_per_bin_line_is_skipped_without_enough_trials() -> None:
 
 
 def test_feature_weight_figure_for_methods_without_temperature(study) -> None:
-    fig = feature_weight_figure(trial_points(study), "accuracy")
+    fig = feature_weight_figure(trial_points(study.trials), "accuracy")
     assert fig is not None
     traces = _traces(fig)
     assert set(traces) == {"cosine", "hint"}
@@ -243,16 +243,16 @@ def test_feature_weight_figure_for_methods_without_temperature(study) -> None:
 
 def test_feature_weight_figure_only_when_such_trials_exist() -> None:
     kd_only = make_study([t for t in TRIALS if t[0] in ("kd", "lskd", "dkd")], final=None)
-    assert feature_weight_figure(trial_points(kd_only), "accuracy") is None
+    assert feature_weight_figure(trial_points(kd_only.trials), "accuracy") is None
     pruned_only = make_study([("hint", {"feature_weight": 1.0}, 0.7, 0.9, TrialState.PRUNED)], final=None)
-    assert feature_weight_figure(trial_points(pruned_only), "accuracy") is None
+    assert feature_weight_figure(trial_points(pruned_only.trials), "accuracy") is None
 
 
 # --------------------------------------------------------------------------- best per method (validation)
 
 
 def test_best_per_method_table_has_one_row_per_method_with_its_best_trial(study) -> None:
-    rows = best_per_method(study)
+    rows = best_per_method(study, study.trials)
     assert sorted(r.method for r in rows) == sorted(METHODS)
     by = {r.method: r for r in rows}
     assert {m: by[m].trial for m in METHODS} == {"kd": 1, "lskd": 5, "dkd": 6, "cosine": 8, "hint": 9}
@@ -272,7 +272,8 @@ def test_best_per_method_table_has_one_row_per_method_with_its_best_trial(study)
 def test_best_per_method_lists_a_method_with_no_completed_trial() -> None:
     pruned = ("lskd", {"temperature": 1.0, "alpha": 0.1}, 0.5, 0.9, TrialState.PRUNED)
     trials = [t for t in TRIALS if t[0] != "lskd"] + [pruned]
-    rows = best_per_method(make_study(trials, final=None))
+    made = make_study(trials, final=None)
+    rows = best_per_method(made, made.trials)
     lskd = next(r for r in rows if r.method == "lskd")
     assert lskd.trial is None and lskd.complete == 0 and lskd.pruned == 1
     assert rows[-1] is lskd  # methods without a completed trial come last
@@ -333,20 +334,20 @@ def test_final_table_has_the_same_numbers() -> None:
 
 
 def test_history_axis_is_named_after_the_objective_with_integer_ticks(study) -> None:
-    fig = history_figure(trial_points(study), study_objective(study))
+    fig = history_figure(trial_points(study.trials), study_objective(study))
     assert fig.layout.yaxis.title.text == "validation accuracy"
     assert "validation accuracy" in fig.layout.title.text and "history" in fig.layout.title.text.lower()
     assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.tickformat == "d"
     best = _traces(fig)["best so far"]
     assert list(best.y) == sorted(best.y) and best.y[-1] == 0.85
     assert sum(len(t.x) for t in fig.data if t.name != "best so far") == 9  # completed trials only
-    auc = history_figure(trial_points(study), "auc")
+    auc = history_figure(trial_points(study.trials), "auc")
     assert auc.layout.yaxis.title.text == "validation AUC"
 
 
 def test_history_has_automatic_ticks_for_large_studies() -> None:
     study = make_study(_many_kd_trials(30), final=None)
-    assert history_figure(trial_points(study), "accuracy").layout.xaxis.dtick is None
+    assert history_figure(trial_points(study.trials), "accuracy").layout.xaxis.dtick is None
 
 
 def test_study_objective_from_spec_or_final_comparison() -> None:
@@ -529,7 +530,7 @@ def test_param_maps_for_logit_methods_with_enough_trials() -> None:
         for i, (t, a) in enumerate([(1.0, 0.001), (2.0, 0.01), (8.0, 0.1), (16.0, 0.5), (4.0, 0.003)])
     ]
     study = make_study(TRIALS + lskd, final=None)
-    fig = param_map_figure(trial_points(study), "accuracy")
+    fig = param_map_figure(trial_points(study.trials), "accuracy")
     heatmaps = [t for t in fig.data if isinstance(t, go.Heatmap)]
     assert len(heatmaps) == 1  # lskd has 7 completed trials; kd 3 and dkd 1 are too few
     assert [a.text for a in fig.layout.annotations] == ["lskd: T × alpha"]
@@ -537,7 +538,7 @@ def test_param_maps_for_logit_methods_with_enough_trials() -> None:
     assert max(cells) == pytest.approx(0.84)  # the best lskd trial's cell holds its value
     points = next(t for t in fig.data if isinstance(t, go.Scatter))
     assert len(points.x) == 7 and min(points.y) == pytest.approx(math.log10(0.001))  # alpha on a log axis
-    assert param_map_figure(trial_points(make_study(final=None)), "accuracy") is None
+    assert param_map_figure(trial_points(make_study(final=None).trials), "accuracy") is None
 
 
 def test_the_objectives_figure_comes_first(tmp_path: Path) -> None:
