@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Both set everything up first.
 TRIALS ?= 50
 
-.PHONY: run test test-fast setup setup-test bench bench-search bench-trials-per-device bench-compile
+.PHONY: run test test-fast docs setup setup-test bench bench-search bench-trials-per-device bench-compile
 
 setup:
 	@bash scripts/setup.sh
@@ -18,6 +18,11 @@ test: setup-test
 # The inner loop: lint, then every test not marked slow (real processes, servers, browsers, real training)
 test-fast: setup-test
 	@bash scripts/test.sh -m "not slow" -q
+
+# The docs site (docs/, mkdocs.yml): regenerate the reference pages, then serve it on http://127.0.0.1:8000
+docs: setup-test
+	.venv/bin/python docs/gen_reference.py
+	.venv/bin/mkdocs serve
 
 bench: setup
 	.venv/bin/python benchmarks/bench_trial_loop.py

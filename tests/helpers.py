@@ -139,3 +139,30 @@ def started(cmd: Sequence[str], log: Path, *, with_stdout: bool = False) -> Iter
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+CHROMIUM_ARGS = [  # headless Debian chromium under playwright, as root, with no network
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path(what: str) -> str:
+    """Debian's chromium, or a test failure saying how to install it (``what``: what could not be checked)."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail(
+            f"Debian's chromium is not installed, so {what} cannot be checked in a browser. "
+            "Run `make test` (it installs chromium with apt), or `sudo apt-get install chromium`."
+        )
+    return path

@@ -1,7 +1,7 @@
 """What the spec knows of the shipped methods and models without building anything: names, search spaces, flags.
 
 Validating a study (``spec.py``), ``kdsearch --help`` and a spec error must not wait for torch, so this module
-imports nothing heavy. ``methods.py`` and ``models.py`` hold the code (losses, builders) and check at import that
+imports nothing heavy. ``distill/methods.py`` and ``nets/models.py`` hold the code (losses, builders) and check at import that
 their registries and this catalog agree (``check_catalog``): a shipped method or model is added in both places,
 and a difference is an import error naming it.
 

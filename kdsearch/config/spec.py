@@ -1,6 +1,7 @@
 """``StudySpec``: the typed, validated description of one study, loaded from TOML.
 
-Every field has a default that gives the Fashion-MNIST study; unknown keys are errors, and a
+Every field has a default (the data, teacher and student defaults are the Fashion-MNIST study's;
+``studies/fashion_mnist.toml`` also sets its search and final comparison); unknown keys are errors, and a
 bad value fails at load time with a message that names the field (``search.objective: ...``).
 Method and model names are checked against ``catalog`` (no torch), so validating a spec is fast.
 """
@@ -71,13 +72,18 @@ class DataSpec(_Section):
     returned by the user's function ``factory = "package.module:function"``). Fields that only one source
     reads are errors with another source (unless left at their default).
     Sizes (``val_size``, ``test_size``) are a count (int >= 1) or a fraction (float in (0, 1)).
-    ``image_folder``/``csv`` data above ``memory_budget_mb`` streams from disk through a DataLoader
-    with ``loader_workers`` workers (``stream``); the teacher's outputs are still computed once per image.
+    ``image_folder``, ``csv``, ``torchvision`` and ``python`` data above ``memory_budget_mb`` streams through a
+    DataLoader with ``loader_workers`` workers (``stream``); the teacher's outputs are still computed once per image.
     """
 
-    source: Literal["idx", "cifar10", "image_folder", "csv", "torchvision", "python"] = "idx"
+    source: Literal["idx", "cifar10", "image_folder", "csv", "torchvision", "python"] = Field(
+        "idx",
+        description="the reader: idx (MNIST-layout IDX files), cifar10 (the python-pickle batches), image_folder "
+        "(root/<class>/ image files), csv (an image folder plus a CSV of labels and partitions), torchvision (a "
+        "torchvision.datasets class, see dataset) or python (the datasets of factory)",
+    )
     root: Path = Field(
-        Path(DEFAULT_FASHION_MNIST_ROOT), description="dataset folder (required for sources other than idx)"
+        Path(DEFAULT_FASHION_MNIST_ROOT), description="dataset folder (required for sources other than idx and python)"
     )
     val_size: int | float = Field(
         5000, description="images held out of the training split for validation: a count, or a fraction in (0, 1)"
@@ -97,7 +103,13 @@ class DataSpec(_Section):
     test_limit: int = Field(
         0, ge=0, description="idx, cifar10, torchvision, python: use only the first N test images (0: all)"
     )
-    split_seed: int = Field(0, ge=0, le=MAX_SEED)
+    split_seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="seed of the validation split (and of a carved test split) and of the draw of the labeled and "
+        "unlabeled images",
+    )
     image_size: int | None = Field(
         None,
         ge=4,
@@ -248,11 +260,13 @@ class ModelSpec(_Section):
     arch_args: dict[str, Any] = Field(
         {}, description="extra keyword arguments for the arch's callable, e.g. { width = 32 } (import paths only)"
     )
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(5, ge=1, description="training epochs")
+    batch_size: int = Field(128, ge=1, description="images per optimizer step")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     feature_layer: str | None = Field(
-        None, description="module path tapped by feature methods (cosine, hint); default: the model's registry entry"
+        None,
+        description="module path tapped by feature methods (cosine, hint); default: the model's registry entry, else "
+        "the module just before its last nn.Linear",
     )
     checkpoint: Path | None = Field(None, description="start from these weights (a state_dict or TorchScript .pt)")
     checkpoint_ignore: list[str] = Field(
@@ -277,16 +291,31 @@ class ModelSpec(_Section):
 
 
 class TeacherSpec(ModelSpec):
-    arch: str = "bn_cnn"
-    epochs: int = Field(6, ge=1)
-    seed: int = 0
+    """The teacher: trained (or loaded from ``checkpoint``) once, scored on validation and cached with its outputs
+    on the training split; every trial of the study distills from it."""
+
+    arch: str = Field(
+        "bn_cnn",
+        description="a registry name, 'package.module:callable' building the user's nn.Module, or 'torchscript' / "
+        "'exported': the whole model read from checkpoint",
+    )
+    epochs: int = Field(
+        6,
+        ge=1,
+        description="training epochs on the training split, from scratch; unused when the weights come from a "
+        "checkpoint, a whole-model file or Python (fine_tune_epochs applies then)",
+    )
+    seed: int = Field(0, description="torch seed of the teacher's initial weights, batch order and augmentation")
     augment_shift: int = Field(0, ge=0, description="train the teacher on random shifts of up to N pixels (0: off)")
     augment_flip: bool = Field(False, description="train the teacher on random horizontal flips")
     fine_tune_epochs: int = Field(
         0, ge=0, description="with a checkpoint: epochs of fine-tuning on this dataset (0: use it as it is)"
     )
     feature_cache_mb: float = Field(
-        1024, ge=0, description="cache teacher features in memory when they fit; otherwise run the teacher live"
+        1024,
+        ge=0,
+        description="MB of teacher features (float16) that cosine/hint trials may keep in memory, computed once; "
+        "above it those trials run the teacher live",
     )
 
     @model_validator(mode="after")
@@ -298,8 +327,20 @@ class TeacherSpec(ModelSpec):
 
 
 class StudentSpec(ModelSpec):
-    arch: str = "light_nn"
-    epochs: int = Field(5, ge=1)
+    """The student: built fresh for every trial and for every seed of the final comparison; scratch and pseudo-label
+    baselines have the same architecture and the same number of optimizer steps."""
+
+    arch: str = Field(
+        "light_nn",
+        description="a registry name or 'package.module:callable' building the user's nn.Module (not a "
+        "whole-model file: a student is trained from its initial weights)",
+    )
+    epochs: int = Field(
+        5,
+        ge=1,
+        description="epochs of every trial and of every retrained student; an epoch is (labeled + unlabeled) // "
+        "batch_size steps, for scratch too (kdsearch export --epochs trains longer)",
+    )
     augment_shift: int = Field(2, ge=0, description="'consistent' mode: random shifts of up to N pixels")
     augment_flip: bool = Field(True, description="'consistent' mode: random horizontal flips (false for digits)")
 
@@ -317,9 +358,22 @@ class StudentSpec(ModelSpec):
 class SearchSpec(_Section):
     """The Optuna side: which methods, which objective, which pruner."""
 
-    trials: int = Field(50, ge=1)
-    methods: list[str] = ["kd"]
-    objective: Literal["accuracy", "auc"] = "accuracy"
+    trials: int = Field(
+        50,
+        ge=1,
+        description="trials kdsearch run adds (its --trials overrides it); for kdsearch worker: the finished "
+        "(COMPLETE + PRUNED) trials the whole study holds when the workers stop",
+    )
+    methods: list[str] = Field(
+        ["kd"],
+        description="the methods a trial samples from (param method), each listed once: kd, lskd, dkd, cosine, hint, "
+        "or one registered from Python; each method's ranges are in [methods.<name>]",
+    )
+    objective: Literal["accuracy", "auc"] = Field(
+        "accuracy",
+        description="the validation metric each trial reports after every epoch and the study maximizes (the dashboard "
+        "shows it as val_accuracy or val_auc); auc is binary ROC AUC on two classes, else macro one-vs-rest",
+    )
     pruner: Literal["median_per_method", "median", "successive_halving", "hyperband", "none"] = Field(
         "median",
         description="'median_per_method': a trial is compared only with trials of its own method; 'median': with "
@@ -331,7 +385,13 @@ class SearchSpec(_Section):
     pruner_warmup_epochs: int = Field(
         0, ge=0, description="medians: epochs every trial runs before it may be pruned (0: prunable after epoch 1)"
     )
-    sampler_seed: int = Field(0, ge=0, le=MAX_SEED)
+    sampler_seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="seed of the TPE sampler; a worker adds its --rank, and a process joining a study that already "
+        "holds trials derives a fresh seed from it, the rank and the trial count",
+    )
     trial_seed: int = Field(0, ge=0, le=MAX_SEED, description="trial n trains with seed trial_seed + n")
     teacher_modes: list[Literal["cached", "consistent"]] = Field(
         ["cached"],
@@ -370,13 +430,25 @@ class FinalSpec(_Section):
         description="'each': retrain the best trial of each method; 'best': only the best trial of the study "
         "(more seeds for the same time)",
     )
-    first_seed: int = Field(1000, ge=0, le=MAX_SEED)
+    first_seed: int = Field(
+        1000,
+        ge=0,
+        le=MAX_SEED,
+        description="the students train with seeds first_seed, first_seed + 1, ... (seeds of them)",
+    )
 
 
 class RuntimeSpec(_Section):
+    """Where and how the study runs: device, threads, caches, shared artifacts, trials at once, heartbeats. These
+    settings may differ between the runs and workers of one study (they do not change what a trial measures)."""
+
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: all cores)")
-    cache_dir: Path | None = Field(None, description="teacher cache (default: $KDSEARCH_CACHE or ~/.cache/kdsearch)")
+    cache_dir: Path | None = Field(
+        None,
+        description="cache folder for trained teachers (with their outputs) and decoded images (default: "
+        "$KDSEARCH_CACHE, else ~/.cache/kdsearch)",
+    )
     artifact_store: str | None = Field(
         None,
         description="where the study's teacher is shared with its other workers: a folder, or s3://bucket/prefix "
@@ -385,7 +457,8 @@ class RuntimeSpec(_Section):
     )
     trials_per_device: int | Literal["auto"] = Field(
         1,
-        description="trials trained at once per process, stacked as one model (vmap): 1 trains one at a time; 'auto' "
+        description="trials trained at once per process (1 or more), stacked as one model (vmap): 1 trains one at a "
+        "time; 'auto' "
         "picks K on a GPU from a short probe of throughput and memory, 1 on a CPU",
     )
     compile: bool = Field(
@@ -398,7 +471,12 @@ class RuntimeSpec(_Section):
     heartbeat_interval: int = Field(
         10, ge=0, description="seconds between a running trial's heartbeats (SQLite/PostgreSQL storages; 0: off)"
     )
-    grace_period: int = Field(30, ge=1, description="a trial without a heartbeat for this long is FAILED and retried")
+    grace_period: int = Field(
+        30,
+        ge=1,
+        description="seconds without a heartbeat after which a running trial is FAILED and retried (must exceed "
+        "heartbeat_interval)",
+    )
     max_retry: int = Field(2, ge=0, description="how often a trial whose worker died is re-run with the same params")
     python_path: list[Path] = Field(
         [],
@@ -426,8 +504,14 @@ class StudySpec(_Section):
     """One study: data, teacher, student, search space, final comparison, runtime."""
 
     name: str = Field("fashion_mnist", description="the study's name (also the folder runs/<name>)")
-    output_dir: Path | None = Field(None, description="default: runs/<name>")
-    storage: str | None = Field(None, description="Optuna storage URL (default: SQLite in output_dir)")
+    output_dir: Path | None = Field(
+        None, description="where study.db, report.html, students/, artifacts/ and workers/ go (default: runs/<name>)"
+    )
+    storage: str | None = Field(
+        None,
+        description="Optuna storage URL: sqlite:///path.db, journal:///abs/path.log or postgresql://user:pass@host/db "
+        "(default: sqlite:///<output_dir>/study.db)",
+    )
     data: DataSpec = DataSpec()
     teacher: TeacherSpec = TeacherSpec()
     student: StudentSpec = StudentSpec()

@@ -1,5 +1,5 @@
 """What the report shows, as plain data: the study's trials, best per T bin and per method, and the
-final comparison's statistics (paired by seed). No plotting here: ``figures.py`` draws, ``report.py``
+final comparison's statistics (paired by seed). No plotting here: ``figures.py`` draws, ``page.py``
 lays out the page and the terminal summary.
 """
 

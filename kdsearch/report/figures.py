@@ -1,4 +1,4 @@
-"""The report's plotly figures, built from plain data (``report_model``): pure functions, testable
+"""The report's plotly figures, built from plain data (``content.py``): pure functions, testable
 without a browser. Every method has the same colour in every figure (``method_colour``).
 """
 

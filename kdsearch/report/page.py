@@ -3,7 +3,7 @@
 Reads only storage: the trials, and the ``spec``, ``final_comparison`` and ``teacher`` study attrs.
 Three layers, so every figure and table can be tested without a browser:
 
-* **data** (``report_model``): ``trial_points``, ``study_objective``, ``best_per_method``, ``final_stats``;
+* **data** (``content.py``): ``trial_points``, ``study_objective``, ``best_per_method``, ``final_stats``;
 * **figures** (``figures``): ``temperature_figure``, ``param_map_figure``, ``feature_weight_figure``,
   ``history_figure``, ``final_comparison_figure``;
 * **assembly** (here): the tables, ``summary_rows`` / ``summary_text`` (terminal) and ``write_report`` (the page).

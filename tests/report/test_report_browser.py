@@ -7,43 +7,23 @@ raise script errors, log console errors, or fail any request.
 
 from __future__ import annotations
 
-import shutil
 import traceback
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
+from helpers import CHROMIUM_ARGS, chromium_path
 from PIL import Image
 from typer.testing import CliRunner
 
 from kdsearch.cli import app
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Words each figure's title must contain, in page order, for the tiny kd-only study (no feature-weight
 # figure, too few trials for a T × alpha map): accuracy vs T (the objective's first), AUC vs T,
 # optimization history (validation), final comparison (test).
 TITLE_WORDS = ["accuracy", "auc", "history", "scratch"]
 RENDER_TIMEOUT_MS = 60_000  # generous: a cold Chromium on a loaded 2-core box
-
-
-def _chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.fail(
-            "Debian's chromium is not installed, so the report cannot be checked in a browser. "
-            "Run `make test` (it installs chromium with apt), or `sudo apt-get install chromium`."
-        )
-    return path
 
 
 def _tiny_study(tmp_path: Path, write_spec) -> Path:
@@ -66,7 +46,7 @@ def _tiny_study(tmp_path: Path, write_spec) -> Path:
 
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(tmp_path: Path, write_spec) -> None:
-    chromium = _chromium()
+    chromium = chromium_path("the report")
     try:
         from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
         from playwright.sync_api import sync_playwright
