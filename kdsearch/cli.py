@@ -196,7 +196,12 @@ def run(
 @friendly
 def worker(
     study_name: Optional[str] = StudyOpt,
-    storage: Optional[str] = StorageOpt,
+    storage: Optional[str] = typer.Option(
+        None,
+        "--storage",
+        help="Optuna storage URL of the study (required without --spec; with --spec, default: SQLite next to the "
+        "outputs).",
+    ),
     spec_path: Optional[Path] = typer.Option(
         None,
         "--spec",

@@ -1,4 +1,4 @@
-"""README's "Your own models and data" as a user runs it, the Python API, and the exported students."""
+"""The docs page "Your own models and data" (docs/own-models.md) as a user runs it, the Python API, and the exported students."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def onnx_logits(path: Path, x: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.slow
 def test_readme_example_runs_and_ships_the_student(tmp_path, monkeypatch):
-    """The three files of README's example, a teacher checkpoint, `kdsearch run`, then `kdsearch export`."""
+    """The three files of the docs page's example, a teacher checkpoint, `kdsearch run`, then `kdsearch export`."""
     monkeypatch.chdir(tmp_path)
     suffix = uuid.uuid4().hex[:6]  # unique module names: tests share one interpreter
     nets, data = f"mynets_{suffix}", f"mydata_{suffix}"

@@ -170,6 +170,6 @@ def check_catalog(registry: Registry, catalog: Mapping[str, Any], describe: Call
     ]
     if problems:
         raise RuntimeError(
-            f"the {registry.kind} registry and kdsearch/catalog.py disagree: {'; '.join(problems)}. Specs are "
+            f"the {registry.kind} registry and kdsearch/config/catalog.py disagree: {'; '.join(problems)}. Specs are "
             "validated against the catalog (torch-free), so change both"
         )

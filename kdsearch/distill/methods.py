@@ -51,7 +51,7 @@ Adding a method: write the loss as a pure function of tensors, then a small ``Me
 registered with ``@METHODS.register(name)`` that sets ``name``, ``space`` (default ranges as
 ``ParamRange``; a study's ``[methods.<name>]`` table may override them; ``low == high`` is a fixed
 value, stored with the trial's params but not searched), and the flags above. A shipped method's space
-is its line in ``kdsearch/catalog.py`` (which validates specs without torch; the class reads it from
+is its line in ``kdsearch/config/catalog.py`` (which validates specs without torch; the class reads it from
 there and says why the ranges are what they are); its flags are repeated there, and this module refuses
 to import while the two differ.
 """

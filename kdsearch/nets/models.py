@@ -9,7 +9,7 @@ Adding an architecture to the registry is one decorated function, registered wit
 path of the layer whose output feature-based methods (cosine, hint) read by default; for other
 models the default is the module just before the last ``nn.Linear`` (``default_feature_layer``).
 Features are read with forward hooks (``FeatureTap``), so no model class is edited to expose
-them. Builders never download weights. A shipped model also gets its line in ``kdsearch/catalog.py``
+them. Builders never download weights. A shipped model also gets its line in ``kdsearch/config/catalog.py``
 (name and feature layer), which validates specs without torch; this module refuses to import while
 the two differ.
 """
