@@ -5,29 +5,29 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV="${KDSEARCH_VENV:-.venv}"
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
 if ! "$VENV/bin/ruff" check . || ! "$VENV/bin/ruff" format --check .; then
   echo "test.sh: ruff found lint or format problems; fix them with: $VENV/bin/ruff check --fix . && $VENV/bin/ruff format ." >&2
   exit 1
 fi
-if ! "$VENV/bin/lint-imports" pyproject.toml --no-cache >/tmp/kdsearch-lint-imports.$$ 2>&1; then
-  sed -n '/Broken contracts/,$p' /tmp/kdsearch-lint-imports.$$ >&2
-  rm -f /tmp/kdsearch-lint-imports.$$
+if ! "$VENV/bin/lint-imports" pyproject.toml --no-cache >"$LOG" 2>&1; then
+  sed -n '/Broken contracts/,$p' "$LOG" >&2
+  echo "test.sh: an import breaks the layers (see above; the contracts are [tool.importlinter] in pyproject.toml)" >&2
+  exit 1
+fi
 if ! "$VENV/bin/python" docs/gen_reference.py --check; then
   echo "test.sh: docs/reference/ is out of date with the code; regenerate it with: $VENV/bin/python docs/gen_reference.py" >&2
   exit 1
 fi
 SITE=$(mktemp -d)
-if ! NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --site-dir "$SITE" >"$SITE.log" 2>&1; then
-  grep -E "WARNING|ERROR|Error|Aborted" "$SITE.log" >&2
-  rm -rf "$SITE" "$SITE.log"
+if ! NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --site-dir "$SITE" >"$LOG" 2>&1; then
+  grep -E "WARNING|ERROR|Error|Aborted" "$LOG" >&2
+  rm -rf "$SITE"
   echo "test.sh: mkdocs build --strict failed (a broken link, anchor or API reference in docs/, see above)" >&2
   exit 1
 fi
-rm -rf "$SITE" "$SITE.log"
-  echo "test.sh: an import breaks the layers (see above; the contracts are [tool.importlinter] in pyproject.toml)" >&2
-  exit 1
-fi
-rm -f /tmp/kdsearch-lint-imports.$$
+rm -rf "$SITE"
 "$VENV/bin/python" -m pytest "$@"
 rc=$?
 if [ "$rc" = 5 ]; then
