@@ -64,4 +64,4 @@ def prepare_bench(spec_path: str, overrides: list[str], threads: int) -> Bench:
     data = study_data(prepared, quiet)
     device = prepared.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
-    return Bench(spec_path, overrides, prepared.spec, data, device, name, torch.get_num_threads())
+    return Bench(spec_path, overrides, spec, data, device, name, torch.get_num_threads())

@@ -64,7 +64,7 @@ def test_help_and_a_spec_error_import_no_torch():
 
 # Modules that import torch only inside functions (the forbidden contract cannot tell a lazy import from an eager
 # one): importing them stays light, checked here at run time.
-LAZY_TORCH = ["kdsearch.cli", "kdsearch.runner", "kdsearch.parallel.workers", "kdsearch.report.dashboard"]
+LAZY_TORCH = ["kdsearch.cli", "kdsearch.runner", "kdsearch.parallel.workers"]
 
 
 def torch_free_contract() -> dict:
@@ -112,6 +112,11 @@ def test_the_layers_hold_and_an_upward_import_fails_with_the_contracts_name(tmp_
     result = lint_imports(tmp_path)
     assert "kdsearch.config is not allowed to import torch" in result.stdout
     assert "kdsearch.config.torchy -> torch" in result.stdout
+    (copy / "distill" / "tuned.py").write_text("import optuna  # noqa: F401\n")  # Optuna below search
+    (copy / "ship" / "spawn.py").write_text("from ..parallel import workers  # noqa: F401\n")
+    result = lint_imports(tmp_path)
+    assert "kdsearch.distill.tuned -> optuna" in result.stdout
+    assert "kdsearch.ship is not allowed to import kdsearch.parallel" in result.stdout
     (copy / "helpers2.py").write_text("")  # a module the layers do not place
     assert "helpers2" in lint_imports(tmp_path).stdout
 

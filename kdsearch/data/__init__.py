@@ -27,6 +27,8 @@ with ``data.loader_workers`` worker processes where it pays off.
 
 Adding a source is one module whose ``load_<name>(spec, cache_dir) -> RawDataset`` is decorated with
 ``@SOURCES.register("<name>")``, plus its import line below (and the name in ``DataSpec.source``).
+
+Imports only ``nets`` (the user's import paths), ``config`` and the shared helpers: no training, search or Optuna.
 """
 
 from __future__ import annotations

@@ -326,7 +326,7 @@ def write_report(study: optuna.Study, path: Path) -> Path:
     (only with cosine/hint trials), optimization history. Test section: the final comparison figure and
     table (paired Δ), a re-run labelled so. Figures are ``div#figure-N`` in page order.
     """
-    trials = study.get_trials(deepcopy=False)  # fetched once for the page
+    trials = study.get_trials(deepcopy=False)  # fetched once for the search section's points and table
     points = trial_points(trials)
     objective = study_objective(study)
     shown_metric = objective or "accuracy"
