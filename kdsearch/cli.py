@@ -104,7 +104,14 @@ def quiet_optuna() -> None:
 
 SpecOpt = typer.Option(None, "--spec", "-s", help="Study TOML (default: studies/fashion_mnist.toml).")
 DataRootOpt = typer.Option(None, "--data-root", help="Folder holding the dataset files (overrides data.root).")
-StorageOpt = typer.Option(None, "--storage", help="Optuna storage URL (default: SQLite next to the outputs).")
+STORAGE_ENV = "KDSEARCH_STORAGE"  # = search.storage.STORAGE_ENV (not imported: --help stays light); workers get it
+StorageOpt = typer.Option(
+    None,
+    "--storage",
+    envvar=STORAGE_ENV,
+    help="Optuna storage URL (default: SQLite next to the outputs). A URL with a password is better given as "
+    "$KDSEARCH_STORAGE: command lines are visible to every user of the machine.",
+)
 StudyOpt = typer.Option(None, "--study", help="Study name (overrides the spec's name).")
 OutOpt = typer.Option(None, "--output-dir", "-o", help="Where study.db and report.html go (default: runs/<name>).")
 DeviceOpt = typer.Option(None, "--device", help="'cpu', 'cuda', 'cuda:N' or 'auto'.")
@@ -199,8 +206,9 @@ def worker(
     storage: Optional[str] = typer.Option(
         None,
         "--storage",
+        envvar=STORAGE_ENV,
         help="Optuna storage URL of the study (required without --spec; with --spec, default: SQLite next to the "
-        "outputs).",
+        "outputs); or $KDSEARCH_STORAGE, which keeps a password off the command line.",
     ),
     spec_path: Optional[Path] = typer.Option(
         None,
@@ -278,6 +286,7 @@ def dashboard(
 ) -> None:
     """Watch the study live in optuna-dashboard; the report and the final comparison show as study artifacts."""
     from .report.dashboard import start_dashboard
+    from .search.storage import shown_url
 
     quiet_optuna()
     default_out = None
@@ -289,7 +298,7 @@ def dashboard(
     )
     for note in notes:
         typer.echo(note)
-    typer.echo(f"dashboard: {server.url}  (storage {storage}; Ctrl-C to stop)")
+    typer.echo(f"dashboard: {server.url}  (storage {shown_url(storage)}; Ctrl-C to stop)")
     try:
         with StopSignals():  # also when started in the background (SIGINT inherited as ignored), and on TERM
             server.serve_forever()

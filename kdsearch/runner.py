@@ -96,7 +96,9 @@ def resume_command(
 ) -> str:
     """The ``kdsearch run`` line that adds trials to this study with the settings of this run (the spec and
     every option that changes it; ``--device`` and ``--threads`` may differ)."""
-    parts = ["kdsearch", "run", "--spec", str(path), "--storage", url]
+    from .search.storage import shown_url
+
+    parts = ["kdsearch", "run", "--spec", str(path), "--storage", shown_url(url)]  # a password as ***
     for flag, value in (("--study", study), ("--output-dir", output_dir), ("--data-root", data_root)):
         if value is not None:
             parts += [flag, str(value)]
@@ -205,7 +207,7 @@ def run(
     from .parallel.stacked_trials import resolve_trials_per_device, run_stacked_study
     from .parallel.workers import worker_count
     from .search.objective import make_objective
-    from .search.storage import spec_storage
+    from .search.storage import shown_url, spec_storage
     from .search.study import create_study, finished_count
 
     console = console or Console()
@@ -219,7 +221,7 @@ def run(
     prepared = prepare(spec, console, datasets=datasets, study=study, url=url, storage=store)
     already = len(study.trials)
     if already:
-        echo(f"study {spec.name!r}: resuming, {already} trials already in {url}")
+        echo(f"study {spec.name!r}: resuming, {already} trials already in {shown_url(url)}")
     echo_rerun_notice(study, echo)
     n = trials or spec.search.trials
     report_path = spec.resolved_output_dir() / "report.html"
@@ -274,10 +276,10 @@ def run(
         done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         again = f"resume with: {resume}" if resume else "run the study again to add trials"
         raise StudyInterrupted(
-            f"\ninterrupted: the running trial is marked FAILED; {done} finished trials are kept in {url}.\n{again}"
+            f"\ninterrupted: the running trial is marked FAILED; {done} finished trials are kept in {shown_url(url)}.\n{again}"
         ) from None
     if resume:
-        echo(f"storage: {url}\nadd trials with: {resume}")
+        echo(f"storage: {shown_url(url)}\nadd trials with: {resume}")
     return StudyResult(study, url, best_summary(study), comparison, report_path, students)
 
 
@@ -298,6 +300,7 @@ def _run_workers(
     """``run --workers N``: the worker processes (``workers.run_worker_processes``), then the final comparison
     and report here."""
     from .parallel.workers import run_worker_processes
+    from .search.storage import shown_url
 
     finished = run_worker_processes(
         spec, path, url, study, prepared.device, workers, trials, threads, overrides, resume, console, debug
@@ -306,7 +309,7 @@ def _run_workers(
     comparison, students = final_and_report(
         study, study_data(prepared, console), prepared.teacher, report_path, console
     )
-    console.echo(f"storage: {url}\nadd trials with: {resume}")
+    console.echo(f"storage: {shown_url(url)}\nadd trials with: {resume}")
     return StudyResult(study, url, best_summary(study), comparison, report_path, students, finished=finished)
 
 
@@ -330,7 +333,7 @@ def work(
     from .parallel.stacked_trials import resolve_trials_per_device, run_stacked_study
     from .parallel.workers import work_on_study
     from .search.objective import make_objective
-    from .search.storage import open_existing_storage, spec_storage
+    from .search.storage import open_existing_storage, shown_url, spec_storage
     from .search.study import create_study, finished_count, join_study, load_study, study_spec
 
     if spec_path is not None:
@@ -354,7 +357,9 @@ def work(
         study = join_study(found.study_name, store, spec, rank)
     name = study.study_name
     total = trials or spec.search.trials
-    console.echo(f"worker {rank}: study {name!r} in {url}: {finished_count(study)} of {total} trials finished")
+    console.echo(
+        f"worker {rank}: study {name!r} in {shown_url(url)}: {finished_count(study)} of {total} trials finished"
+    )
     data = study_data(prepare(spec, console, study=study, url=url, storage=store), console)  # the study's one teacher
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -394,7 +399,7 @@ def work(
         )
     console.echo(
         f"worker {rank}: done, ran {ran} trials; the study holds {finished_count(study)} finished trials.\n"
-        f"final comparison and report: kdsearch report --storage {url} --study {name}"
+        f"final comparison and report: kdsearch report --storage {shown_url(url)} --study {name}"
     )
     return ran
 

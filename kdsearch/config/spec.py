@@ -621,6 +621,11 @@ def load_spec(path: Path | str) -> StudySpec:
         raise KdsearchError(f"cannot read study file {path}: {err}; pass a readable UTF-8 TOML file") from None
     except tomllib.TOMLDecodeError as err:
         raise KdsearchError(f"{path} is not valid TOML: {err}; fix the line it names") from None
+    if not raw:  # an empty file (or only comments) would silently run every built-in default
+        raise KdsearchError(
+            f"study file {path} sets nothing; give it at least a name and [data] (start from a copy of "
+            "studies/fashion_mnist.toml)"
+        )
     spec = spec_from_dict(raw, source=str(path))
     return with_study_folder(spec, path.parent)
 

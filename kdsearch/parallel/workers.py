@@ -21,7 +21,7 @@ import optuna
 
 from ..config.spec import StudySpec
 from ..errors import KdsearchError
-from ..search.storage import StorageLock, has_heartbeat, retry_callback
+from ..search.storage import STORAGE_ENV, StorageLock, has_heartbeat, retry_callback, shown_url
 from ..search.study import FINISHED_STATES, finished_count
 from ..signals import StopSignals, StudyInterrupted, shielded, stop_requested
 
@@ -312,10 +312,15 @@ def worker_plan(spec, device, workers: int, threads: Optional[int] = None) -> li
     return [({}, str(device), per) for _ in range(workers)]
 
 
+def worker_env(env: dict[str, str], url: str) -> dict[str, str]:
+    """The environment of a local worker process: this one's, its device settings ``env``, and the storage URL in
+    ``KDSEARCH_STORAGE`` (the ``--storage`` default), so that a password never appears in a command line."""
+    return {**os.environ, **env, STORAGE_ENV: url, "PYTHONUNBUFFERED": "1"}
+
+
 def worker_command(
     spec: StudySpec,
     path: Path,
-    url: str,
     device: str,
     threads: int,
     total: int,
@@ -324,9 +329,10 @@ def worker_command(
     *,
     debug: bool = False,
 ) -> list[str]:
-    """The ``kdsearch worker`` command line of local worker ``rank``: join ``spec.name`` in ``url``
+    """The ``kdsearch worker`` command line of local worker ``rank``: join ``spec.name`` in the study's storage
     (or create it from the spec file at ``path``) and run trials until it holds ``total`` finished ones,
-    stopping like on Ctrl-C if this process dies (``--parent-pid``)."""
+    stopping like on Ctrl-C if this process dies (``--parent-pid``). The URL is not on it (``ps`` shows command
+    lines to every user): the worker reads it from ``KDSEARCH_STORAGE`` (``worker_env``)."""
     return [
         sys.executable,
         "-m",
@@ -337,8 +343,6 @@ def worker_command(
         str(path),
         "--study",
         spec.name,
-        "--storage",
-        url,
         "--data-root",
         str(spec.data.root),
         "--device",
@@ -374,7 +378,7 @@ def start_workers(
     logs.mkdir(parents=True, exist_ok=True)
     procs: list[tuple[int, subprocess.Popen, Path]] = []
     for rank, (env, device, n_threads) in enumerate(plan):
-        cmd = worker_command(spec, path, url, device, n_threads, total, rank, overrides, debug=debug)
+        cmd = worker_command(spec, path, device, n_threads, total, rank, overrides, debug=debug)
         log = logs / f"worker-{rank}.log"
         with open(log, "w") as out:  # own session: Ctrl-C reaches the workers once, forwarded by us
             proc = subprocess.Popen(
@@ -382,7 +386,7 @@ def start_workers(
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                env=worker_env(env, url),
             )
         procs.append((rank, proc, log))
     return procs
@@ -466,7 +470,7 @@ def run_worker_processes(
             echo("\ninterrupted: stopping the workers (each marks its running trial FAILED)...", err=True)
             stop_workers([p for _, p, _ in procs])
             raise StudyInterrupted(
-                f"{finished_count(study)} finished trials are kept in {url}.\nresume with: {resume}"
+                f"{finished_count(study)} finished trials are kept in {shown_url(url)}.\nresume with: {resume}"
             ) from None
     advance()
     bar.close()

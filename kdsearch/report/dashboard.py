@@ -21,7 +21,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 
 from ..errors import KdsearchError
 from ..search.results import FinalComparison
-from ..search.storage import ARTIFACT_DIR, open_storage
+from ..search.storage import ARTIFACT_DIR, open_storage, shown_url
 from ..search.study import SPEC_ATTR, load_study, study_spec
 
 
@@ -171,5 +171,7 @@ def start_dashboard(
     if study is not None:
         notes += upload_study_artifacts(study, store, output_dir)
     else:
-        notes.append(f"the storage {url} holds no study yet; the dashboard shows studies as they are created")
+        notes.append(
+            f"the storage {shown_url(url)} holds no study yet; the dashboard shows studies as they are created"
+        )
     return DashboardServer(storage, store, host, port), notes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from contextlib import contextmanager
@@ -17,6 +18,15 @@ from ..errors import KdsearchError, first_line
 ARTIFACT_DIR = (
     "artifacts"  # the default artifact store: <output_dir>/artifacts (teacher weights, report); the dashboard serves it
 )
+
+
+STORAGE_ENV = "KDSEARCH_STORAGE"  # --storage's value when the option is not given: keeps a password out of argv
+
+
+def shown_url(url: str) -> str:
+    """``url`` as it may be printed, logged or stored in a study: a password replaced by ``***``
+    (``postgresql://user:***@host/db``); URLs without one are returned unchanged."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://[^/:@]*:)[^@]*@", r"\1***@", url, flags=re.IGNORECASE)
 
 
 def storage_file(url: str) -> Path | None:
@@ -94,12 +104,12 @@ def open_storage(
         return storage
     except (ImportError, ModuleNotFoundError) as err:
         raise KdsearchError(
-            f"storage {url!r} needs a driver that is not installed ({err}); install it with pip"
+            f"storage {shown_url(url)!r} needs a driver that is not installed ({err}); install it with pip"
         ) from None
     except (SQLAlchemyError, OSError, ValueError, optuna.exceptions.StorageInternalError) as err:
         # bad URLs, unreachable servers, unwritable files; anything else is a bug and keeps its traceback
         raise KdsearchError(
-            f"cannot open storage {url!r}: {first_line(err)}; check the URL (sqlite:///path.db, journal:///path.log, "
+            f"cannot open storage {shown_url(url)!r}: {first_line(err)}; check the URL (sqlite:///path.db, journal:///path.log, "
             "postgresql://user:pass@host/db) and that the server is reachable"
         ) from None
 

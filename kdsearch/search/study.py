@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config.spec import StudySpec, spec_from_dict
 from ..errors import KdsearchError
 from .pruners import build_pruner
-from .storage import storage_contents
+from .storage import shown_url, storage_contents
 
 SPEC_ATTR = "spec"  # study user attr: the spec the study was created with (``model_dump(mode="json")``)
 FINAL_ATTR = "final_comparison"  # study user attr: the last final comparison (``results.FinalComparison``)
@@ -69,6 +69,15 @@ RESUME_MAY_CHANGE = {
 RESUME_SECTIONS = ("data", "teacher", "student", "search", "methods")
 
 
+def stored_spec(spec: StudySpec) -> dict:
+    """The spec as the study stores it (``SPEC_ATTR``): its JSON dump, a storage password masked (whoever reads the
+    study, e.g. on the dashboard, must not learn it; a worker joining with ``--study`` is given the URL anyway)."""
+    dumped = spec.model_dump(mode="json")
+    if dumped.get("storage"):
+        dumped["storage"] = shown_url(dumped["storage"])
+    return dumped
+
+
 def spec_changes(stored: dict, new: dict) -> list[str]:
     """``field: old → new`` for each field that determines trial results and differs between two spec dicts."""
     changes: list[str] = []
@@ -107,7 +116,7 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str, ra
                 f"a study named {spec.name!r} that kdsearch did not make already exists in this storage; "
                 "pick another name with --study NAME (or another --storage)"
             )
-        study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
+        study.set_user_attr(SPEC_ATTR, stored_spec(spec))
         name_objective(study, spec)
         return study
     check_same_settings(study, spec)
@@ -157,7 +166,7 @@ def check_same_settings(study: optuna.Study, spec: StudySpec) -> None:
     """KdsearchError naming what changed when ``spec`` differs from the study's stored spec in a setting
     that determines trial results; while the study holds no finished, running or queued trial (e.g. every
     one failed on a setting since fixed), it takes ``spec`` instead."""
-    new = spec.model_dump(mode="json")
+    new = stored_spec(spec)
     changes = spec_changes(study.user_attrs.get(SPEC_ATTR, {}), new)
     if not changes:
         return

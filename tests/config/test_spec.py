@@ -68,6 +68,16 @@ def test_missing_file_and_bad_toml_are_clear(tmp_path):
         load_spec(bad)
 
 
+def test_an_empty_study_file_is_an_error_naming_it_not_the_defaults(tmp_path):
+    for text in ("", "# my study, to be written\n\n"):
+        empty = tmp_path / "empty.toml"
+        empty.write_text(text)
+        with pytest.raises(KdsearchError, match=rf"study file {empty} sets nothing; .*studies/fashion_mnist.toml"):
+            load_spec(empty)
+    (tmp_path / "named.toml").write_text('name = "mine"\n')
+    assert load_spec(tmp_path / "named.toml").name == "mine"  # one field is enough
+
+
 def test_set_overrides_take_toml_values_and_bare_words():
     from kdsearch.config.spec import apply_overrides
 

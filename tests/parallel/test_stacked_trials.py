@@ -162,7 +162,7 @@ def test_on_a_two_gpu_box_each_worker_gets_its_gpu_and_the_trials_per_device(wri
     assert [env for env, _, _ in plan] == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
     overrides = with_trials_per_device(None, "8")
     for rank, (_, device, threads) in enumerate(plan):
-        cmd = workers.worker_command(spec, tmp_path / "s.toml", "sqlite:///x.db", device, threads, 10, rank, overrides)
+        cmd = workers.worker_command(spec, tmp_path / "s.toml", device, threads, 10, rank, overrides)
         assert cmd[cmd.index("--device") + 1] == "cuda"
         assert "runtime.trials_per_device=8" in cmd
 
