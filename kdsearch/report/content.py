@@ -14,7 +14,7 @@ import optuna
 
 from ..search.results import FinalComparison, SeedRun
 from ..search.stats import PairedDifference, paired_by_seed
-from ..search.study import SPEC_ATTR, best_trials_per_method, params_of
+from ..search.study import SPEC_ATTR, best_of_each_method, params_of
 
 METRIC_LABELS = {"accuracy": "accuracy", "auc": "AUC"}
 METHOD_ORDER = ("kd", "lskd", "dkd", "cosine", "hint", "pseudo_label", "scratch")
@@ -210,17 +210,17 @@ class MethodBest:
 
 
 def best_per_method(
-    study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial], points: Sequence[TrialPoint] | None = None
+    trials: Sequence[optuna.trial.FrozenTrial], points: Sequence[TrialPoint] | None = None
 ) -> list[MethodBest]:
-    """The best completed trial of each method among ``trials`` (the study's, fetched once by the caller;
-    ``study.best_trials_per_method``: the trials the final comparison retrains), with each method's trial counts;
+    """The best completed trial of each method among ``trials`` (a study's, fetched once by the caller;
+    ``study.best_of_each_method``: the trials the final comparison retrains), with each method's trial counts;
     ``points``: ``trial_points(trials)`` when the caller has them.
 
     Sorted best first; methods with no completed trial come last.
     """
     if points is None:
         points = trial_points(trials)
-    best_numbers = {m: t.number for m, t in best_trials_per_method(study, trials=trials).items()}
+    best_numbers = {m: t.number for m, t in best_of_each_method(trials).items()}
     rows = []
     for method, pts in _by_method(points).items():
         best = next((p for p in pts if p.number == best_numbers.get(method)), None)

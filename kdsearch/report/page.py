@@ -340,7 +340,7 @@ def write_report(study: optuna.Study, path: Path) -> Path:
             '<p class="caption">Best completed trial of each method by the objective'
             f" (★: validation {metric_label(objective)}); these are the trials the final comparison retrains.</p>"
         )
-        blocks.append(best_per_method_table(best_per_method(study, trials, points), objective))
+        blocks.append(best_per_method_table(best_per_method(trials, points), objective))
     else:
         blocks.append('<p class="caption">No completed trial yet.</p>')
     if has_temperature:  # the objective's figure first

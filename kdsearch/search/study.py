@@ -8,7 +8,7 @@ Reading or joining a study needs no torch: this module imports neither torch nor
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Iterable
 
 import numpy as np
 import optuna
@@ -219,16 +219,16 @@ def teacher_mode_of(frozen: FrozenTrial) -> str:
     return frozen.params.get("teacher_mode", frozen.user_attrs.get("teacher_mode", "cached"))
 
 
-def best_trials_per_method(
-    study: optuna.Study, *, trials: Sequence[FrozenTrial] | None = None
-) -> dict[str, FrozenTrial]:
-    """The best completed trial of each method, by the objective (the lowest number among equals); ``trials``:
-    the study's trials when the caller has fetched them already.
+def best_trials_per_method(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """``best_of_each_method`` over the study's completed trials: the trials the final comparison retrains."""
+    return best_of_each_method(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def best_of_each_method(trials: Iterable[FrozenTrial]) -> dict[str, FrozenTrial]:
+    """The best completed trial of each method among ``trials``, by the objective (the lowest number among equals).
 
     The one definition of "best": the final comparison retrains these, the report's table shows them.
     """
-    if trials is None:
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best: dict[str, FrozenTrial] = {}
     for t in sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number):
         m = t.params.get("method")

@@ -252,7 +252,7 @@ def test_feature_weight_figure_only_when_such_trials_exist() -> None:
 
 
 def test_best_per_method_table_has_one_row_per_method_with_its_best_trial(study) -> None:
-    rows = best_per_method(study, study.trials)
+    rows = best_per_method(study.trials)
     assert sorted(r.method for r in rows) == sorted(METHODS)
     by = {r.method: r for r in rows}
     assert {m: by[m].trial for m in METHODS} == {"kd": 1, "lskd": 5, "dkd": 6, "cosine": 8, "hint": 9}
@@ -272,8 +272,7 @@ def test_best_per_method_table_has_one_row_per_method_with_its_best_trial(study)
 def test_best_per_method_lists_a_method_with_no_completed_trial() -> None:
     pruned = ("lskd", {"temperature": 1.0, "alpha": 0.1}, 0.5, 0.9, TrialState.PRUNED)
     trials = [t for t in TRIALS if t[0] != "lskd"] + [pruned]
-    made = make_study(trials, final=None)
-    rows = best_per_method(made, made.trials)
+    rows = best_per_method(make_study(trials, final=None).trials)
     lskd = next(r for r in rows if r.method == "lskd")
     assert lskd.trial is None and lskd.complete == 0 and lskd.pruned == 1
     assert rows[-1] is lskd  # methods without a completed trial come last
