@@ -55,7 +55,8 @@ from torch import Tensor, nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
-from kdsearch.config.spec import StudySpec, load_spec, spec_from_dict  # noqa: E402
+from kdsearch.config.load import load_spec, spec_from_dict  # noqa: E402
+from kdsearch.config.spec import StudySpec  # noqa: E402
 from kdsearch.data import Splits, load_splits, read_idx_dataset, split_indices  # noqa: E402
 from kdsearch.distill.methods import kd_loss  # noqa: E402
 from kdsearch.distill.metrics import accuracy, auc  # noqa: E402

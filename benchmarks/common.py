@@ -16,7 +16,8 @@ if str(REPO) not in sys.path:  # use this checkout's kdsearch even without `pip 
 
 import torch  # noqa: E402
 
-from kdsearch.config.spec import StudySpec, apply_overrides, load_spec, spec_from_dict  # noqa: E402
+from kdsearch.config.load import apply_overrides, load_spec, spec_from_dict  # noqa: E402
+from kdsearch.config.spec import StudySpec  # noqa: E402
 from kdsearch.prepare import prepare, study_data  # noqa: E402
 from kdsearch.progress import Console  # noqa: E402
 from kdsearch.search.objective import StudyData  # noqa: E402

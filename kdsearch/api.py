@@ -35,7 +35,8 @@ def _spec_with(
     storage: str | None,
 ):
     """The study spec (a path, a StudySpec or a dict) with the API's arguments applied."""
-    from .config.spec import StudySpec, apply_overrides, load_spec, set_field, spec_from_dict, with_study_folder
+    from .config.load import apply_overrides, load_spec, set_field, spec_from_dict, with_study_folder
+    from .config.spec import StudySpec
 
     if isinstance(spec, StudySpec):
         base = spec

@@ -39,7 +39,7 @@ def load_study_spec(
     overrides: Optional[list[str]] = None,
 ):
     """Load the spec file and apply command-line overrides (validated like the file)."""
-    from .config.spec import apply_overrides, load_spec, spec_from_dict
+    from .config.load import apply_overrides, load_spec, spec_from_dict
 
     path = spec_path or default_spec_path()
     spec = load_spec(path)
@@ -68,7 +68,7 @@ def with_runtime(
     overrides: Optional[list[str]] = None,
 ):
     """``spec`` with the overrides of the command line (validated like the file)."""
-    from .config.spec import apply_overrides, spec_from_dict
+    from .config.load import apply_overrides, spec_from_dict
 
     if data_root is None and not device and threads is None and not overrides:
         return spec

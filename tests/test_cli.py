@@ -290,7 +290,7 @@ def test_resumed_run_does_not_replay_the_first_runs_params(write_spec, tmp_path)
 
 
 def test_warmup_epochs_protect_that_many_epochs():
-    from kdsearch.config.spec import spec_from_dict
+    from kdsearch.config.load import spec_from_dict
     from kdsearch.search.study import make_pruner
 
     study = optuna.create_study(

@@ -166,7 +166,7 @@ def test_readme_links_into_docs_point_at_files_that_exist():
 
 def test_the_example_on_the_own_models_page_is_a_valid_study():
     """The blocks tests/test_python_api.py runs (slow) are there, and the study file validates (fast)."""
-    from kdsearch.config.spec import spec_from_dict
+    from kdsearch.config.load import spec_from_dict
 
     blocks = [body for _, body in fenced_blocks((DOCS / "own-models.md").read_text(encoding="utf-8"))]
     for first in ("# mynets.py", "# mydata.py", "# my.toml"):

@@ -18,7 +18,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from kdsearch.config.catalog import METHOD_CATALOG, MODEL_CATALOG, MethodInfo, ParamRange, check_catalog
-from kdsearch.config.spec import spec_from_dict
+from kdsearch.config.load import spec_from_dict
 from kdsearch.distill.methods import KD, METHODS
 from kdsearch.errors import KdsearchError
 from kdsearch.nets.models import MODELS, light_nn
@@ -36,9 +36,9 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_every_shipped_study_loads_without_importing_torch():
     assert STUDIES, "no studies/*.toml found"
     result = run_python(
-        "import sys, kdsearch.config.spec\n"
+        "import sys, kdsearch.config.load\n"
         f"for path in {STUDIES!r}:\n"
-        "    kdsearch.config.spec.load_spec(path)\n"
+        "    kdsearch.config.load.load_spec(path)\n"
         "    assert 'torch' not in sys.modules, f'loading {path} imported torch'\n"
     )
     assert result.returncode == 0, result.stderr

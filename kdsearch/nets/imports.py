@@ -1,7 +1,7 @@
 """Import the user's own code named by ``package.module:attribute`` (models, data factories), with clear errors.
 
 The folders searched are, in order: ``runtime.python_path`` (the study file's folder first, see
-``spec.with_study_folder``), the working directory, then the usual ``sys.path``.
+``config.load.with_study_folder``), the working directory, then the usual ``sys.path``.
 """
 
 from __future__ import annotations

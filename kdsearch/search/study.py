@@ -14,7 +14,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config.spec import StudySpec, spec_from_dict
+from ..config.load import spec_from_dict
+from ..config.spec import StudySpec
 from ..errors import KdsearchError
 from .pruners import build_pruner
 from .storage import shown_url, storage_contents

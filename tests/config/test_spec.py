@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kdsearch.config.spec import StudySpec, load_spec, spec_from_dict
+from kdsearch.config.load import load_spec, spec_from_dict
+from kdsearch.config.spec import StudySpec
 from kdsearch.errors import KdsearchError
 
 
@@ -79,7 +80,7 @@ def test_an_empty_study_file_is_an_error_naming_it_not_the_defaults(tmp_path):
 
 
 def test_set_overrides_take_toml_values_and_bare_words():
-    from kdsearch.config.spec import apply_overrides
+    from kdsearch.config.load import apply_overrides
 
     raw = apply_overrides(
         StudySpec().model_dump(mode="json"),

@@ -13,7 +13,7 @@ from helpers import REPO, make_class_folder, write_cifar, write_mhist
 from typer.testing import CliRunner
 
 from kdsearch.cli import app
-from kdsearch.config.spec import load_spec
+from kdsearch.config.load import load_spec
 from kdsearch.nets.models import build_model
 
 STUDIES = REPO / "studies"

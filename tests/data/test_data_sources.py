@@ -17,7 +17,8 @@ from helpers import folder_spec, make_class_folder, save_image, write_cifar, wri
 
 import kdsearch.data.cifar10 as cifar10_module
 import kdsearch.data.idx as idx_module
-from kdsearch.config.spec import DataSpec, spec_from_dict
+from kdsearch.config.load import spec_from_dict
+from kdsearch.config.spec import DataSpec
 from kdsearch.data import (
     CIFAR10_CLASSES,
     data_cache_dir,

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 import kdsearch.distill.teacher as teacher_module
 from kdsearch.cli import app
-from kdsearch.config.spec import DataSpec, spec_from_dict
+from kdsearch.config.load import spec_from_dict
+from kdsearch.config.spec import DataSpec
 from kdsearch.data import ImageStore, load_splits
 from kdsearch.distill.teacher import prepare_teacher
 from kdsearch.search.objective import prepare_study_data, train_student

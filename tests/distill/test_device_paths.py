@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdsearch.config.spec import StudySpec, apply_overrides, spec_from_dict
+from kdsearch.config.load import apply_overrides, spec_from_dict
+from kdsearch.config.spec import StudySpec
 from kdsearch.data import Split, to_device
 from kdsearch.distill.methods import build_method
 from kdsearch.distill.train import TrainSet, TrialPlan, enable_tf32, fit, resolve_device

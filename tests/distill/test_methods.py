@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdsearch.config.catalog import searchable_method_names
-from kdsearch.config.spec import StudySpec, spec_from_dict
+from kdsearch.config.load import spec_from_dict
+from kdsearch.config.spec import StudySpec
 from kdsearch.distill.methods import (
     METHODS,
     DistillBatch,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdsearch.config.spec import spec_from_dict
+from kdsearch.config.load import spec_from_dict
 from kdsearch.data import load_splits
 from kdsearch.distill.teacher import prepare_teacher, teacher_key
 

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from kdsearch.cli import app, with_trials_per_device
-from kdsearch.config.spec import apply_overrides, load_spec, spec_from_dict
+from kdsearch.config.load import apply_overrides, load_spec, spec_from_dict
 from kdsearch.errors import KdsearchError
 from kdsearch.parallel.workers import WORKER_ATTR
 from kdsearch.search.storage import open_storage

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from kdsearch import cli
 from kdsearch.cli import app
-from kdsearch.config.spec import spec_from_dict
+from kdsearch.config.load import spec_from_dict
 from kdsearch.parallel import workers
 from kdsearch.runner import resume_command
 from kdsearch.search.storage import STORAGE_ENV, shown_url

@@ -16,7 +16,7 @@ import torch
 
 import kdsearch.distill.teacher
 import kdsearch.parallel.teacher_share
-from kdsearch.config.spec import spec_from_dict
+from kdsearch.config.load import spec_from_dict
 from kdsearch.errors import KdsearchError
 from kdsearch.nets.models import state_dict_sha256
 from kdsearch.parallel.teacher_share import BuildLock, open_artifact_store, share_teacher, store_location

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from kdsearch.cli import app
-from kdsearch.config.spec import load_spec
+from kdsearch.config.load import load_spec
 from kdsearch.parallel.workers import WORKER_ATTR
 from kdsearch.search.storage import open_storage
 from kdsearch.search.study import FINAL_ATTR, create_study

@@ -6,7 +6,7 @@ import optuna
 import pytest
 import torch
 
-from kdsearch.config.spec import load_spec, spec_from_dict
+from kdsearch.config.load import load_spec, spec_from_dict
 from kdsearch.data import load_splits
 from kdsearch.distill.teacher import prepare_teacher
 from kdsearch.distill.train import Augment, augment_batch

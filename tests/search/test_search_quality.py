@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdsearch.config.spec import spec_from_dict
+from kdsearch.config.load import spec_from_dict
 from kdsearch.distill.methods import DKD, DistillBatch, nckd_term, pseudo_label_loss, unusable_methods, warmup_factor
 from kdsearch.errors import KdsearchError
 from kdsearch.search.objective import methods_for_task, trial_params
