@@ -134,10 +134,10 @@ def export_student_of(
     ``optuna.Study``; default its best), optionally longer or on train+val, score it on test and write the
     four files into ``out``. Objects handed to ``run_study`` must be handed again. Returns an ExportedStudent."""
     from .nets.models import given_models
-    from .search.study import study_spec
+    from .runner import spec_of_study
 
     study = getattr(result_or_study, "study", result_or_study)
-    spec = study_spec(study)
+    spec = spec_of_study(study)
     console = Console(echo=_printer(verbose), bars=verbose)
     with given_models(teacher=teacher, student=student):
         return export_trial(

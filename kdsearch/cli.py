@@ -15,7 +15,7 @@ from . import runner
 from .errors import KdsearchError, first_line, out_of_memory
 from .prepare import prepare
 from .progress import Console, configure_logging
-from .runner import load_study_spec, resume_command, with_runtime
+from .runner import load_study_spec, resume_command
 from .signals import StopSignals, StudyInterrupted, stop_with_parent
 
 app = typer.Typer(
@@ -341,14 +341,14 @@ def report(
 def _stored_study(study_name, storage, spec_path, data_root, device, overrides=None):
     """The study named on the command line (by --storage, else the spec's storage) and its stored spec."""
     from .search.storage import open_existing_storage
-    from .search.study import load_study, study_spec
+    from .search.study import load_study
 
     quiet_optuna()
     if storage is None:
         spec, _ = load_study_spec(spec_path, study=study_name)
         storage = spec.resolved_storage()
     study = load_study(study_name, open_existing_storage(storage))
-    return study, with_runtime(study_spec(study), data_root=data_root, device=device, overrides=overrides)
+    return study, runner.spec_of_study(study, data_root=data_root, device=device, overrides=overrides)
 
 
 @app.command()

@@ -71,10 +71,14 @@ def prepare(
     from .data import load_splits
     from .distill.teacher import cache_root, prepare_teacher, teacher_key, teacher_steps
     from .distill.train import configure_threads, resolve_device
+    from .nets.identity import code_identity, handed_student_identity
     from .nets.imports import use_python_path
+    from .search.study import check_same_code
 
     echo = console.echo
     use_python_path(spec.runtime.python_path)
+    if study is not None:  # before anything is imported or trained: a resume with other code is refused
+        check_same_code(study, spec, code_identity(spec))
     writable_dir(cache_root(spec), "the cache folder (runtime.cache_dir, else $KDSEARCH_CACHE or ~/.cache/kdsearch)")
     configure_threads(spec.runtime.threads)
     device = resolve_device(spec.runtime.device)  # KdsearchError for a device this machine lacks
@@ -95,6 +99,9 @@ def prepare(
     for method, why in dropped.items():
         echo(f"warning: method {method} is dropped from this study: on {splits.num_classes} classes {why}")
     check_models(spec, splits)
+    if study is not None:
+        shape = (splits.num_classes, splits.in_channels, splits.image_size)
+        check_same_code(study, spec, handed_student_identity(spec.student.arch, *shape))
     key = teacher_key(spec, splits)  # hashes a checkpoint or a handed model's weights: once per command
 
     def build():

@@ -84,6 +84,26 @@ def with_runtime(
     return spec_from_dict(raw, source="spec with --set" if overrides else "spec")
 
 
+def spec_of_study(
+    study,
+    *,
+    data_root: Optional[Path] = None,
+    device: Optional[str] = None,
+    threads: Optional[int] = None,
+    overrides: Optional[list[str]] = None,
+):
+    """The spec ``study`` stores, with this command's overrides, once its import paths are safe to import here
+    (``nets.identity.check_importable_from_study``: user files as the study recorded them, no standard library)."""
+    from .nets.identity import check_importable_from_study
+    from .nets.imports import use_python_path
+    from .search.study import recorded_code, study_spec
+
+    spec = with_runtime(study_spec(study), data_root=data_root, device=device, threads=threads, overrides=overrides)
+    use_python_path(spec.runtime.python_path)
+    check_importable_from_study(spec, recorded_code(study), study.study_name)
+    return spec
+
+
 def resume_command(
     path: Path,
     url: str,
@@ -334,7 +354,7 @@ def work(
     from .parallel.workers import work_on_study
     from .search.objective import make_objective
     from .search.storage import open_existing_storage, shown_url, spec_storage
-    from .search.study import create_study, finished_count, join_study, load_study, study_spec
+    from .search.study import create_study, finished_count, join_study, load_study
 
     if spec_path is not None:
         spec, _ = load_study_spec(
@@ -352,7 +372,7 @@ def work(
             )
         url = storage
         found = load_study(study_name, open_existing_storage(url))
-        spec = with_runtime(study_spec(found), data_root=data_root, device=device, threads=threads, overrides=overrides)
+        spec = spec_of_study(found, data_root=data_root, device=device, threads=threads, overrides=overrides)
         store = spec_storage(spec, url)
         study = join_study(found.study_name, store, spec, rank)
     name = study.study_name

@@ -1,5 +1,8 @@
 """Train-or-load the teacher once and cache it with its logits on the training split.
 
+The entry holds the weights' and the logits' sha256: logits that are not provably the outputs of the
+cached weights (damaged, edited, or an entry from before the digests) are computed again on load.
+
 The cache entry is keyed by a hash of everything that determines the teacher (data, split,
 architecture, training settings, seed); a file lock makes parallel workers share one copy,
 and the file is written to a temporary name and renamed, so nobody reads half a cache.
@@ -22,6 +25,7 @@ from torch import Tensor, nn
 from ..config.spec import GIVEN_ARCH, WHOLE_MODEL_ARCHS, StudySpec
 from ..data import Splits, default_cache_root, save_atomic
 from ..errors import KdsearchError, first_line
+from ..nets.identity import file_sha256
 from ..nets.models import FeatureTap, build_model, code_fingerprint, load_checkpoint, state_dict_sha256
 from .methods import build_method
 from .train import Augment, EpochResult, TrainSet, TrialPlan, channels_last, evaluate, fit, predict, steps_per_epoch
@@ -98,16 +102,18 @@ def cache_teacher(
     model = model.to(device).eval()
     train_logits = predict(model, splits.train.x.to(device)).cpu()
     state = {k: v.cpu() for k, v in model.state_dict().items()}
-    save_atomic({"state_dict": state, "train_logits": train_logits, "metrics": metrics}, path)
-    return Teacher(model, train_logits, metrics, from_cache, path, digest or state_dict_sha256(state))
+    digest = digest or state_dict_sha256(state)
+    entry = {"state_dict": state, "train_logits": train_logits, "metrics": metrics}
+    entry |= {"weights_sha256": digest, "logits_sha256": logits_sha256(train_logits)}  # the logits of these weights
+    save_atomic(entry, path)
+    return Teacher(model, train_logits, metrics, from_cache, path, digest)
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 (hex) of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+def logits_sha256(logits: Tensor) -> str:
+    """sha256 (hex) of a logits tensor (its dtype, shape and bytes)."""
+    t = logits.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype}|{list(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -195,7 +201,16 @@ def prepare_teacher(
                     k: v for k, v in entry["metrics"].items() if k.startswith("val_")
                 }  # older entries held test too
                 model = model.to(device).eval()
-                return Teacher(model, entry["train_logits"], metrics, True, path, state_dict_sha256(model.state_dict()))
+                digest = state_dict_sha256(model.state_dict())
+                logits = entry["train_logits"]
+                if (
+                    entry.get("weights_sha256") != digest
+                    or entry.get("logits_sha256") != logits_sha256(logits)
+                    or tuple(logits.shape) != (len(splits.train), splits.num_classes)
+                ):  # the logits are not (or no longer provably) these weights' outputs on this data: compute them
+                    log.warning("teacher cache %s: its logits do not match its weights; computing them again", path)
+                    return cache_teacher(model, metrics, splits, device, path, digest=digest, from_cache=True)
+                return Teacher(model, logits, metrics, True, path, digest)
             except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
                 # damaged (empty, truncated, not a dict), or the model changed
                 log.warning(

@@ -1,7 +1,7 @@
 """Import the user's own code named by ``package.module:attribute`` (models, data factories), with clear errors.
 
-The folders searched are, in order: ``runtime.python_path`` (the study file's folder first, see
-``config.load.with_study_folder``), the working directory, then the usual ``sys.path``.
+The folders searched are the usual ``sys.path`` (standard library, site-packages), then ``runtime.python_path``
+(the study file's folder first, see ``config.load.with_study_folder``), then the working directory.
 """
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ _ADDED: list[str] = []  # folders this process put on sys.path, in the order sea
 
 
 def use_python_path(folders: Sequence[Path | str] = ()) -> None:
-    """Put ``folders`` and the working directory at the front of ``sys.path`` (once each)."""
+    """Put ``folders`` and the working directory at the *end* of ``sys.path`` (once each), after the standard
+    library and site-packages: a user's ``onnx.py`` or ``plotly.py`` cannot shadow the package of that name."""
     wanted = list(dict.fromkeys([str(Path(f).expanduser().resolve()) for f in folders] + [os.getcwd()]))
-    for folder in reversed(wanted):
-        if folder in sys.path:
+    for folder in _ADDED:
+        if folder in sys.path and folder not in wanted:
             sys.path.remove(folder)
-        sys.path.insert(0, folder)
+    for folder in wanted:
+        if folder not in sys.path:
+            sys.path.append(folder)
     _ADDED[:] = wanted  # the folders of the study at hand, for error messages
     importlib.invalidate_caches()
 

@@ -138,6 +138,11 @@ def given_models(
         _GIVEN.update(before)
 
 
+def is_handed(role: str) -> bool:
+    """Whether an object for ``role`` was handed to the Python API (``given_models`` is open with one)."""
+    return role in _GIVEN
+
+
 def _call_builder(builder: Callable[..., Any], what: str, shape: dict[str, int], args: Mapping[str, Any]) -> nn.Module:
     """``builder(**the shape keywords it accepts, **args)``, checked to return an nn.Module."""
     try:

@@ -30,8 +30,9 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 
 from ..config.spec import StudySpec
 from ..data import Splits
-from ..distill.teacher import Teacher, build_teacher_model, cache_teacher, file_sha256, teacher_cache_path, teacher_key
+from ..distill.teacher import Teacher, build_teacher_model, cache_teacher, teacher_cache_path, teacher_key
 from ..errors import KdsearchError, first_line
+from ..nets.identity import file_sha256
 from ..nets.models import state_dict_sha256
 from ..search.results import Builder, TeacherRecord, TeacherScores
 from ..search.storage import ARTIFACT_DIR, StorageLock, storage_file

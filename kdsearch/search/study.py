@@ -8,7 +8,7 @@ Reading or joining a study needs no torch: this module imports neither torch nor
 from __future__ import annotations
 
 import warnings
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import optuna
@@ -24,6 +24,7 @@ SPEC_ATTR = "spec"  # study user attr: the spec the study was created with (``mo
 FINAL_ATTR = "final_comparison"  # study user attr: the last final comparison (``results.FinalComparison``)
 TEACHER_ATTR = "teacher"  # study user attr: the teacher's validation scores (``results.TeacherScores``)
 RECORD_ATTR = "teacher_artifact"  # study user attr: the study's one teacher (``results.TeacherRecord``)
+CODE_ATTR = "code"  # study user attr: the sha256 of its user code and student weights (``nets.identity``)
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards ``search.trials``
 
@@ -180,6 +181,47 @@ def check_same_settings(study: optuna.Study, spec: StudySpec) -> None:
         "trials run under different settings cannot be compared. Start a new study with --study NEW_NAME, "
         "or run this one with the settings it was created with"
     )
+
+
+def recorded_code(study: optuna.Study) -> dict[str, dict[str, str]] | None:
+    """What the study recorded of its code (``CODE_ATTR``): ``{field: {module or "file" or "python": sha256}}``;
+    None for a study made before kdsearch recorded it."""
+    found = study.user_attrs.get(CODE_ATTR)
+    return dict(found) if isinstance(found, dict) else None
+
+
+def _what(spec: StudySpec, field: str, what: str) -> str:
+    section, attr = field.split(".")
+    value = getattr(getattr(spec, section), attr)
+    if what == "file":
+        return f"{field} {value}"
+    if what == "python":
+        return f"the {section} factory handed to kdsearch.run_study"
+    return f"{field} = {value!r} (its module {what})"
+
+
+def check_same_code(study: optuna.Study, spec: StudySpec, code: Mapping[str, Mapping[str, str]]) -> None:
+    """Record ``code`` (``nets.identity.code_identity``) in the study; a KdsearchError naming the file when a digest
+    differs from the recorded one while the study holds trials to compare with (two students would mix)."""
+    recorded = recorded_code(study) or {}
+    changed = [
+        (field, what, recorded[field][what], sha)
+        for field, digests in code.items()
+        for what, sha in digests.items()
+        if recorded.get(field, {}).get(what, sha) != sha
+    ]
+    if changed and not settings_may_change(study):
+        field, what, old, new = changed[0]
+        raise KdsearchError(
+            f"{_what(spec, field, what)} is not what study {study.study_name!r} was run with (sha256 {old[:12]}… in "
+            f"the study, {new[:12]}… now); trials of two different models cannot be compared. Start a new study "
+            "with --study NEW_NAME, or put back the version the study was run with"
+        )
+    merged = {**recorded, **{field: {**recorded.get(field, {}), **digests} for field, digests in code.items()}}
+    if changed:
+        merged.update({field: dict(code[field]) for field, *_ in changed})
+    if merged != recorded or recorded_code(study) is None:
+        study.set_user_attr(CODE_ATTR, merged)
 
 
 def load_study(name: str | None, storage: optuna.storages.BaseStorage) -> optuna.Study:

@@ -35,6 +35,37 @@ def test_second_call_hits_the_cache(idx_dataset, tmp_path):
         assert torch.allclose(second.model(splits.train.x[:16]), second.train_logits[:16], atol=1e-4)
 
 
+@pytest.mark.parametrize("damage", ["edited logits", "digest removed", "edited weights"])
+def test_cached_logits_that_are_not_the_cached_weights_outputs_are_computed_again(
+    idx_dataset, tmp_path, damage, caplog
+):
+    spec = _spec(idx_dataset, tmp_path / "cache")
+    splits = load_splits(spec.data)
+    first = prepare_teacher(spec, splits, torch.device("cpu"))
+    entry = torch.load(first.path, weights_only=True)
+    if damage == "edited logits":
+        entry["train_logits"] = entry["train_logits"].flip(0)  # another image's outputs in every row
+    elif damage == "digest removed":  # an entry written before the digests: logits not provably these weights'
+        del entry["logits_sha256"], entry["weights_sha256"]
+        entry["train_logits"] = torch.zeros_like(entry["train_logits"])
+    else:
+        name = next(k for k, v in entry["state_dict"].items() if v.is_floating_point())
+        entry["state_dict"][name] = entry["state_dict"][name] + 0.5
+    torch.save(entry, first.path)
+
+    second = prepare_teacher(spec, splits, torch.device("cpu"))
+
+    assert second.from_cache
+    with torch.no_grad():
+        assert torch.allclose(second.model.eval()(splits.train.x), second.train_logits, atol=1e-4)
+    assert "its logits do not match its weights; computing them again" in caplog.text
+    again = torch.load(first.path, weights_only=True)  # rewritten: the next load trusts it without recomputing
+    assert torch.equal(again["train_logits"], second.train_logits)
+    caplog.clear()
+    prepare_teacher(spec, splits, torch.device("cpu"))
+    assert "computing them again" not in caplog.text
+
+
 def test_cache_key_changes_with_what_determines_the_teacher(idx_dataset, tmp_path):
     spec = _spec(idx_dataset, tmp_path)
     splits = load_splits(spec.data)
