@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import optuna
@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from ..data import Split
-from ..distill.stacked import StudentStack, probe, stack_refusal
+from ..distill.stacked import VAL_CHUNK, StudentStack, probe, stack_refusal
 from ..distill.train import EpochResult, TrialPlan, sync
-from ..errors import out_of_memory
+from ..errors import first_line, out_of_memory
 from ..search.objective import SeedTrainer, StudyData, fresh_student, make_objective, plan_trial, train_each, train_plan
 from ..signals import interruptible, shielded
 
@@ -48,6 +48,14 @@ def empty_stack(data: StudyData, *, steps: int | None = None, val: Split | None 
         lr=spec.student.lr,
         steps=steps or data.steps,
         device=data.device,
+    )
+
+
+def out_of_memory_line(together: int) -> str:
+    """What the run says when a stacked epoch ran out of memory and starts again ``together`` students at a time."""
+    return (
+        f"out of memory with the stacked students: the epoch starts again from its boundary, {together} at a time "
+        "(no trial fails; a smaller -k / runtime.trials_per_device avoids the restart)"
     )
 
 
@@ -107,6 +115,7 @@ class StackServer:
         self.data = data
         self.check = StackCheck(data, echo, lambda plan: f"trials of {plan.method.name} run one at a time, not stacked")
         self.stack = empty_stack(data)
+        self.stack.on_shrink = lambda n: echo(out_of_memory_line(n))
         self.cv = threading.Condition()
         self.pending: list[_Seat] = []
         self.starting: set[int] = set(range(threads))  # trial threads expected to hand over a trial soon
@@ -345,6 +354,7 @@ def stacked_seed_trainer(data: StudyData, k: int, *, echo: Callable[[str], None]
         for start in range(0, len(plans), k):
             chunk = plans[start : start + k]
             stack = empty_stack(data)
+            stack.on_shrink = lambda n: echo(f"final comparison: {out_of_memory_line(n)}")
             for i, plan in enumerate(chunk):
                 add_fresh(stack, data, i, plan)
             with interruptible():
@@ -359,13 +369,16 @@ def stacked_seed_trainer(data: StudyData, k: int, *, echo: Callable[[str], None]
 def resolve_trials_per_device(data: StudyData, *, echo: Callable[[str], None] = print) -> int:
     """``runtime.trials_per_device`` as a number: as given, or for ``"auto"`` 1 on a CPU (stacking gained
     ~1.3x at K = 4 and lost at 16 on the 2-core machine of benchmarks/RESULTS.md) and on a GPU the K
-    that ``probe_trials_per_device`` finds best."""
+    that ``probe_trials_per_device`` finds best (1, said in one line, for a student that cannot stack)."""
     k = data.spec.runtime.trials_per_device
     if k != "auto":
         return int(k)
     if data.device.type != "cuda":
         return 1
-    best, rates = probe_trials_per_device(data)
+    best, rates, why = probe_trials_per_device(data)
+    if why is not None:
+        echo(f"trials_per_device = auto: K = 1 (the student cannot be stacked: {why})")
+        return 1
     shown = ", ".join(f"K={n}: {r:.0f}" for n, r in rates.items())
     echo(f"trials_per_device = auto: K = {best} (student-steps/s {shown})")
     return best
@@ -377,20 +390,26 @@ def probe_trials_per_device(
     *,
     steps: int = 5,
     memory_share: float = 0.6,
-) -> tuple[int, dict[int, float]]:
-    """(best K, student-steps per second of each K tried): a few stacked kd steps per K on the study's data,
-    stopping when the gain over the previous K falls under 10% or the device's memory passes ``memory_share``."""
+) -> tuple[int, dict[int, float], str | None]:
+    """(best K, student-steps per second of each K tried, why the student cannot stack or None): a few stacked kd
+    steps per K on the study's data, each epoch scored on a real validation chunk (as many rows as a study's epoch
+    scores at once), stopping when the gain over the previous K falls under 10%, the device runs out of memory
+    or its memory passes ``memory_share``."""
     device = data.device
     params = {"temperature": 4.0, "alpha": 0.5}
-    val = Split(data.val.x[:2], data.val.y[:2])
+    why = probe(fresh_student(data), plan_trial(data, "kd", params, 0), data.val)
+    if why is not None:
+        return 1, {}, why
+    val = Split(data.val.x[:VAL_CHUNK], data.val.y[:VAL_CHUNK])
     rates: dict[int, float] = {}
     best = 1
     for k in candidates:
         stack = empty_stack(data, steps=steps, val=val)
+        stack.shrink_on_oom = False  # the probe stops at the K that does not fit
         try:
             for i in range(k):
-                add_fresh(stack, data, i, plan_trial(data, "kd", params, i))
-            with warnings.catch_warnings():  # two validation rows: AUC warns about a missing class
+                add_fresh(stack, data, i, replace(plan_trial(data, "kd", params, i), steps=steps))
+            with warnings.catch_warnings():  # a small validation chunk: AUC may warn about a missing class
                 warnings.simplefilter("ignore", UserWarning)
                 stack.run_epoch()  # warm-up: kernels chosen, memory allocated
                 sync(device)
@@ -398,9 +417,9 @@ def probe_trials_per_device(
                 stack.run_epoch()
                 sync(device)
                 seconds = time.perf_counter() - start
-        except RuntimeError as err:  # out of memory, or the student cannot stack
+        except RuntimeError as err:
             if not out_of_memory(err):
-                raise
+                return 1, rates, first_line(err)
             break
         finally:
             del stack
@@ -415,4 +434,4 @@ def probe_trials_per_device(
                 break
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return best, rates
+    return best, rates, None

@@ -198,3 +198,162 @@ def test_scratch_members_stack_without_teacher_logits(task):
     for key, seed in (("a", 5), ("b", 6)):
         add(stack, key, "scratch", {}, seed, labeled)
     assert_same(stack.run_epoch()["a"], expected[0], 1e-4)
+
+
+def dropout_student() -> nn.Module:
+    """``student`` with dropout (plain and channel-wise) between its layers."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(inplace=True),
+        nn.Dropout2d(0.2),
+        nn.Flatten(),
+        nn.Linear(6 * 100, 32),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Linear(32, CLASSES),
+    )
+
+
+def test_a_stacked_trial_with_dropout_is_the_same_at_any_stack_size_and_neighbours(task):
+    """Dropout masks are the member's own (seed, step): alone in a stack of 1 or beside two other students, joining
+    at another moment, member "t" gives the same per-epoch values."""
+    train, val = task
+    torch.set_default_dtype(torch.float64)
+    try:
+        x64 = TrainSet(train.x.double(), train.y, train.labeled, train.teacher_logits.double())
+        val64 = Split(val.x.double(), val.y)
+
+        def history(neighbours: list[tuple[str, int]], join_after: int) -> list:
+            stack = StudentStack(dropout_student(), val64, batch_size=32, lr=1e-3, steps=6, device=torch.device("cpu"))
+            out = []
+            for key, seed in neighbours:
+                torch.manual_seed(seed)
+                stack.add(key, dropout_student(), plan("dkd", CONFIGS[2][1], seed, x64))
+            for _ in range(join_after):
+                stack.run_epoch()
+            torch.manual_seed(21)
+            stack.add("t", dropout_student(), plan("kd", CONFIGS[0][1], 21, x64))
+            torch.manual_seed(12345)  # the global RNG, which the masks must not read
+            for _ in range(3):
+                out.append(stack.run_epoch()["t"])
+            return out
+
+        single = history([], 0)
+        crowded = history([("a", 3), ("b", 4)], 1)
+        for a, b in zip(single, crowded):
+            assert_same(a, b, 1e-9)
+        dropped = history([], 0)
+        assert [r.train_loss for r in dropped] == [r.train_loss for r in single]  # and re-runs exactly
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_member_dropout_masks_have_the_rate_and_differ_between_members_and_steps():
+    from kdsearch.distill.stacked import member_uniform
+
+    keys = [torch.tensor([s, t]) for s in (0, 1) for t in (0, 1)]
+    draws = [member_uniform(k, 0, (4000,), torch.device("cpu")) for k in keys]
+    for u in draws:
+        assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
+        assert float((u < 0.3).double().mean()) == pytest.approx(0.3, abs=0.03)
+    for i in range(len(draws)):
+        for j in range(i + 1, len(draws)):
+            assert not torch.equal(draws[i] < 0.3, draws[j] < 0.3)
+    assert not torch.equal(member_uniform(keys[0], 1, (4000,), torch.device("cpu")), draws[0])  # another layer
+
+
+class TiedAndNonPersistent(nn.Module):
+    """A student with tied weights (the head reuses the embedding's matrix) and a non-persistent buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flat = nn.Flatten()
+        self.proj = nn.Linear(144, CLASSES, bias=False)
+        self.mix = nn.Linear(CLASSES, CLASSES)
+        self.out = nn.Linear(CLASSES, CLASSES)
+        self.out.weight = self.mix.weight  # tied
+        self.register_buffer("scale", torch.tensor(0.5), persistent=False)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.mix(self.proj(self.flat(x)) * self.scale)))
+
+
+def test_member_model_takes_tied_weights_and_non_persistent_buffers(task):
+    train, val = task
+    stack = StudentStack(TiedAndNonPersistent(), val, batch_size=32, lr=1e-3, steps=6, device=torch.device("cpu"))
+    for key, seed in ((0, 1), (1, 2)):
+        torch.manual_seed(seed)
+        stack.add(key, TiedAndNonPersistent(), plan("kd", CONFIGS[0][1], seed, train))
+    stack.run_epoch()
+    model = stack.member_model(1, TiedAndNonPersistent()).eval()
+    assert model.out.weight is model.mix.weight
+    with torch.no_grad():
+        expected = torch.func.functional_call(
+            stack.base.eval(),
+            ({k: v[1] for k, v in stack.params.items()}, {k: v[1] for k, v in stack.buffers.items()}),
+            (val.x,),
+        )
+        assert torch.allclose(model(val.x), expected, atol=1e-6)
+
+
+def test_a_stack_refuses_a_plan_with_other_steps_per_epoch(task):
+    train, val = task
+    stack = new_stack(val)
+    with pytest.raises(ValueError, match="6 steps per epoch cannot take a student planned with 3"):
+        stack.add(0, student(), plan("kd", CONFIGS[0][1], 1, train, steps=3))
+
+
+def test_out_of_memory_mid_epoch_halves_the_stack_and_changes_no_result(task, monkeypatch):
+    """An epoch that runs out of memory starts again from its boundary, two members at a time: every member's
+    values are those of the stack that fit, and the caller is told the new size."""
+    train, val = task
+    torch.set_default_dtype(torch.float64)
+    try:
+        x64 = TrainSet(train.x.double(), train.y, train.labeled, train.teacher_logits.double())
+        val64 = Split(val.x.double(), val.y)
+
+        def stack_of_four() -> StudentStack:
+            stack = StudentStack(dropout_student(), val64, batch_size=32, lr=1e-3, steps=6, device=torch.device("cpu"))
+            for key in range(4):
+                torch.manual_seed(key)
+                stack.add(key, dropout_student(), plan(*CONFIGS[key % 3][:2], key, x64))
+            return stack
+
+        fits = stack_of_four()
+        expected = [fits.run_epoch() for _ in range(2)]
+
+        real = StudentStack._epoch_of_all
+        calls = []
+
+        def tight(self):
+            calls.append(len(self.members))
+            if len(self.members) > 2 and len(calls) > 1:  # the second epoch at K = 4 runs out, after some steps
+                for p in self.params.values():
+                    p.data.add_(1.0)  # half-done work, which the restart must undo
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return real(self)
+
+        monkeypatch.setattr(StudentStack, "_epoch_of_all", tight)
+        told = []
+        shrinking = stack_of_four()
+        shrinking.on_shrink = told.append
+        got = [shrinking.run_epoch() for _ in range(2)]
+
+        assert told == [2] and calls == [4, 4, 2, 2]
+        for e in range(2):
+            for key in range(4):
+                assert_same(got[e][key], expected[e][key], 1e-9)
+        for name, value in fits.params.items():
+            assert torch.allclose(shrinking.params[name], value, atol=1e-9)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_an_error_other_than_out_of_memory_is_not_retried(task, monkeypatch):
+    train, val = task
+    stack = new_stack(val)
+    add(stack, 0, "kd", CONFIGS[0][1], 1, train)
+    monkeypatch.setattr(StudentStack, "_epoch_of_all", lambda self: (_ for _ in ()).throw(RuntimeError("bad op")))
+    with pytest.raises(RuntimeError, match="bad op"):
+        stack.run_epoch()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from helpers import started
 from optuna.trial import TrialState
 from typer.testing import CliRunner
@@ -193,8 +194,39 @@ def test_auto_is_one_on_a_cpu_and_the_probe_measures_each_k(tiny_data):
     )
     assert resolve_trials_per_device(type(tiny_data)(**{**vars(tiny_data), "spec": auto})) == 1
     assert resolve_trials_per_device(tiny_data) == 1  # the tiny spec's default
-    best, rates = probe_trials_per_device(tiny_data, candidates=(1, 2), steps=1)
+    best, rates, why = probe_trials_per_device(tiny_data, candidates=(1, 2), steps=1)
+    assert why is None
     assert set(rates) <= {1, 2} and 1 in rates and best in rates and all(r > 0 for r in rates.values())
+
+
+class DataDependent(torch.nn.Module):
+    """A student whose forward branches on a value: ``vmap`` cannot batch it."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(784, num_classes)
+
+    def forward(self, x):
+        out = self.fc(x.flatten(1))
+        return out if float(out.sum()) > 0 else -out
+
+
+def test_the_k_probe_of_a_student_that_cannot_stack_says_so_instead_of_raising(tiny_data, monkeypatch):
+    import kdsearch.parallel.stacked_trials as st
+
+    monkeypatch.setattr(st, "fresh_student", lambda data: DataDependent())
+    best, rates, why = st.probe_trials_per_device(tiny_data, candidates=(1, 2), steps=1)
+    assert (best, rates) == (1, {}) and why and "Traceback" not in why
+
+
+def test_the_k_probe_scores_a_real_validation_chunk(tiny_data, monkeypatch):
+    import kdsearch.parallel.stacked_trials as st
+
+    seen = []
+    real = st.empty_stack
+    monkeypatch.setattr(st, "empty_stack", lambda data, **kw: seen.append(len(kw["val"])) or real(data, **kw))
+    st.probe_trials_per_device(tiny_data, candidates=(1,), steps=1)
+    assert seen == [min(len(tiny_data.val), st.VAL_CHUNK)] and seen[0] > 2
 
 
 def test_an_error_in_one_trial_thread_stops_the_others_and_leaves_no_trial_running(tiny_data):
