@@ -35,7 +35,8 @@ def friendly(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with StopSignals():  # from the first step: also when started with SIGINT ignored (nohup, a script's &)
+                return command(*args, **kwargs)
         except KdsearchError as err:
             if STATE["debug"]:
                 raise

@@ -35,6 +35,7 @@ class StopSignals:
         self._pending = False
         self._previous: dict = {}
         self._outer: Optional[StopSignals] = None
+        self._previous_hook = sys.unraisablehook
 
     def _handler(self, signum, frame) -> None:
         self.requested = True
@@ -68,9 +69,18 @@ class StopSignals:
         finally:
             self._shield = saved
 
+    def _unraisable(self, info) -> None:
+        """``sys.unraisablehook`` while active: the KeyboardInterrupt of a signal that landed in a finalizer is
+        dropped quietly (``requested`` is set, and the training loops raise it again within a step); anything
+        else goes to the previous hook."""
+        if isinstance(info.exc_value, KeyboardInterrupt) and self.requested:
+            return
+        self._previous_hook(info)
+
     def __enter__(self) -> "StopSignals":
         global _active
         self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         self._outer, _active = _active, self
         return self
 
@@ -78,6 +88,7 @@ class StopSignals:
         global _active
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = self._previous_hook
         _active = self._outer
 
 
@@ -98,6 +109,13 @@ def interruptible() -> ContextManager[None]:
     """``StopSignals.interruptible`` of the active instance; nothing when none is installed or outside the
     main thread (see ``shielded``)."""
     return _active.interruptible() if _active is not None and _in_main_thread() else nullcontext()
+
+
+def raise_if_stop_requested() -> None:
+    """KeyboardInterrupt when a signal came and the main thread is not shielded: for loops that train, so that a
+    signal whose KeyboardInterrupt Python swallowed (it landed in a finalizer) still stops them within a step."""
+    if _active is not None and _active.requested and not _active._shield and _in_main_thread():
+        raise KeyboardInterrupt
 
 
 def stop_requested() -> bool:

@@ -8,6 +8,7 @@ import csv
 import io
 import os
 import pickle
+import signal
 import struct
 import subprocess
 from pathlib import Path
@@ -123,15 +124,20 @@ def write_cifar(folder: Path, per_batch: int = 8, n_test: int = 6, meta: bool = 
 
 
 @contextlib.contextmanager
-def started(cmd: Sequence[str], log: Path, *, with_stdout: bool = False) -> Iterator[subprocess.Popen]:
+def started(
+    cmd: Sequence[str], log: Path, *, with_stdout: bool = False, sigint_ignored: bool = False
+) -> Iterator[subprocess.Popen]:
     """``cmd`` running unbuffered, its stderr (and its stdout, ``with_stdout``) written to the file ``log`` (a file,
-    not a pipe: nobody reads a pipe while the test polls); killed if it still runs when the block ends."""
+    not a pipe: nobody reads a pipe while the test polls); killed if it still runs when the block ends.
+    ``sigint_ignored``: started with SIGINT ignored, as ``nohup`` or a script's ``&`` start it."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     with open(log, "w") as out:
         proc = subprocess.Popen(
             list(cmd),
             stdout=out if with_stdout else subprocess.DEVNULL,
             stderr=subprocess.STDOUT if with_stdout else out,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=ignore,
         )
     try:
         yield proc

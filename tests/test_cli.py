@@ -55,7 +55,12 @@ def test_run_creates_study_final_comparison_and_report(write_spec, tmp_path):
 
     final = study.user_attrs["final_comparison"]
     assert final["split"] == "test" and len(final["seeds"]) == 2
-    assert [s["label"] for s in final["students"]] == ["best kd", "scratch", "pseudo-label"]  # 600 unlabeled images
+    assert [s["label"] for s in final["students"]] == [
+        "best kd",
+        "untuned kd (T=4, α=0.1)",
+        "scratch",
+        "pseudo-label",
+    ]  # 600 unlabeled
     assert all([r["seed"] for r in s["runs"]] == final["seeds"] for s in final["students"])  # paired by seed
     assert final["students"][0]["trial"] == study.best_trial.number
     assert final["run"] == 1 and final["earlier_runs_trials"] == []
@@ -235,7 +240,8 @@ def test_ctrl_c_while_the_teacher_trains_is_one_line_and_caches_nothing(write_sp
     cache = tmp_path / "fresh-cache"
     spec = write_spec(cache=cache)
     err_path = tmp_path / "stderr.txt"
-    with started([*KDSEARCH, "run", "--spec", str(spec), "--set", "teacher.epochs=200"], err_path) as proc:
+    cmd = [*KDSEARCH, "run", "--spec", str(spec), "--set", "teacher.epochs=200"]
+    with started(cmd, err_path, sigint_ignored=True) as proc:  # as nohup starts it: kdsearch installs its own
         deadline = time.time() + 120
         while "teacher bn_cnn" not in err_path.read_text() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)

@@ -30,6 +30,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..data import ImageStore, Split
 from ..errors import first_line, out_of_memory
+from ..signals import raise_if_stop_requested
 from .methods import DistillBatch, Method
 from .metrics import accuracy, auc
 from .train import EpochResult, TrainSet, TrialPlan, _autocast, batch_indices
@@ -439,6 +440,7 @@ class StudentStack:
             losses.sum().backward()
             self._adam_step()
             total += losses.detach().to(total.dtype)
+            raise_if_stop_requested()
         results = self._evaluate()
         out: dict[Hashable, EpochResult] = {}
         for i, m in enumerate(self.members):

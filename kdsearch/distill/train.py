@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..data import ImageStore, Split, to_device
 from ..errors import KdsearchError, first_line, out_of_memory
 from ..nets.models import FeatureTap
+from ..signals import raise_if_stop_requested
 from .methods import DistillBatch, Method
 from .metrics import accuracy, auc
 
@@ -237,7 +238,11 @@ def predict(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
     (``enable_tf32``), which rounds their inputs, not the float32 result. Never compiled: it runs eager.
     """
     model.eval().to(memory_format=torch.channels_last)
-    return torch.cat([model(channels_last(chunk)).float() for chunk in x.split(batch_size)])
+    out = []
+    for chunk in x.split(batch_size):
+        raise_if_stop_requested()
+        out.append(model(channels_last(chunk)).float())
+    return torch.cat(out)
 
 
 def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
@@ -390,6 +395,7 @@ def fit(
                 loss.backward()
                 optimizer.step()
                 total += loss.detach()
+                raise_if_stop_requested()  # a Ctrl-C that Python swallowed in a finalizer still stops here
                 if on_step is not None:
                     on_step()
             if images is not None:

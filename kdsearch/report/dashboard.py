@@ -20,6 +20,7 @@ from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upl
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from ..errors import KdsearchError
+from ..files import write_text_atomically
 from ..search.results import FinalComparison
 from ..search.storage import ARTIFACT_DIR, open_storage, shown_url
 from ..search.study import SPEC_ATTR, load_study, study_spec
@@ -72,7 +73,7 @@ def upload_study_artifacts(study: optuna.Study, store: FileSystemArtifactStore, 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / "final_comparison.json"
-    final.write_text(json.dumps(comparison.to_attr(), indent=2, sort_keys=True) + "\n")
+    write_text_atomically(final, json.dumps(comparison.to_attr(), indent=2, sort_keys=True) + "\n")
     report = output_dir / "report.html"
     if not report.is_file():
         write_report(study, report)

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import sys
-import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import KdsearchError, first_line
+from ..files import write_atomically
 
 ONNX_OPSET = 18
 TOLERANCE = 1e-4  # max |logit difference| accepted between an exported file and PyTorch (fp32)
@@ -68,21 +68,6 @@ class ExportedStudent:
 # --- files ---
 
 
-def _write_atomic(path: Path, write: Callable[[str], None], check: Callable[[str], None] | None = None) -> None:
-    """``write(tmp)``, ``check(tmp)``, then rename ``tmp`` to ``path``: ``path`` is never half a file or an
-    unchecked one; on any failure the temporary file is removed and the error propagates."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"))  # created by ``write``: usual permissions
-    try:
-        write(tmp)
-        if check is not None:
-            check(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
     """The state_dict (parameters and buffers) on the CPU, each tensor contiguous and owning its memory
     (safetensors refuses tensors that share storage, e.g. tied weights)."""
@@ -95,7 +80,7 @@ def save_safetensors(model: nn.Module, path: Path, metadata: dict[str, str] | No
 
     state = _cpu_state(model)
     meta = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}
-    _write_atomic(Path(path), lambda tmp: save_file(state, tmp, metadata=meta))
+    write_atomically(Path(path), lambda tmp: save_file(state, tmp, metadata=meta))
     return Path(path)
 
 
@@ -393,14 +378,14 @@ def export_student(
     }
     for kind, (save, run_file) in steps.items():
         try:
-            _write_atomic(files[kind], save, _checked(run_file, images, reference, diffs, kind))
+            write_atomically(files[kind], save, _checked(run_file, images, reference, diffs, kind))
         except Exception as err:  # noqa: BLE001 - tracing and exporting a user's model fail in many ways
             errors[kind] = str(err) if isinstance(err, _ExportFailed) else _cause(err)
             files[kind].unlink(missing_ok=True)  # never leave an earlier export's file beside these weights
 
     full = _card(card, model, files, errors, diffs, len(check), None if "onnx" in errors else exporter[-1])
     text = json.dumps(full, indent=2, ensure_ascii=False, default=str) + "\n"
-    _write_atomic(files["card"], lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_atomically(files["card"], lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     written = {kind: path for kind, path in files.items() if kind not in errors}
     if errors and strict:
         failed = "; ".join(f"{FILE_NAMES[kind]} ({why})" for kind, why in errors.items())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import onnx
 import pytest
@@ -182,3 +184,18 @@ def test_a_model_that_fails_on_the_sample_is_a_clear_error_and_writes_nothing(tm
     with pytest.raises(KdsearchError, match=r"fails on the input of shape \(2, 3, 28, 28\)"):
         export_student(SmallCNN(), tmp_path / "out", sample=torch.randn(2, 3, 28, 28), card={})
     assert not (tmp_path / "out").exists()
+
+
+def test_every_exported_file_has_the_permissions_of_a_plain_file(tmp_path):
+    """safetensors writes 0600 files; a folder copied to a server must be readable like the others (0644 here)."""
+    x = torch.randn(4, 1, 28, 28)
+    old = os.umask(0o022)
+    try:
+        exported = export_student(SmallCNN(), tmp_path / "student", sample=x[:2], card={}, check_inputs=x)
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in exported.files.values()}
+    assert set(modes) == {"student.safetensors", "student.torchscript.pt", "student.onnx", "card.json"}
+    assert set(modes.values()) == {stat.S_IMODE(plain.stat().st_mode)} == {0o644}, modes
