@@ -171,12 +171,13 @@ def final_and_report(
     """The final comparison on test (retraining with several seeds; K seeds at once as a stack when
     ``runtime.trials_per_device``, or ``k``, is above 1), the exported students, the report."""
     from .parallel.stacked_trials import resolve_trials_per_device, stacked_seed_trainer
+    from .report.content import budget_warning
     from .report.page import summary_text, write_report
-    from .search.objective import final_candidates, final_comparison
+    from .search.objective import final_comparison, study_candidates
     from .ship.students import StudentKeeper, export_summary
 
     f = data.spec.final
-    n_runs = len(final_candidates(study, unlabeled=len(data.splits.unlabeled) > 0, students=f.students)) * f.seeds
+    n_runs = len(study_candidates(study, data)) * f.seeds
     keeper = StudentKeeper(data, study, report_path.parent / "students")
     bar = console.progress(n_runs, "final comparison on test", "run", leave=False)
     try:
@@ -199,6 +200,9 @@ def final_and_report(
     result.save(study)
     path = write_report(study, report_path)
     console.echo(summary_text(study))
+    warning = budget_warning(study.get_trials(deepcopy=False), result)
+    if warning:
+        console.echo(warning)
     console.echo(f"report: {path}")
     return result, exported
 
@@ -426,6 +430,7 @@ def work(
 
 def rebuild_report(study, spec, out: Path, console: Console) -> Path:
     """``report.html`` from storage; the final comparison (and the exported students) first when it is missing."""
+    from .report.content import budget_warning
     from .report.page import summary_text, write_report
     from .search.results import FinalComparison
 
@@ -444,6 +449,9 @@ def rebuild_report(study, spec, out: Path, console: Console) -> Path:
         return out
     path = write_report(study, out)
     console.echo(summary_text(study))
+    warning = budget_warning(study.get_trials(deepcopy=False), FinalComparison.read(study))
+    if warning:
+        console.echo(warning)
     console.echo(f"report: {path}")
     return path
 

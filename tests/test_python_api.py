@@ -131,6 +131,9 @@ def test_readme_example_runs_and_ships_the_student(tmp_path, monkeypatch):
     assert card["training"] == {"epochs": 2, "batch_size": 128, "lr": 0.001, "train_on": "train+val"}
     assert 0.0 <= card["test"]["accuracy"] <= 1.0
     assert "export: test accuracy" in shipped.output
+    # the run's final comparison scored test once: this export is the second scoring, a re-run, said so
+    assert "(test-split scoring 2 of this study: a re-run;" in shipped.output
+    assert card["test_scoring"].startswith("scoring 2 of this study's test split")
 
     # the shipped files give the same logits: safetensors into a fresh class, TorchScript, ONNX
     sys.path.insert(0, str(tmp_path))
@@ -210,7 +213,12 @@ def test_run_study_from_python_with_objects(tmp_path):
     assert set(result.best) == {"kd"}
     assert set(result.best["kd"]["params"]) == {"temperature", "alpha"}
     assert result.best["kd"]["trial"] in (0, 1) and 0.0 <= result.best["kd"]["value"] <= 1.0
-    assert [s.label for s in result.comparison.students] == ["best kd", "scratch", "pseudo-label"]
+    assert [s.label for s in result.comparison.students] == [
+        "best kd",
+        "untuned kd (T=4, α=0.1)",
+        "scratch",
+        "pseudo-label",
+    ]
     assert all([r.seed for r in s.runs] == result.comparison.seeds == [1000, 1001] for s in result.comparison.students)
     assert result.comparison == FinalComparison.read(result.study)  # what the report reads back
     assert result.report_path.is_file()

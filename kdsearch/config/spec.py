@@ -430,6 +430,33 @@ class FinalSpec(_Section):
         le=MAX_SEED,
         description="the students train with seeds first_seed, first_seed + 1, ... (seeds of them)",
     )
+    baselines: list[Literal["scratch", "pseudo_label", "untuned_kd"]] = Field(
+        ["scratch", "pseudo_label", "untuned_kd"],
+        description="the baselines retrained beside the tuned students: scratch (required: every Δ pairs with it), "
+        "pseudo_label (when the pool has unlabeled images), untuned_kd (KD at the fixed recipe untuned_kd: did "
+        "tuning pay?)",
+    )
+    untuned_kd: dict[str, float] = Field(
+        {"temperature": 4.0, "alpha": 0.1},
+        description="the untuned KD recipe of the untuned_kd baseline (mdistiller's T = 4, alpha = 0.1; the PyTorch "
+        "tutorial's is T = 2, alpha = 0.75, Keras's T = 10, alpha = 0.1)",
+    )
+
+    @field_validator("baselines")
+    @classmethod
+    def _scratch_first(cls, value: list[str]) -> list[str]:
+        if "scratch" not in value:
+            raise ValueError("must include 'scratch': every student's Δ is paired with the scratch student")
+        return list(dict.fromkeys(value))
+
+    @field_validator("untuned_kd")
+    @classmethod
+    def _kd_params(cls, value: dict[str, float]) -> dict[str, float]:
+        if set(value) != {"temperature", "alpha"}:
+            raise ValueError(f"needs exactly temperature and alpha (kd's parameters), got {sorted(value)}")
+        if value["temperature"] <= 0 or not 0 <= value["alpha"] <= 1:
+            raise ValueError("temperature must be > 0 and alpha in [0, 1]")
+        return value
 
 
 class RuntimeSpec(_Section):

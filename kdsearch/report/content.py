@@ -7,23 +7,24 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping, Sequence
 
 import optuna
 
 from ..search.results import FinalComparison, SeedRun
-from ..search.stats import PairedDifference, paired_by_seed
+from ..search.stats import PairedDifference, paired_by_seed, with_holm
 from ..search.study import SPEC_ATTR, best_of_each_method, params_of
 
 METRIC_LABELS = {"accuracy": "accuracy", "auc": "AUC"}
-METHOD_ORDER = ("kd", "lskd", "dkd", "cosine", "hint", "pseudo_label", "scratch")
+METHOD_ORDER = ("kd", "lskd", "dkd", "cosine", "hint", "untuned_kd", "pseudo_label", "scratch")
 METHOD_COLOURS = {
     "kd": "#1f77b4",
     "lskd": "#ff7f0e",
     "dkd": "#2ca02c",
     "cosine": "#9467bd",
     "hint": "#8c564b",
+    "untuned_kd": "#aec7e8",  # kd's blue, lighter: kd at a fixed recipe
     "pseudo_label": "#bcbd22",
     "scratch": "#7f7f7f",
 }
@@ -265,6 +266,7 @@ class StudentStats:
     # metric → the per-seed difference to the baseline trained with the same seeds (None: no baseline / itself)
     vs_scratch: Mapping[str, PairedDifference] | None = None
     vs_pseudo_label: Mapping[str, PairedDifference] | None = None
+    vs_untuned_kd: Mapping[str, PairedDifference] | None = None  # a tuned student minus untuned KD: did tuning pay?
 
     @property
     def n(self) -> int:
@@ -298,12 +300,14 @@ def final_stats(final: FinalComparison) -> list[StudentStats]:
     # each distilled student against the scratch student trained with the same teacher mode
     # (a 'consistent' winner saw augmented batches, so its baseline is the augmented scratch)
     base_runs: dict[str, list[SeedRun]] = {}
-    pseudo_runs = None
+    pseudo_runs = untuned_runs = None
     for student in final.students:
         if student.is_scratch and student.runs:
             base_runs.setdefault(student.teacher_mode, student.runs)
         elif student.method == "pseudo_label" and student.runs:
             pseudo_runs = student.runs
+        elif student.baseline == "untuned_kd" and student.runs:
+            untuned_runs = student.runs
     base_means = {  # each baseline's means, computed once
         mode: {m: statistics.fmean(getattr(r, m) for r in runs) for m in ("accuracy", "auc")}
         for mode, runs in base_runs.items()
@@ -321,7 +325,7 @@ def final_stats(final: FinalComparison) -> list[StudentStats]:
         out.append(
             StudentStats(
                 label=s.label,
-                method=s.method,
+                method=s.baseline or s.method,
                 params=dict(s.params),
                 trial=s.trial,
                 seeds=tuple(r.seed for r in s.runs),
@@ -335,6 +339,68 @@ def final_stats(final: FinalComparison) -> list[StudentStats]:
                 auc_vs_scratch_pp=(um - base["auc"]) * 100 if base else None,
                 vs_scratch=_paired(s.runs, scratch_runs),
                 vs_pseudo_label=None if s.is_baseline else _paired(s.runs, pseudo_runs),
+                vs_untuned_kd=None if s.is_baseline else _paired(s.runs, untuned_runs),
             )
         )
-    return sorted(out, key=lambda s: method_sort_key(s.method))
+    return _holm_corrected(sorted(out, key=lambda s: method_sort_key(s.method)))
+
+
+BASELINE_FIELDS = ("vs_scratch", "vs_pseudo_label", "vs_untuned_kd")
+
+
+def _holm_corrected(rows: list[StudentStats]) -> list[StudentStats]:
+    """``rows`` with each family of comparisons (every row against one baseline, per metric) Holm-corrected
+    (``stats.with_holm``): with several rows against one baseline, "significant" controls the family-wise error."""
+    out = list(rows)
+    for name in BASELINE_FIELDS:
+        at = [i for i, r in enumerate(out) if getattr(r, name)]
+        for metric in ("accuracy", "auc"):
+            corrected = with_holm([getattr(out[i], name)[metric] for i in at])
+            for i, d in zip(at, corrected):
+                out[i] = replace(out[i], **{name: {**getattr(out[i], name), metric: d}})
+    return out
+
+
+def holm_note(stats: Sequence[StudentStats]) -> str | None:
+    """The sentence saying which comparisons were Holm-corrected, or None when none was."""
+    corrected = [
+        name.removeprefix("vs_").replace("_", " ").replace("pseudo label", "pseudo-label")
+        for name in BASELINE_FIELDS
+        if any(
+            (getattr(s, name) or {}).get("accuracy") and getattr(s, name)["accuracy"].holm_p is not None for s in stats
+        )
+    ]
+    if not corrected:
+        return None
+    return (
+        f"Several students are compared with the same baseline ({', '.join(corrected)}): their significance is "
+        "Holm-corrected across those rows, per metric (the 95% intervals are each row's own)."
+    )
+
+
+def budget_warning(
+    trials: Sequence[optuna.trial.FrozenTrial], final: FinalComparison | None, *, gain: float = 0.01
+) -> str | None:
+    """One line when the training budget looks too small for the comparison to mean much: at least half of the
+    completed trials (two at least) still raised their validation objective by ``gain`` or more in their last
+    epoch, i.e. they were stopped while learning; with the scratch student's test gap to the teacher. None when
+    the students had leveled off (or ran one epoch: nothing to tell from)."""
+    histories = [
+        [t.intermediate_values[k] for k in sorted(t.intermediate_values)]
+        for t in trials
+        if t.state == optuna.trial.TrialState.COMPLETE and len(t.intermediate_values) >= 2
+    ]
+    rising = [h for h in histories if h[-1] - max(h[:-1]) >= gain]
+    if len(histories) < 2 or len(rising) * 2 < len(histories):
+        return None
+    gap = ""
+    if final is not None and final.teacher is not None:
+        scratch = next((s for s in final.students if s.is_scratch and s.runs), None)
+        if scratch is not None:
+            mean = statistics.fmean(r.accuracy for r in scratch.runs)
+            gap = f"; scratch reaches test accuracy {mean:.2f} against the teacher's {final.teacher.accuracy:.2f}"
+    return (
+        f"warning: the students were still learning when they stopped: {len(rising)} of {len(histories)} completed "
+        f"trials raised their validation score by {gain * 100:g} pp or more in their last epoch{gap}. The comparison "
+        "may not mean much yet: give them more steps (student.epochs), a higher student.lr, or a bigger student"
+    )

@@ -18,9 +18,11 @@ from typing import Mapping, Sequence
 import optuna
 import plotly.graph_objects as go
 
+from ..errors import KdsearchError
+from ..files import write_text_atomically
 from ..search.results import ExportedFiles, FinalComparison, Scores, TeacherScores
 from ..search.stats import PairedDifference
-from ..search.study import params_of
+from ..search.study import params_of, study_spec
 from .content import (  # noqa: F401
     BinBest,
     MethodBest,
@@ -31,8 +33,10 @@ from .content import (  # noqa: F401
     best_per_bin,
     best_per_bin_line,
     best_per_method,
+    budget_warning,
     final_stats,
     format_params,
+    holm_note,
     mean_std,
     method_colour,
     method_sort_key,
@@ -93,34 +97,38 @@ def _delta_cell(d: PairedDifference | None) -> str:
     return f'{mean} <span class="ci">{interval}</span>'
 
 
+COMPARED_WITH = (("scratch", "vs_scratch"), ("untuned KD", "vs_untuned_kd"), ("pseudo-label", "vs_pseudo_label"))
+
+
 def final_table(final: FinalComparison, stats: list[StudentStats] | None = None) -> str:
-    """HTML table ``#final-comparison`` with the figure's numbers: mean ± std, n seeds, and the paired
-    per-seed Δ (mean and 95% t-interval) vs scratch, and vs pseudo-label when the study has that baseline
-    (``stats``: ``final_stats(final)``, computed when not given)."""
+    """HTML table ``#final-comparison`` with the figure's numbers: mean ± std, n seeds, and per baseline the paired
+    per-seed Δ of accuracy and of AUC (mean and 95% t-interval, ✓ when significant) in one cell: vs scratch, vs
+    untuned KD and vs pseudo-label when the study has them (``stats``: ``final_stats(final)``, computed when not
+    given). Inside a horizontally scrolling box: a narrow window never cuts a column."""
     stats = final_stats(final) if stats is None else stats
-    pseudo = any(s.vs_pseudo_label for s in stats)
+    shown = [(name, attr) for name, attr in COMPARED_WITH if name == "scratch" or any(getattr(s, attr) for s in stats)]
     head = (
-        "<tr><th>student</th><th>trial</th><th>params</th><th class=num>test accuracy</th>"
-        "<th class=num>Δ accuracy vs scratch</th><th class=num>test AUC</th><th class=num>Δ AUC vs scratch</th>"
-        + ("<th class=num>Δ accuracy vs pseudo-label</th><th class=num>Δ AUC vs pseudo-label</th>" if pseudo else "")
+        "<tr><th>student</th><th>trial</th><th>params</th><th class=num>test accuracy</th><th class=num>test AUC</th>"
+        + "".join(f"<th class=num>Δ vs {name}</th>" for name, _ in shown)
         + "<th class=num>seeds</th></tr>"
     )
 
+    def deltas(s: StudentStats, attr: str) -> str:
+        d = getattr(s, attr) or {}
+        if not d and attr == "vs_scratch" and s.accuracy_vs_scratch_pp is not None:
+            return f"accuracy {_pp(s.accuracy_vs_scratch_pp)}<br>AUC {_pp(s.auc_vs_scratch_pp)}"
+        if not d:
+            return "—"
+        return f"accuracy {_delta_cell(d.get('accuracy'))}<br>AUC {_delta_cell(d.get('auc'))}"
+
     def row(s: StudentStats) -> str:
-        vs, vp = s.vs_scratch or {}, s.vs_pseudo_label or {}
-        acc_delta = _delta_cell(vs.get("accuracy")) if vs else _pp(s.accuracy_vs_scratch_pp)
-        auc_delta = _delta_cell(vs.get("auc")) if vs else _pp(s.auc_vs_scratch_pp)
         return (
             f"<tr><td>{_swatch_label(s)}</td>"
             f"<td>{'—' if s.trial is None else f'#{s.trial}'}</td>"
             f"<td>{html.escape(format_params(s.params)) or '—'}</td>"
-            f"<td class=num>{s.accuracy_mean:.4f} ± {s.accuracy_std:.4f}</td><td class=num>{acc_delta}</td>"
-            f"<td class=num>{s.auc_mean:.4f} ± {s.auc_std:.4f}</td><td class=num>{auc_delta}</td>"
-            + (
-                f"<td class=num>{_delta_cell(vp.get('accuracy'))}</td><td class=num>{_delta_cell(vp.get('auc'))}</td>"
-                if pseudo
-                else ""
-            )
+            f"<td class=num>{s.accuracy_mean:.4f} ± {s.accuracy_std:.4f}</td>"
+            f"<td class=num>{s.auc_mean:.4f} ± {s.auc_std:.4f}</td>"
+            + "".join(f"<td class=num>{deltas(s, attr)}</td>" for _, attr in shown)
             + f"<td class=num>{s.n}</td></tr>"
         )
 
@@ -129,26 +137,23 @@ def final_table(final: FinalComparison, stats: list[StudentStats] | None = None)
     if teacher:
         body += (
             f'<tr class="ref"><td><span class="sw dash"></span>teacher</td><td>—</td><td>—</td>'
-            f"<td class=num>{_fmt(teacher.accuracy)}</td><td class=num></td>"
-            f"<td class=num>{_fmt(teacher.auc)}</td><td class=num></td>"
-            + ("<td class=num></td>" * 2 if pseudo else "")
+            f"<td class=num>{_fmt(teacher.accuracy)}</td><td class=num>{_fmt(teacher.auc)}</td>"
+            + "<td class=num></td>" * len(shown)
             + "<td class=num>—</td></tr>"
         )
-    return f'<table id="final-comparison" class="data">{head}{body}</table>'
+    return f'<div class="scroll"><table id="final-comparison" class="data">{head}{body}</table></div>'
 
 
 def vs_text(s: StudentStats) -> str:
-    """`` (vs scratch: accuracy +1.94 pp [95% CI +0.86, +3.02, significant], AUC …; vs pseudo-label: …)``
-    for the terminal summary; the paired differences when the runs pair by seed."""
+    """`` (vs scratch: accuracy +1.94 pp [95% CI +0.86, +3.02, significant], AUC …; vs untuned KD: …; vs
+    pseudo-label: …)`` for the terminal summary; the paired differences when the runs pair by seed."""
     parts = []
-    for name, paired, acc_pp, auc_pp in (
-        ("scratch", s.vs_scratch, s.accuracy_vs_scratch_pp, s.auc_vs_scratch_pp),
-        ("pseudo-label", s.vs_pseudo_label, None, None),
-    ):
+    for name, attr in COMPARED_WITH:
+        paired = getattr(s, attr)
         if paired:
             parts.append(f"vs {name}: accuracy {paired['accuracy'].text()}, AUC {paired['auc'].text()}")
-        elif acc_pp is not None:
-            parts.append(f"vs {name}: accuracy {_pp(acc_pp)}, AUC {_pp(auc_pp)}")
+        elif attr == "vs_scratch" and s.accuracy_vs_scratch_pp is not None:
+            parts.append(f"vs {name}: accuracy {_pp(s.accuracy_vs_scratch_pp)}, AUC {_pp(s.auc_vs_scratch_pp)}")
     return f" ({'; '.join(parts)})" if parts else ""
 
 
@@ -280,6 +285,8 @@ tr.ref td{color:#666}
 .caption{color:#555;font-size:.88em;margin:.1em 0 .4em}
 section.figure{margin:.4em 0 .6em}
 .ci{color:#666;font-size:.92em}
+.scroll{overflow-x:auto;max-width:100%}
+.note.warn{border-left-color:#d62728;background:#fdf3f3}
 """
 
 
@@ -309,13 +316,22 @@ def students_table(exports: Mapping[str, ExportedFiles], report_dir: Path) -> st
             f'<td class="num">{"" if diff is None else f"{diff:.1e}"}</td><td>{" · ".join(links)}</td></tr>'
         )
     return (
-        '<h2 id="students">Distilled students (files)</h2><p class="caption">For the best trial of each method, the '
-        "retrained student whose test score is closest to the mean over seeds, ready to ship; every seed's weights "
+        '<h2 id="students">Distilled students (files)</h2><p class="caption">For each retrained trial, the '
+        "retrained student whose test score is closest to the mean over seeds (a representative picked by its test "
+        "score, not a better model: picking the best seed would tune on test), ready to ship; every seed's weights "
         "are kept beside it in seeds/. The ONNX file was checked against PyTorch with onnxruntime (max |Δ| of the "
         "logits). <code>kdsearch export --epochs N</code> retrains one for longer.</p>"
         '<table class="data"><tr><th>method</th><th>seed</th><th>test accuracy</th><th>test AUC</th>'
         f"<th>ONNX max |Δ|</th><th>files</th></tr>{''.join(rows)}</table>"
     )
+
+
+def _students_mode(study: optuna.Study) -> str:
+    """``final.students`` of the study's stored spec ("best" or "each"; "each" for a spec that cannot be read)."""
+    try:
+        return study_spec(study).final.students
+    except KdsearchError:
+        return "each"
 
 
 def write_report(study: optuna.Study, path: Path) -> Path:
@@ -357,15 +373,22 @@ def write_report(study: optuna.Study, path: Path) -> Path:
     if final:
         rerun = rerun_text(final)
         heading = "Final comparison (test split)" + (f" — re-run {final.run}" if rerun else "")
+        warning = budget_warning(trials, final)
         blocks += [
             f"<h2>{html.escape(heading)}</h2>",
             *([f'<p class="note">This is a {html.escape(rerun)}.</p>'] if rerun else []),
+            *([f'<p class="note warn">{html.escape(warning.removeprefix("warning: "))}</p>'] if warning else []),
             final_comparison_figure(final, stats),
             '<p class="caption">Mean ± sample standard deviation over seeds. Every student trains with the same '
-            "seeds, and seed <i>s</i> gives each the same initial weights and batch order, so Δ is <b>paired by "
-            "seed</b>: the mean of the per-seed differences in percentage points, with its 95% Student-t interval "
-            "in brackets; ✓ and bold when the interval excludes 0. Pseudo-label: cross-entropy on the labeled "
-            "images plus the teacher's arg-max label of each unlabeled image, same steps.</p>",
+            "seeds, and seed <i>s</i> gives each the same initial weights and the same seeded shuffle (scratch "
+            "draws its batches from the labeled images only, the distilled students from the whole pool, with the "
+            "same number of steps), so Δ is <b>paired by seed</b>: the mean of the per-seed differences in "
+            "percentage points, with its 95% Student-t interval in brackets; ✓ and bold when significant. "
+            "Untuned KD: kd at a fixed recipe (final.untuned_kd), the number a hand-tuned tutorial gives: Δ vs "
+            "untuned KD is what the search bought. Pseudo-label: cross-entropy on the labeled images plus the "
+            "teacher's arg-max label of each unlabeled image, same steps."
+            + (f" {html.escape(note)}" if (note := holm_note(stats)) else "")
+            + "</p>",
             final_table(final, stats),
             cost_table(final),
         ]
@@ -390,9 +413,10 @@ def write_report(study: optuna.Study, path: Path) -> Path:
     table = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _summary_rows(study, final, stats)
     )
+    retrained = "best trial of each method" if _students_mode(study) == "each" else "study's best trial"
     note = (
-        '<p class="note">Trials are tuned on the <b>validation</b> split. The final comparison retrains the best '
-        "trial of each method and a scratch student (cross-entropy on the labeled images only, same optimizer "
+        f'<p class="note">Trials are tuned on the <b>validation</b> split. The final comparison retrains the {retrained} '
+        "and a scratch student (cross-entropy on the labeled images only, same optimizer "
         "steps) with several seeds and scores them once on the held-out <b>test</b> split.</p>"
     )
     name = html.escape(study.study_name)
@@ -406,5 +430,5 @@ def write_report(study: optuna.Study, path: Path) -> Path:
 {body}
 </body></html>"""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page)
+    write_text_atomically(path, page)  # a Ctrl-C while writing leaves the old report or the new one
     return path

@@ -10,7 +10,7 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import optuna
 import torch
@@ -323,10 +323,18 @@ def cost_table(data: StudyData, teacher: Teacher, student: nn.Module) -> dict[st
     }
 
 
-def final_candidates(study: optuna.Study, *, unlabeled: bool = False, students: str = "each") -> list[Candidate]:
+def final_candidates(
+    study: optuna.Study,
+    *,
+    unlabeled: bool = False,
+    students: str = "each",
+    baselines: Sequence[str] = ("scratch", "pseudo_label"),
+    untuned_kd: Mapping[str, float] | None = None,
+) -> list[Candidate]:
     """The students the final comparison retrains: the best trial of each method (``students = "each"``) or of
-    the study (``"best"``), scratch, the pseudo-label baseline when the student's pool has ``unlabeled`` images,
-    and an augmented scratch when a winner used ``consistent``."""
+    the study (``"best"``), then the ``baselines``: scratch, the pseudo-label baseline when the student's pool has
+    ``unlabeled`` images, KD at the ``untuned_kd`` recipe (``final.untuned_kd``), and an augmented scratch when a
+    winner used ``consistent``."""
     best = best_trials_per_method(study)
     if students == "best" and best:
         top = max(best.values(), key=lambda t: t.value)
@@ -335,12 +343,28 @@ def final_candidates(study: optuna.Study, *, unlabeled: bool = False, students: 
         Candidate(label=f"best {m}", method=m, params=params_of(t)[1], trial=t.number, teacher_mode=teacher_mode_of(t))
         for m, t in sorted(best.items())
     ]
+    if "untuned_kd" in baselines and untuned_kd is not None:
+        recipe = dict(untuned_kd)
+        label = f"untuned kd (T={recipe['temperature']:g}, α={recipe['alpha']:g})"
+        candidates.append(Candidate(label=label, method="kd", params=recipe, baseline="untuned_kd"))
     candidates.append(Candidate(label="scratch", method="scratch"))
-    if unlabeled:
+    if unlabeled and "pseudo_label" in baselines:
         candidates.append(Candidate(label="pseudo-label", method="pseudo_label"))
     if any(c.teacher_mode == "consistent" for c in candidates):
         candidates.append(Candidate(label="scratch (augmented)", method="scratch", teacher_mode="consistent"))
     return candidates
+
+
+def study_candidates(study: optuna.Study, data: StudyData) -> list[Candidate]:
+    """``final_candidates`` with the study's ``final`` settings and data (pseudo-label only with unlabeled images)."""
+    f = data.spec.final
+    return final_candidates(
+        study,
+        unlabeled=len(data.splits.unlabeled) > 0,
+        students=f.students,
+        baselines=f.baselines,
+        untuned_kd=f.untuned_kd,
+    )
 
 
 SeedTrainer = Callable[[list[TrialPlan]], list[nn.Module]]
@@ -375,7 +399,7 @@ def final_comparison(
     if train_seeds is None:
         train_seeds = functools.partial(train_each, data)
     students = []
-    for candidate in final_candidates(study, unlabeled=len(data.splits.unlabeled) > 0, students=f.students):
+    for candidate in study_candidates(study, data):
         runs = []
         plans = [
             plan_trial(data, candidate.method, candidate.params, seed, teacher_mode=candidate.teacher_mode)

@@ -63,6 +63,7 @@ class Candidate(Record):
     params: dict[str, float] = Field(default_factory=dict)
     trial: Optional[int] = None
     teacher_mode: str = "cached"
+    baseline: Optional[str] = None  # "untuned_kd": a distillation method at a fixed recipe, not a trial's
 
     @property
     def is_scratch(self) -> bool:
@@ -70,8 +71,8 @@ class Candidate(Record):
 
     @property
     def is_baseline(self) -> bool:
-        """Scratch or pseudo-label: kept for comparison, not shipped as a distilled student."""
-        return self.method in BASELINES
+        """Scratch, pseudo-label or untuned KD: kept for comparison, not shipped as a distilled student."""
+        return self.method in BASELINES or self.baseline is not None
 
 
 class CandidateRuns(Candidate):
@@ -140,6 +141,19 @@ class FinalComparison(Record):
     def next_run(self) -> tuple[int, list[int]]:
         """(run number, trials seen by each earlier run) for a comparison that follows this one."""
         return self.run + 1, [*self.earlier_runs_trials, *([self.n_complete_trials] if self.n_complete_trials else [])]
+
+
+TEST_EXPORTS_ATTR = "test_exports"  # study user attr: how many exports have scored the test split
+
+
+def count_test_scoring(study: optuna.Study) -> int:
+    """Record one more scoring of the test split by an export; its number among all the study's scorings of test
+    (its final comparisons, then its exports): 2 or more is a re-run of the test split."""
+    exports = int(study.user_attrs.get(TEST_EXPORTS_ATTR, 0)) + 1
+    study.set_user_attr(TEST_EXPORTS_ATTR, exports)
+    final = study.user_attrs.get(FINAL_ATTR)
+    finals = int(final.get("run", 1)) if isinstance(final, dict) else 0
+    return finals + exports
 
 
 class TeacherScores(Record):

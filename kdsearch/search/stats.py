@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 # Two-sided 95% quantiles t_{0.975, df} of Student's t, df = 1..30 (exact to 4 decimals).
@@ -37,11 +37,69 @@ def t_quantile_975(df: int) -> float:
     )
 
 
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (modified Lentz, as in Numerical
+    Recipes' ``betacf``), converged to 1e-14."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for num in (
+            m * (b - m) * x / ((a + m2 - 1) * (a + m2)),
+            -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-14:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function ``I_x(a, b)`` for 0 <= x <= 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    """Two-sided p-value of Student's t statistic ``t`` with ``df`` degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, not {df}")
+    if math.isinf(t):
+        return 0.0
+    return _betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: rejecting those under alpha controls the
+    family-wise error rate at alpha across the family."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 @dataclass(frozen=True)
 class PairedDifference:
-    """``a - b`` paired by seed: mean, sample std and 95% t-interval of the per-seed differences.
+    """``a - b`` paired by seed: mean, sample std, 95% t-interval and two-sided p-value of the per-seed differences.
 
-    With one pair the std and interval are None ("n/a"); ``significant`` only when the interval excludes 0.
+    With one pair the std, interval and p are None ("n/a"). ``significant``: the interval excludes 0 (p < 0.05),
+    or, when the row is one of several compared with the same baseline, its Holm-adjusted p (``holm_p``) < 0.05.
     """
 
     n: int
@@ -49,18 +107,37 @@ class PairedDifference:
     std: float | None
     low: float | None
     high: float | None
+    p: float | None = None
+    holm_p: float | None = None  # set by ``with_holm`` across a family of comparisons (None: not corrected)
 
     @property
     def significant(self) -> bool:
+        if self.holm_p is not None:
+            return self.holm_p < 0.05
         return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
 
     def text(self, scale: float = 100.0, unit: str = " pp") -> str:
-        """``+1.23 pp [95% CI +0.40, +2.06]``, ``n/a`` for the interval of one seed; values × ``scale``."""
+        """``+1.23 pp [95% CI +0.40, +2.06]`` (``; Holm p 0.031`` when corrected), ``n/a`` for the interval of one
+        seed; values × ``scale``."""
         mean = f"{self.mean * scale:+.2f}{unit}"
         if self.low is None or self.high is None:
             return f"{mean} [95% CI n/a: 1 seed]"
+        holm = f"; Holm p {self.holm_p:.3f}" if self.holm_p is not None else ""
         mark = ", significant" if self.significant else ""
-        return f"{mean} [95% CI {self.low * scale:+.2f}, {self.high * scale:+.2f}{mark}]"
+        return f"{mean} [95% CI {self.low * scale:+.2f}, {self.high * scale:+.2f}{holm}{mark}]"
+
+
+def with_holm(family: Sequence[PairedDifference]) -> list[PairedDifference]:
+    """``family`` (comparisons with one baseline) with Holm-adjusted p-values; unchanged when fewer than two of
+    them have a p-value (one comparison needs no correction)."""
+    tested = [i for i, d in enumerate(family) if d.p is not None]
+    if len(tested) < 2:
+        return list(family)
+    adjusted = holm_adjusted([family[i].p for i in tested])  # type: ignore[misc]
+    out = list(family)
+    for i, q in zip(tested, adjusted):
+        out[i] = replace(family[i], holm_p=q)
+    return out
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> PairedDifference:
@@ -72,8 +149,10 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> PairedDifferenc
     if n == 1:
         return PairedDifference(1, mean, None, None, None)
     std = statistics.stdev(diffs)
-    half = t_quantile_975(n - 1) * std / math.sqrt(n)
-    return PairedDifference(n, mean, std, mean - half, mean + half)
+    se = std / math.sqrt(n)
+    half = t_quantile_975(n - 1) * se
+    p = (1.0 if mean == 0 else 0.0) if se == 0 else t_two_sided_p(mean / se, n - 1)
+    return PairedDifference(n, mean, std, mean - half, mean + half, p)
 
 
 def paired_by_seed(values: Mapping[int, float], baseline: Mapping[int, float]) -> PairedDifference | None:

@@ -20,7 +20,7 @@ from torch import nn
 from ..distill.train import TrainSet, evaluate, predict, steps_per_epoch
 from ..errors import KdsearchError
 from ..search.objective import StudyData, train_student
-from ..search.results import Candidate, ExportedFiles, SeedRun
+from ..search.results import Candidate, ExportedFiles, SeedRun, count_test_scoring
 from ..search.study import params_of, teacher_mode_of
 from .export import ExportedStudent, export_student, save_safetensors
 
@@ -79,7 +79,8 @@ def student_card(
     if seeds is not None:
         card["seeds"] = [r.to_attr() for r in seeds]
         card["representative"] = (
-            f"the seed whose test {spec.search.objective} is closest to the mean of {len(seeds)} seeds"
+            f"the seed whose test {spec.search.objective} is closest to the mean of {len(seeds)} seeds: a "
+            "representative picked by its test score, not a better model (picking the best seed would tune on test)"
         )
     return card
 
@@ -212,11 +213,23 @@ def export_one(data: StudyData, study: Any, trial: Any, out: Path, *, train_on: 
     candidate = Candidate(
         label=f"trial {trial.number}", method=method, params=params, trial=trial.number, teacher_mode=mode
     )
+    scoring = count_test_scoring(study)
     card = student_card(data, study.study_name, candidate, SeedRun(seed=seed, accuracy=acc, auc=roc), train_on=train_on)
+    card["test_scoring"] = (
+        f"scoring {scoring} of this study's test split (its final comparisons and exports): a re-run, so these "
+        "scores must not choose among trials"
+        if scoring > 1
+        else "the first scoring of this study's test split"
+    )
     check = _check_batch(data)
     exported = export_student(model, Path(out), sample=check[:2], card=card, check_inputs=check)
+    rerun = (
+        f" (test-split scoring {scoring} of this study: a re-run; choosing a trial by these scores would tune on test)"
+        if scoring > 1
+        else ""
+    )
     console.echo(
-        f"export: test accuracy {acc:.4f}, AUC {roc:.4f}; wrote {', '.join(p.name for p in exported.files.values())} "
+        f"export: test accuracy {acc:.4f}, AUC {roc:.4f}{rerun}; wrote {', '.join(p.name for p in exported.files.values())} "
         f"to {exported.folder} (ONNX vs PyTorch max |Δ| {exported.onnx_max_abs_diff:.1e})"
     )
     return exported

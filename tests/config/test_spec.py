@@ -53,6 +53,10 @@ def test_range_override_replaces_the_default():
         ({"search": {"sampler_seed": -1}}, "search.sampler_seed: Input should be greater than or equal to 0"),
         ({"data": {"split_seed": 2**40}}, "data.split_seed: Input should be less than or equal to 2147483647"),
         ({"name": "../../elsewhere"}, "name: '../../elsewhere' cannot name a study"),
+        ({"final": {"baselines": ["untuned_kd"]}}, "final.baselines: must include 'scratch'"),
+        ({"final": {"baselines": ["scratch", "tuned"]}}, "final.baselines.1: Input should be"),
+        ({"final": {"untuned_kd": {"temperature": 4.0}}}, "final.untuned_kd: needs exactly temperature"),
+        ({"final": {"untuned_kd": {"temperature": 4.0, "alpha": 2.0}}}, "alpha in [0, 1]"),
     ],
 )
 def test_bad_field_is_named_in_the_error(raw, message):

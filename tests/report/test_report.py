@@ -23,6 +23,7 @@ from kdsearch.report.page import (
     final_stats,
     final_table,
     history_figure,
+    holm_note,
     param_map_figure,
     study_objective,
     summary_rows,
@@ -32,6 +33,7 @@ from kdsearch.report.page import (
     write_report,
 )
 from kdsearch.search.results import FinalComparison
+from kdsearch.search.stats import holm_adjusted
 
 METHODS = ["kd", "lskd", "dkd", "cosine", "hint"]
 SPACE = {
@@ -320,7 +322,7 @@ def test_final_comparison_figure_points_with_error_bars_seeds_and_teacher_legend
 
 def test_final_table_has_the_same_numbers() -> None:
     table = final_table(typed(FINAL))
-    assert table.startswith('<table id="final-comparison"')
+    assert table.startswith('<div class="scroll"><table id="final-comparison"')  # scrolls, never cut
     assert "0.8500 ± 0.0100" in table  # kd accuracy
     assert "+4.00 pp" in table  # kd accuracy vs scratch
     assert "+1.27 pp" in table  # kd AUC vs scratch: (0.985 - 0.97233) × 100
@@ -484,8 +486,12 @@ def test_differences_are_paired_by_seed_with_a_t_interval() -> None:
     assert "<b>+4.00 pp</b>" in table and "✓" in table  # significant: bold and ticked
     assert f"[{-half * 100:+.2f}, {half * 100:+.2f}]" in table  # cosine: [-2.48, +2.48], not ticked
     rows = dict(summary_rows(make_study()))
-    assert "vs scratch: accuracy +4.00 pp [95% CI +4.00, +4.00, significant]" in rows["best kd (test, 3 seeds)"]
-    assert "accuracy +0.00 pp [95% CI -2.48, +2.48]" in rows["best cosine (test, 3 seeds)"]
+    # two students against scratch: Holm-corrected (kd's p is 0: no spread)
+    assert (
+        "vs scratch: accuracy +4.00 pp [95% CI +4.00, +4.00; Holm p 0.000, significant]"
+        in rows["best kd (test, 3 seeds)"]
+    )
+    assert "accuracy +0.00 pp [95% CI -2.48, +2.48; Holm p 1.000]" in rows["best cosine (test, 3 seeds)"]
 
 
 def test_pseudo_label_is_a_baseline_and_each_distilled_student_is_compared_with_it() -> None:
@@ -496,7 +502,7 @@ def test_pseudo_label_is_a_baseline_and_each_distilled_student_is_compared_with_
     assert kd.mean == pytest.approx((0.03 + 0.02 + 0.05) / 3) and kd.n == 3
     assert stats["pseudo-label"].vs_pseudo_label is None and stats["pseudo-label"].vs_scratch is not None
     table = final_table(typed(final))
-    assert "Δ accuracy vs pseudo-label" in table and "Δ AUC vs pseudo-label" in table
+    assert "<th class=num>Δ vs pseudo-label</th>" in table and "Δ vs untuned KD" not in table  # no such baseline
     assert table.count("<tr") == 1 + 4 + 1
     # kd - pseudo-label AUC per seed: 0.009, 0.014, 0.012 -> mean +1.17 pp; every row has every column
     assert "+1.17 pp" in table and len({row.count("<td") for row in table.split("<tr")[2:]}) == 1
@@ -566,3 +572,83 @@ def test_the_stored_final_comparison_reads_back_typed_and_a_damaged_one_is_one_l
     bad_teacher.set_user_attr("teacher", {"val_accuracy": "high"})
     with pytest.raises(KdsearchError, match="teacher scores .* not readable.*--study NEW_NAME"):
         summary_rows(bad_teacher)
+
+
+UNTUNED = {
+    "label": "untuned kd (T=4, α=0.1)",
+    "method": "kd",
+    "params": {"temperature": 4.0, "alpha": 0.1},
+    "trial": None,
+    "baseline": "untuned_kd",
+    "runs": [
+        {"seed": 0, "accuracy": 0.82, "auc": 0.975},
+        {"seed": 1, "accuracy": 0.83, "auc": 0.980},
+        {"seed": 2, "accuracy": 0.83, "auc": 0.982},
+    ],
+}
+
+
+def test_untuned_kd_is_a_baseline_each_tuned_student_is_paired_with() -> None:
+    final = {**FINAL, "students": [*FINAL["students"], UNTUNED]}
+    stats = {s.label: s for s in final_stats(typed(final))}
+    untuned = stats["untuned kd (T=4, α=0.1)"]
+    assert untuned.method == "untuned_kd" and untuned.vs_untuned_kd is None and untuned.vs_scratch is not None
+    kd = stats["best kd"].vs_untuned_kd["accuracy"]  # 0.84-0.82, 0.86-0.83, 0.85-0.83
+    assert kd.mean == pytest.approx((0.02 + 0.03 + 0.02) / 3) and kd.n == 3
+    assert [s.label for s in final_stats(typed(final))][-2:] == ["untuned kd (T=4, α=0.1)", "scratch"]
+    table = final_table(typed(final))
+    assert "<th class=num>Δ vs untuned KD</th>" in table and "+2.33 pp" in table
+    assert len({row.count("<td") for row in table.split("<tr")[2:]}) == 1  # every row has every column
+    rows = dict(summary_rows(make_study(final=final)))
+    assert "; vs untuned KD: accuracy +2.33 pp" in rows["best kd (test, 3 seeds)"]
+    assert "vs untuned KD" not in rows["scratch (test, 3 seeds)"]
+    assert typed(final).students[-1].is_baseline  # not shipped as a distilled student
+
+
+def test_several_rows_against_one_baseline_are_holm_corrected_and_the_report_says_so() -> None:
+    stats = {s.label: s for s in final_stats(typed(FINAL))}
+    kd, cosine = stats["best kd"].vs_scratch, stats["best cosine"].vs_scratch
+    for metric in ("accuracy", "auc"):
+        ps = [kd[metric].p, cosine[metric].p]
+        assert kd[metric].holm_p is not None and cosine[metric].holm_p is not None
+        assert sorted([kd[metric].holm_p, cosine[metric].holm_p]) == pytest.approx(sorted(holm_adjusted(ps)))
+    one = {**FINAL, "students": [s for s in FINAL["students"] if s["label"] != "best cosine"]}
+    alone = {s.label: s for s in final_stats(typed(one))}["best kd"].vs_scratch["accuracy"]
+    assert alone.holm_p is None  # one row against scratch: nothing to correct
+    page_note = holm_note(final_stats(typed(FINAL)))
+    assert page_note and "Holm-corrected" in page_note and "scratch" in page_note
+    assert holm_note(final_stats(typed(one))) is None
+
+
+def _trial(values: list[float]) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(
+        value=values[-1], intermediate_values={i + 1: v for i, v in enumerate(values)}, params={}, distributions={}
+    )
+
+
+def test_a_budget_too_small_to_mean_anything_is_said_with_the_fix(tmp_path: Path) -> None:
+    from kdsearch.report.content import budget_warning
+
+    learning = [_trial([0.2, 0.25, 0.31]), _trial([0.1, 0.18]), _trial([0.3, 0.3, 0.305])]
+    warning = budget_warning(learning, typed(FINAL))
+    assert warning and "2 of 3 completed trials raised their validation score by 1 pp or more" in warning
+    assert "scratch reaches test accuracy 0.81 against the teacher's 0.90" in warning
+    assert "student.epochs" in warning and "student.lr" in warning
+    leveled = [_trial([0.5, 0.8, 0.805]), _trial([0.6, 0.81, 0.80]), _trial([0.2, 0.3, 0.35])]
+    assert budget_warning(leveled, typed(FINAL)) is None  # only 1 of 3 still rising
+    assert budget_warning([_trial([0.2]), _trial([0.3])], None) is None  # one epoch each: nothing to tell from
+    assert budget_warning([_trial([0.1, 0.5])], None) is None  # one trial is not a pattern
+    study = make_study()
+    for values in ([0.2, 0.25, 0.31], [0.1, 0.18]):
+        study.add_trial(
+            create_trial(
+                params={"method": "kd"},
+                distributions={"method": CategoricalDistribution(METHODS)},
+                value=values[-1],
+                intermediate_values=dict(enumerate(values, start=1)),
+                user_attrs={"accuracy": values[-1], "auc": 0.9},
+            )
+        )
+    page = write_report(study, tmp_path / "r.html").read_text()
+    assert "the students were still learning when they stopped" in page
+    assert "the students were still learning" not in write_report(make_study(), tmp_path / "s.html").read_text()

@@ -43,7 +43,7 @@ def test_all_five_methods_complete_and_reach_the_final_comparison(write_spec):
 
     final = final_comparison(data, study, teacher)
     labels = [s.label for s in final.students]
-    assert labels == [f"best {m}" for m in sorted(ALL_METHODS)] + ["scratch", "pseudo-label"]
+    assert labels == [f"best {m}" for m in sorted(ALL_METHODS)] + ["untuned kd (T=4, α=0.1)", "scratch", "pseudo-label"]
 
 
 def test_features_too_large_for_the_budget_run_the_teacher_live(write_spec):

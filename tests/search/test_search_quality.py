@@ -231,6 +231,37 @@ def test_t_quantiles():
     )
 
 
+def test_t_p_values_match_the_quantile_table_and_known_values():
+    from kdsearch.search.stats import t_two_sided_p
+
+    for df in (1, 2, 4, 10, 30):
+        assert t_two_sided_p(t_quantile_975(df), df) == pytest.approx(0.05, abs=2e-5)  # the table's own definition
+    assert t_two_sided_p(2.0, 3) == pytest.approx(0.139326, abs=1e-6)  # scipy.stats.t.sf(2, 3) * 2
+    assert t_two_sided_p(1.0, 100) == pytest.approx(0.319724, abs=1e-6)
+    assert t_two_sided_p(-2.0, 3) == t_two_sided_p(2.0, 3) and t_two_sided_p(0.0, 5) == pytest.approx(1.0)
+    d = paired_difference([0.86, 0.865, 0.855], [0.84, 0.84, 0.84])
+    assert d.p == pytest.approx(t_two_sided_p(0.02 / (0.005 / math.sqrt(3)), 2)) and d.p < 0.05
+
+
+def test_holm_adjusts_step_down_and_a_family_of_one_is_left_alone():
+    from kdsearch.search.stats import holm_adjusted, with_holm
+
+    assert holm_adjusted([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjusted([0.2, 0.01]) == pytest.approx([0.2, 0.02])
+    weak = paired_difference([0.82, 0.83, 0.805, 0.815], [0.8] * 4)  # p ≈ 0.044: the interval excludes 0
+    other = paired_difference([0.82, 0.83, 0.808, 0.812], [0.8] * 4)  # p ≈ 0.037
+    strong = paired_difference([0.86, 0.865, 0.855], [0.84, 0.84, 0.84])  # p ≈ 0.020
+    assert all(d.significant for d in (weak, other, strong))
+    alone = with_holm([weak])
+    assert alone[0].holm_p is None and alone[0].significant  # one comparison: nothing to correct
+    a, b = with_holm([weak, other])  # 2 × 0.037 = 0.073: neither survives the correction
+    assert b.holm_p == pytest.approx(2 * other.p) and a.holm_p == pytest.approx(max(2 * other.p, weak.p))
+    assert not a.significant and not b.significant
+    assert "Holm p" in a.text() and "significant" not in a.text()
+    c, d = with_holm([strong, weak])  # 2 × 0.020 < 0.05, then 0.044 < 0.05: both stand
+    assert c.significant and d.significant
+
+
 # --------------------------------------------------------------------------- sampler and storage
 
 
