@@ -130,6 +130,23 @@ def test_readme_example_runs_and_ships_the_student(tmp_path, monkeypatch):
     card = json.loads((tmp_path / "shipped" / "card.json").read_text())
     assert card["training"] == {"epochs": 2, "batch_size": 128, "lr": 0.001, "train_on": "train+val"}
     assert 0.0 <= card["test"]["accuracy"] <= 1.0
+    # the study's best trial, its method and params, at the final comparison's first seed
+    study = optuna.load_study(study_name="my_study", storage=f"sqlite:///{tmp_path / 'runs' / 'my_study' / 'study.db'}")
+    best = max((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    method = best.params["method"]
+    assert card["trial"] == best.number and card["method"] == method and card["seed"] == 1000
+    assert card["params"] == pytest.approx(
+        {k.removeprefix(f"{method}_"): v for k, v in best.params.items() if k.startswith(f"{method}_")}
+    )
+    # train+val: the validation images joined the pool (more rows, so more steps than the study's epochs)
+    steps = re.search(r"for 2 epochs on train\+val, seed 1000 \((\d+) rows, (\d+) steps per epoch\)", shipped.output)
+    assert steps, shipped.output
+    pool = re.search(
+        r"(\d+) val / \d+ test images, \d+ classes; student pool (\d+) labeled \+ (\d+) unlabeled", result.output
+    )
+    assert pool, result.output
+    n_val, n_labeled, n_unlabeled = (int(g) for g in pool.groups())
+    assert int(steps.group(1)) == n_labeled + n_unlabeled + n_val  # every validation image was trained on
     assert "export: test accuracy" in shipped.output
     # the run's final comparison scored test once: this export is the second scoring, a re-run, said so
     assert "(test-split scoring 2 of this study: a re-run;" in shipped.output

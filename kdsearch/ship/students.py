@@ -205,7 +205,8 @@ def export_one(data: StudyData, study: Any, trial: Any, out: Path, *, train_on: 
     console.echo(
         f"export: retraining trial {trial.number} ({method}, "
         + ", ".join(f"{k}={v:.4g}" for k, v in params.items())
-        + f") for {data.spec.student.epochs} epochs on {train_on}, seed {seed}"
+        + f") for {data.spec.student.epochs} epochs on {train_on}, seed {seed} ({len(data.distill_set)} rows, "
+        f"{data.steps} steps per epoch)"
     )
     model, _ = train_student(data, method, params, seed, teacher_mode=mode)
     test = data.splits.test.in_memory(data.device, data.spec.data.memory_budget_mb / 2)

@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from kdsearch.parallel.workers import TrialSlot, run_worker
-from kdsearch.signals import StopSignals, interruptible, shielded
+from kdsearch.signals import StopSignals, interruptible, raise_if_stop_requested, shielded, stop_requested
 
 
 def ctrl_c() -> None:
@@ -44,8 +44,15 @@ def test_interruptible_raises_on_entry_after_a_shielded_signal_and_the_shield_th
 
 
 def test_without_stop_signals_the_helpers_do_nothing():
-    with shielded(), interruptible():
-        pass
+    """No StopSignals installed (e.g. the Python API in a notebook): the helpers change no handler, defer no
+    interrupt and see no stop request."""
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with shielded():
+            raise KeyboardInterrupt  # not deferred to the end of the shield: nothing to defer it
+    with interruptible():
+        raise_if_stop_requested()
+    assert signal.getsignal(signal.SIGINT) is handler and not stop_requested()
 
 
 class SignalingStorage(optuna.storages.InMemoryStorage):

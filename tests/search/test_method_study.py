@@ -91,9 +91,14 @@ def test_augmentation_shifts_and_flips_within_the_image():
     assert out.shape == x.shape
     assert set(out.unique().tolist()) <= set(x.unique().tolist())  # replicate padding adds no new values
     assert torch.equal(augment_batch(x, Augment(shift=0, flip=False), g), x)
-    flipped = augment_batch(x, Augment(shift=0, flip=True), torch.Generator().manual_seed(1))
-    for i in range(2):
-        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(-1))
+    many = torch.rand(64, 1, 6, 6, generator=torch.Generator().manual_seed(2))
+    flipped = augment_batch(many, Augment(shift=0, flip=True), torch.Generator().manual_seed(1))
+    mirrored = [torch.equal(flipped[i], many[i].flip(-1)) for i in range(64)]
+    kept = [torch.equal(flipped[i], many[i]) for i in range(64)]
+    assert all(m or k for m, k in zip(mirrored, kept))  # each image is itself or its mirror image
+    assert 16 <= sum(mirrored) <= 48 and sum(kept) == 64 - sum(mirrored)  # about half are flipped
+    shifted = augment_batch(many, Augment(shift=1, flip=False), torch.Generator().manual_seed(1))
+    assert sum(not torch.equal(shifted[i], many[i]) for i in range(64)) >= 32  # most images moved
 
 
 @pytest.mark.parametrize("layer", ["nope", "features.99"])

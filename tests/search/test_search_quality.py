@@ -4,6 +4,8 @@ DKD's warm-up, the pseudo-label baseline, paired statistics, constant liar and a
 from __future__ import annotations
 
 import math
+import statistics
+import warnings
 
 import optuna
 import pytest
@@ -63,6 +65,37 @@ def test_every_pruner_of_the_spec_is_built(name):
     spec = spec_from_dict({"search": {"pruner": name}})
     assert isinstance(build_pruner(name, startup_trials=5, warmup_epochs=0, epochs=5), optuna.pruners.BasePruner)
     assert spec.search.pruner == name
+
+
+@pytest.mark.parametrize("name", ["median_per_method", "median"])
+def test_the_median_pruners_honour_warm_up_and_start_up(name):
+    """warmup_epochs = 1: a trial reports epochs as steps 1, 2, ...; it may be pruned from epoch 2 on, and only
+    once ``startup_trials`` trials have completed."""
+    method = {"method": optuna.distributions.CategoricalDistribution(["kd"])}
+
+    def bad_trial_pruned_at(completed: int) -> list[int]:
+        study = optuna.create_study(
+            direction="maximize", pruner=build_pruner(name, startup_trials=2, warmup_epochs=1, epochs=4)
+        )
+        for _ in range(completed):
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"method": "kd"},
+                    distributions=method,
+                    value=0.8,
+                    intermediate_values={1: 0.8, 2: 0.8, 3: 0.8},
+                )
+            )
+        trial = study.ask(method)
+        pruned = []
+        for step in (1, 2, 3):
+            trial.report(0.1, step)
+            if trial.should_prune():
+                pruned.append(step)
+        return pruned
+
+    assert bad_trial_pruned_at(2) == [2, 3]  # not at epoch 1 (warm-up), then at every epoch
+    assert bad_trial_pruned_at(1) == []  # one completed trial: still starting up
 
 
 # --------------------------------------------------------------------------- methods on every task
@@ -265,11 +298,27 @@ def test_holm_adjusts_step_down_and_a_family_of_one_is_left_alone():
 # --------------------------------------------------------------------------- sampler and storage
 
 
-def test_tpe_uses_constant_liar_and_the_objective_is_named():
+def _next_draws(sampler: optuna.samplers.BaseSampler, n: int = 8) -> list[float]:
+    """``n`` draws of x in [0, 1] by ``sampler`` after 12 finished trials (the higher x, the better) and with
+    those draws left running: what parallel workers ask while the others' trials are in flight."""
+    dist = optuna.distributions.FloatDistribution(0.0, 1.0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for i in range(12):
+        study.add_trial(optuna.trial.create_trial(params={"x": i / 12}, distributions={"x": dist}, value=i / 12))
+    return [study.ask({"x": dist}).params["x"] for _ in range(n)]  # none told: all running
+
+
+def test_parallel_draws_spread_out_while_trials_run_and_the_objective_is_named():
+    """Constant liar: trials still running count as bad, so parallel workers do not all sample the same best
+    region; the study's sampler spreads its draws wider than the same TPE without it."""
     spec = spec_from_dict({"search": {"objective": "auc"}})
-    sampler = make_sampler(spec)
-    assert isinstance(sampler, optuna.samplers.TPESampler)
-    assert sampler._constant_liar is True  # noqa: SLF001 (no public getter; the constructor argument)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        plain = optuna.samplers.TPESampler(
+            seed=spec.search.sampler_seed, multivariate=True, group=True, constant_liar=False
+        )
+    liar, greedy = _next_draws(make_sampler(spec)), _next_draws(plain)
+    assert statistics.pstdev(liar) > 1.5 * statistics.pstdev(greedy), (liar, greedy)
     study = create_study(spec, optuna.storages.InMemoryStorage())
     assert study.metric_names == ["val_auc"]
 
