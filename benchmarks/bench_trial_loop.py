@@ -10,7 +10,7 @@ per epoch. Only the data/teacher path differs:
   ``torch.utils.data.Dataset`` over the pool's uint8 images that builds one PIL image per item
   and applies ``transforms.ToTensor()`` + ``transforms.Normalize``; a
   ``DataLoader(batch_size, shuffle=True, drop_last=True)``; a live teacher forward pass
-  (``with torch.no_grad(): teacher(x)``) at every step; ``kdsearch.distill.methods.kd_loss`` and Adam;
+  (``with torch.no_grad(): teacher(x)``) at every step; the method's own loss (kd, lskd, dkd) and Adam;
   validation through a ``DataLoader`` over the validation split, after each epoch.
 * ``kdsearch``: ``kdsearch.search.objective.prepare_study_data`` + ``kdsearch.search.objective.train_student``:
   device-resident normalized tensors, randperm index batching, teacher logits computed once and
@@ -58,7 +58,7 @@ from torchvision import transforms  # noqa: E402
 from kdsearch.config.load import load_spec, spec_from_dict  # noqa: E402
 from kdsearch.config.spec import StudySpec  # noqa: E402
 from kdsearch.data import Splits, load_splits, read_idx_dataset, split_indices  # noqa: E402
-from kdsearch.distill.methods import kd_loss  # noqa: E402
+from kdsearch.distill.methods import METHODS, DistillBatch, build_method, kd_loss  # noqa: E402
 from kdsearch.distill.metrics import accuracy, auc  # noqa: E402
 from kdsearch.distill.teacher import Teacher, prepare_teacher  # noqa: E402
 from kdsearch.distill.train import EpochResult, resolve_device  # noqa: E402
@@ -264,19 +264,21 @@ def naive_train_student(
     if len(train_loader) != steps:
         raise SystemExit(f"benchmark bug: the naive loop has {len(train_loader)} steps per epoch, kdsearch {steps}")
     optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
-    if method != "kd":
-        raise SystemExit(f"the naive loop implements kd only; the study sampled {method!r}")
+    loss_of = build_method(method)  # the same logit loss kdsearch uses (kd, lskd, dkd, ...), called per batch
+    if loss_of.needs_features:
+        raise SystemExit(f"the naive loop taps no feature maps; the study sampled {method!r}")
     teacher.eval()
     history: list[EpochResult] = []
     for epoch in range(1, s.epochs + 1):
         model.train()
         running_loss = 0.0
-        for x, y, labeled in train_loader:
+        for step, (x, y, labeled) in enumerate(train_loader):
             x, y, labeled = x.to(device), y.to(device), labeled.to(device)
             with torch.no_grad():
                 teacher_logits = teacher(x)
             student_logits = model(x)
-            loss = kd_loss(student_logits, teacher_logits, y, labeled, params["temperature"], params["alpha"])
+            batch = DistillBatch(student_logits, y, labeled, teacher_logits, progress=epoch - 1 + (step + 1) / steps)
+            loss = loss_of.loss(batch, params)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -418,10 +420,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"device {spec.runtime.device!r} asked for but no CUDA device is visible; use --device cpu"
             )
         n_trials = args.trials or (QUICK_TRIALS if args.quick else DEFAULT_TRIALS)
-        if spec.search.methods != ["kd"]:
+        features = [m for m in spec.search.methods if METHODS.get(m).needs_features]
+        if features:
             raise KdsearchError(
-                f"search.methods = {spec.search.methods}: this benchmark's naive loop implements kd only; "
-                'use a spec with methods = ["kd"]'
+                f"search.methods = {spec.search.methods}: this benchmark's naive loop taps no feature maps "
+                f"({', '.join(features)}); use a spec of logit methods, e.g. the default study"
             )
 
         # -- not timed: data, teacher -------------------------------------------------------

@@ -180,6 +180,11 @@ def run(
         device=device,
         overrides=overrides,
     )
+    from .config.load import defaults_unlike_the_default_study
+
+    defaulted = defaults_unlike_the_default_study(path, overrides, runner.SHIPPED_DEFAULT_SPEC)
+    if defaulted:
+        console().echo(f"note: {path} leaves to built-in defaults: " + "; ".join(defaulted))
     quiet_optuna()
     url = spec.resolved_storage()
     resume = resume_command(

@@ -19,13 +19,14 @@ from .progress import Console
 from .signals import StopSignals, StudyInterrupted, shielded
 
 DEFAULT_SPEC = Path("studies") / "fashion_mnist.toml"
+SHIPPED_DEFAULT_SPEC = Path(__file__).resolve().parents[1] / DEFAULT_SPEC  # the default study beside the package
 
 
 def default_spec_path() -> Path:
     """``studies/fashion_mnist.toml`` in the working directory, else the one shipped beside the package."""
     if DEFAULT_SPEC.is_file():
         return DEFAULT_SPEC
-    return Path(__file__).resolve().parents[1] / DEFAULT_SPEC
+    return SHIPPED_DEFAULT_SPEC
 
 
 def load_study_spec(

@@ -56,13 +56,34 @@ def load_spec(path: Path | str) -> StudySpec:
     return with_study_folder(spec, path.parent)
 
 
+STUDY_RELATIVE_PATHS = (  # (section or "" for the top level, field): paths a study file gives relative to itself
+    ("data", "root"),
+    ("teacher", "checkpoint"),
+    ("student", "checkpoint"),
+    ("runtime", "cache_dir"),
+    ("", "output_dir"),
+)
+
+
 def with_study_folder(spec: StudySpec, folder: Path) -> StudySpec:
-    """``spec`` with ``runtime.python_path`` made absolute against the study file's ``folder``, which comes
-    first: a study's own modules (import-path models, data factories) are found wherever kdsearch runs."""
+    """``spec`` with every relative path of the study file made absolute against its ``folder``: the paths of
+    ``STUDY_RELATIVE_PATHS`` and ``runtime.python_path`` (the folder itself first, so a study's own modules are
+    found wherever kdsearch runs). ``data.args`` are the factory's own and stay as written."""
     folder = folder.expanduser().resolve()
-    paths = [folder] + [p if p.is_absolute() else (folder / p).resolve() for p in spec.runtime.python_path]
-    unique = list(dict.fromkeys(paths))
-    return spec.model_copy(update={"runtime": spec.runtime.model_copy(update={"python_path": unique})})
+
+    def absolute(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (folder / p).resolve()
+
+    paths = [folder] + [absolute(p) for p in spec.runtime.python_path]
+    update: dict = {"runtime": {"python_path": list(dict.fromkeys(paths))}}
+    for section, field in STUDY_RELATIVE_PATHS:
+        owner = getattr(spec, section) if section else spec
+        value = absolute(getattr(owner, field))
+        if value != getattr(owner, field):
+            update.setdefault(section, {})[field] = value
+    top = {k: v for k, v in update.get("", {}).items()}
+    sections = {name: getattr(spec, name).model_copy(update=fields) for name, fields in update.items() if name != ""}
+    return spec.model_copy(update={**sections, **top})
 
 
 def apply_overrides(raw: dict, assignments: list[str]) -> dict:
@@ -92,3 +113,30 @@ def set_field(raw: dict, key: str, value: object) -> dict:
         node = child
     node[leaf] = value
     return out
+
+
+SEARCH_DEFAULTS_TO_SAY = ("search.methods", "search.pruner_warmup_epochs", "final.seeds", "final.students")
+
+
+def defaults_unlike_the_default_study(path: Path, overrides: list[str] | None, default_study: Path) -> list[str]:
+    """One line per setting that ``path`` (and its ``--set`` overrides) leaves to a built-in default that differs
+    from what the shipped default study sets, e.g. "search.methods = ['kd'] (built-in default; the default study
+    sets ['kd', 'lskd', 'dkd'])": a study without [search] silently searching kd only is a surprise otherwise."""
+    if path.resolve() == default_study.resolve() or not default_study.is_file():
+        return []
+    try:
+        mine = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        shipped = tomllib.loads(default_study.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    overridden = {o.partition("=")[0].strip() for o in overrides or []}
+    builtin = StudySpec().model_dump(mode="json")
+    lines = []
+    for key in SEARCH_DEFAULTS_TO_SAY:
+        section, field = key.split(".")
+        if field in mine.get(section, {}) or key in overridden or field not in shipped.get(section, {}):
+            continue
+        default, theirs = builtin[section][field], shipped[section][field]
+        if default != theirs:
+            lines.append(f"{key} = {default!r} (built-in default; the default study sets {theirs!r})")
+    return lines

@@ -67,6 +67,8 @@ RESUME_MAY_CHANGE = {
     "search.trials",
     "search.sampler_seed",
     "teacher.feature_cache_mb",
+    "teacher.checkpoint",  # where the file is, not what it holds: its sha256 is in the teacher's key
+    "student.checkpoint",  # its sha256 is in the study's code record (check_same_code)
 }
 RESUME_SECTIONS = ("data", "teacher", "student", "search", "methods")
 

@@ -107,3 +107,35 @@ def test_paths_starting_with_tilde_mean_the_home_folder():
         home / "kd-cache",
         home / "runs/x",
     )
+
+
+def test_a_study_that_leaves_search_settings_to_defaults_unlike_the_default_studys_is_told(tmp_path):
+    from kdsearch.config.load import defaults_unlike_the_default_study
+    from kdsearch.runner import SHIPPED_DEFAULT_SPEC
+
+    mine = tmp_path / "my.toml"
+    mine.write_text('name = "mine"\n[data]\nlabeled = 100\n[final]\nseeds = 4\n')
+    lines = defaults_unlike_the_default_study(mine, ["search.pruner_warmup_epochs=0"], SHIPPED_DEFAULT_SPEC)
+    assert "search.methods = ['kd'] (built-in default; the default study sets ['kd', 'lskd', 'dkd'])" in lines
+    assert "final.students = 'each' (built-in default; the default study sets 'best')" in lines
+    assert not any(line.startswith(("final.seeds", "search.pruner_warmup_epochs")) for line in lines)  # set
+    assert defaults_unlike_the_default_study(SHIPPED_DEFAULT_SPEC, None, SHIPPED_DEFAULT_SPEC) == []
+
+
+def test_relative_paths_in_a_study_file_mean_its_folder_wherever_kdsearch_runs(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "my.toml").write_text(
+        'name = "rel"\noutput_dir = "out"\n[data]\nsource = "idx"\nroot = "data"\n'
+        '[teacher]\ncheckpoint = "weights/teacher.pt"\n[student]\ncheckpoint = "/abs/student.pt"\n'
+        '[runtime]\ncache_dir = "cache"\npython_path = ["lib"]\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    spec = load_spec(Path("..") / "project" / "my.toml")
+    assert spec.output_dir == folder / "out" and spec.data.root == folder / "data"
+    assert spec.teacher.checkpoint == folder / "weights" / "teacher.pt"
+    assert spec.student.checkpoint == Path("/abs/student.pt")  # absolute: as written
+    assert spec.runtime.cache_dir == folder / "cache" and spec.runtime.python_path == [folder, folder / "lib"]
+    assert spec.resolved_storage() == f"sqlite:///{folder / 'out' / 'study.db'}"
