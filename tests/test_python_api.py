@@ -94,7 +94,8 @@ def test_readme_example_runs_and_ships_the_student(tmp_path, monkeypatch):
     ]
     result = runner.invoke(app, ["run", "--spec", "my.toml", "--trials", "3", *tiny])
     assert result.exit_code == 0, result.output
-    assert "loaded from teacher.pt, fine-tuned 1 epoch" in result.output
+    # teacher.checkpoint = "teacher.pt" means the study file's folder: the line names the resolved file
+    assert f"loaded from {tmp_path / 'teacher.pt'}, fine-tuned 1 epoch" in result.output
     students = tmp_path / "runs" / "my_study" / "students"
     best = [m for m in ("kd", "lskd", "dkd") if (students / m).is_dir()]
     assert best, result.output

@@ -79,6 +79,7 @@ def test_a_consistent_winner_is_compared_with_an_equally_augmented_scratch(write
     assert modes == {
         "best kd": "consistent",
         "scratch": "cached",
+        "untuned kd (T=4, α=0.1)": "cached",  # the recipe people copy: cached soft targets, no augmentation
         "pseudo-label": "cached",
         "scratch (augmented)": "consistent",
     }
