@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Both set everything up first.
 TRIALS ?= 50
 
-.PHONY: run test test-fast docs setup setup-test bench bench-search bench-trials-per-device bench-compile
+.PHONY: run test test-fast docs setup setup-test bench bench-search bench-trials-per-device bench-compile mutmut
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,10 @@ docs: setup-test
 
 bench: setup
 	.venv/bin/python benchmarks/bench_trial_loop.py
+
+# Mutation testing of the pure modules named in pyproject.toml [tool.mutmut] (scores: benchmarks/RESULTS.md)
+mutmut: setup-test
+	rm -rf mutants && .venv/bin/mutmut run && .venv/bin/mutmut results
 
 # The search-quality benchmark (benchmarks/RESULTS.md §7): the grid (~15 min on 2 cores, resumable), then the replays
 bench-search: setup

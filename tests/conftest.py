@@ -32,6 +32,7 @@ pruner_startup_trials = {startup}
 pruner_warmup_epochs = 0
 [final]
 seeds = 2
+baselines = ["scratch", "pseudo_label"]  # untuned_kd left out for speed (tests/test_python_api.py keeps it)
 [runtime]
 cache_dir = "{cache}"
 """

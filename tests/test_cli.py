@@ -55,12 +55,8 @@ def test_run_creates_study_final_comparison_and_report(write_spec, tmp_path):
 
     final = study.user_attrs["final_comparison"]
     assert final["split"] == "test" and len(final["seeds"]) == 2
-    assert [s["label"] for s in final["students"]] == [
-        "best kd",
-        "untuned kd (T=4, α=0.1)",
-        "scratch",
-        "pseudo-label",
-    ]  # 600 unlabeled
+    # 600 unlabeled images: pseudo-label; the tiny spec leaves untuned KD out (tests/test_python_api.py has it)
+    assert [s["label"] for s in final["students"]] == ["best kd", "scratch", "pseudo-label"]
     assert all([r["seed"] for r in s["runs"]] == final["seeds"] for s in final["students"])  # paired by seed
     assert final["students"][0]["trial"] == study.best_trial.number
     assert final["run"] == 1 and final["earlier_runs_trials"] == []

@@ -3,7 +3,7 @@
 A signal whose KeyboardInterrupt Python swallows (it lands in a finalizer) still stops training within a step,
 and SIGINT at random moments of a tiny study (teacher, trials, final comparison, export, report), with two
 CPU-burning processes beside it, ends each run within 10 s with code 130, one message, no RUNNING trial and
-no half-written file. CI sends 5 signals; ``KDSEARCH_CTRL_C_MOMENTS=20`` sends 20 (``make test`` does not).
+no half-written file. CI sends 4 signals; ``KDSEARCH_CTRL_C_MOMENTS=20`` sends 20 (``make test`` does not).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def _spec(write_spec, tmp_path: Path, name: str) -> Path:
 
 @pytest.mark.slow
 def test_sigint_at_random_moments_of_a_study_under_load_exits_within_seconds(write_spec, tmp_path):
-    moments = int(os.environ.get("KDSEARCH_CTRL_C_MOMENTS", "5"))
+    moments = int(os.environ.get("KDSEARCH_CTRL_C_MOMENTS", "4"))
     rng = random.Random(18)
     with cpu_burners(2):
         # one uninterrupted run under the same load: how long a run lasts after its first line

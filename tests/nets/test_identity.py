@@ -89,7 +89,9 @@ def test_code_identity_holds_the_user_files_and_the_student_checkpoint(write_spe
     }
 
 
-def test_a_resume_with_a_changed_student_module_is_refused_before_the_teacher(write_spec, tmp_path, nets):
+def test_a_resume_with_a_changed_student_module_is_refused_before_the_teacher(
+    write_spec, tmp_path, nets, teacher_cache
+):
     spec_path = write_spec(cache=tmp_path / "fresh-cache")
     spec_path.write_text(spec_path.read_text().replace("[student]\n", f'[student]\narch = "{nets}:student"\n'))
     study = _study_with_a_finished_trial(spec_path)
@@ -106,8 +108,9 @@ def test_a_resume_with_a_changed_student_module_is_refused_before_the_teacher(wr
     assert len(study.trials) == 1 and recorded_code(study) == before
 
     (tmp_path / f"{nets}.py").write_text(STUDENT)  # the file the study ran with: accepted again
-    result = runner.invoke(app, ["run", "--spec", str(spec_path), "--trials", "1"])
-    assert "is not what study" not in result.output
+    cached = f'runtime.cache_dir="{teacher_cache}"'  # the session's teacher: no second teacher training
+    result = runner.invoke(app, ["run", "--spec", str(spec_path), "--trials", "1", "--set", cached])
+    assert result.exit_code == 0 and "is not what study" not in result.output, result.output
 
 
 def test_a_resume_with_another_student_checkpoint_is_refused(write_spec, tmp_path):

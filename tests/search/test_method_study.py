@@ -43,7 +43,7 @@ def test_all_five_methods_complete_and_reach_the_final_comparison(write_spec):
 
     final = final_comparison(data, study, teacher)
     labels = [s.label for s in final.students]
-    assert labels == [f"best {m}" for m in sorted(ALL_METHODS)] + ["untuned kd (T=4, α=0.1)", "scratch", "pseudo-label"]
+    assert labels == [f"best {m}" for m in sorted(ALL_METHODS)] + ["scratch", "pseudo-label"]
 
 
 def test_features_too_large_for_the_budget_run_the_teacher_live(write_spec):
@@ -79,7 +79,6 @@ def test_a_consistent_winner_is_compared_with_an_equally_augmented_scratch(write
     assert modes == {
         "best kd": "consistent",
         "scratch": "cached",
-        "untuned kd (T=4, α=0.1)": "cached",  # the recipe people copy: cached soft targets, no augmentation
         "pseudo-label": "cached",
         "scratch (augmented)": "consistent",
     }

@@ -55,6 +55,31 @@ def test_per_method_median_compares_a_trial_only_with_its_own_method():
     assert not _new_trial_pruned(pooled, "kd", 0.7)
 
 
+def test_per_method_median_edges_defaults_and_bad_settings():
+    study = _study_with(PerMethodMedianPruner(n_startup_trials=0, n_warmup_steps=0))
+    assert _new_trial_pruned(study, "dkd", 0.1)  # no start-up asked: two completed dkd trials are enough
+    one = optuna.create_study(direction="maximize", pruner=PerMethodMedianPruner(n_startup_trials=0))
+    one.enqueue_trial({"method": "kd"})
+    first = one.ask()
+    first.suggest_categorical("method", ["kd", "dkd"])
+    first.report(0.8, 1)
+    one.tell(first, 0.8)
+    assert _new_trial_pruned(one, "kd", 0.1)  # one completed peer is a median
+    # a step no peer reported: nothing to compare with, not pruned; only NaNs so far: a diverged trial, pruned
+    unseen = _study_with(PerMethodMedianPruner(n_startup_trials=1))
+    unseen.enqueue_trial({"method": "kd"})
+    trial = unseen.ask()
+    trial.suggest_categorical("method", ["kd", "dkd"])
+    trial.report(0.0, 7)
+    assert not trial.should_prune()
+    assert _new_trial_pruned(_study_with(PerMethodMedianPruner(n_startup_trials=1)), "kd", float("nan"))
+    default = PerMethodMedianPruner()
+    assert (default.n_startup_trials, default.n_warmup_steps) == (5, 0)
+    for bad in ({"n_startup_trials": -1}, {"n_warmup_steps": -1}):
+        with pytest.raises(ValueError, match="must be >= 0"):
+            PerMethodMedianPruner(**bad)
+
+
 def test_per_method_median_waits_for_startup_trials_of_that_method():
     study = _study_with(PerMethodMedianPruner(n_startup_trials=3, n_warmup_steps=1))  # each method has only 2
     assert not _new_trial_pruned(study, "dkd", 0.0)
@@ -259,9 +284,20 @@ def test_paired_by_seed_pairs_runs_of_the_same_seed():
 
 def test_t_quantiles():
     assert t_quantile_975(1) == pytest.approx(12.7062) and t_quantile_975(4) == pytest.approx(2.7764)
-    assert t_quantile_975(31) == pytest.approx(2.0395, abs=2e-4) and t_quantile_975(1000) == pytest.approx(
-        1.9623, abs=2e-4
-    )
+    assert t_quantile_975(30) == pytest.approx(2.0423)  # the table's last entry
+    # beyond the table, the Cornish-Fisher expansion: exact values (scipy.stats.t.ppf(0.975, df)) to 5e-5
+    exact = {31: 2.039513, 35: 2.030108, 40: 2.021075, 60: 2.000298, 120: 1.979930, 1000: 1.962339}
+    for df, value in exact.items():
+        assert t_quantile_975(df) == pytest.approx(value, abs=5e-5), df
+        assert t_two_sided_p_of(t_quantile_975(df), df) == pytest.approx(0.05, abs=1e-5), df
+    with pytest.raises(ValueError, match="degrees of freedom must be >= 1"):
+        t_quantile_975(0)
+
+
+def t_two_sided_p_of(t: float, df: int) -> float:
+    from kdsearch.search.stats import t_two_sided_p
+
+    return t_two_sided_p(t, df)
 
 
 def test_t_p_values_match_the_quantile_table_and_known_values():
@@ -272,6 +308,11 @@ def test_t_p_values_match_the_quantile_table_and_known_values():
     assert t_two_sided_p(2.0, 3) == pytest.approx(0.139326, abs=1e-6)  # scipy.stats.t.sf(2, 3) * 2
     assert t_two_sided_p(1.0, 100) == pytest.approx(0.319724, abs=1e-6)
     assert t_two_sided_p(-2.0, 3) == t_two_sided_p(2.0, 3) and t_two_sided_p(0.0, 5) == pytest.approx(1.0)
+    assert t_two_sided_p(float("inf"), 3) == 0.0 and t_two_sided_p(1e9, 3) == pytest.approx(0.0, abs=1e-12)
+    assert t_two_sided_p(0.5, 1) == pytest.approx(0.704833, abs=1e-6)  # the continued fraction's other branch
+    assert t_two_sided_p(3.0, 50) == pytest.approx(0.0042017, abs=1e-7)  # mpmath quad of the t density
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t_two_sided_p(1.0, 0)
     d = paired_difference([0.86, 0.865, 0.855], [0.84, 0.84, 0.84])
     assert d.p == pytest.approx(t_two_sided_p(0.02 / (0.005 / math.sqrt(3)), 2)) and d.p < 0.05
 
@@ -281,6 +322,8 @@ def test_holm_adjusts_step_down_and_a_family_of_one_is_left_alone():
 
     assert holm_adjusted([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm_adjusted([0.2, 0.01]) == pytest.approx([0.2, 0.02])
+    assert holm_adjusted([0.6, 0.7, 0.01]) == pytest.approx([1.0, 1.0, 0.03])  # capped at 1, order kept
+    assert holm_adjusted([]) == [] and holm_adjusted([0.04]) == pytest.approx([0.04])
     weak = paired_difference([0.82, 0.83, 0.805, 0.815], [0.8] * 4)  # p ≈ 0.044: the interval excludes 0
     other = paired_difference([0.82, 0.83, 0.808, 0.812], [0.8] * 4)  # p ≈ 0.037
     strong = paired_difference([0.86, 0.865, 0.855], [0.84, 0.84, 0.84])  # p ≈ 0.020
