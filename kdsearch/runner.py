@@ -172,7 +172,6 @@ def final_and_report(
     """The final comparison on test (retraining with several seeds; K seeds at once as a stack when
     ``runtime.trials_per_device``, or ``k``, is above 1), the exported students, the report."""
     from .parallel.stacked_trials import resolve_trials_per_device, stacked_seed_trainer
-    from .report.content import budget_warning
     from .report.page import summary_text, write_report
     from .search.objective import final_comparison, study_candidates
     from .ship.students import StudentKeeper, export_summary
@@ -201,9 +200,6 @@ def final_and_report(
     result.save(study)
     path = write_report(study, report_path)
     console.echo(summary_text(study))
-    warning = budget_warning(study.get_trials(deepcopy=False), result)
-    if warning:
-        console.echo(warning)
     console.echo(f"report: {path}")
     return result, exported
 
@@ -431,7 +427,6 @@ def work(
 
 def rebuild_report(study, spec, out: Path, console: Console) -> Path:
     """``report.html`` from storage; the final comparison (and the exported students) first when it is missing."""
-    from .report.content import budget_warning
     from .report.page import summary_text, write_report
     from .search.results import FinalComparison
 
@@ -450,9 +445,6 @@ def rebuild_report(study, spec, out: Path, console: Console) -> Path:
         return out
     path = write_report(study, out)
     console.echo(summary_text(study))
-    warning = budget_warning(study.get_trials(deepcopy=False), FinalComparison.read(study))
-    if warning:
-        console.echo(warning)
     console.echo(f"report: {path}")
     return path
 

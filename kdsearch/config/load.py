@@ -75,14 +75,12 @@ def with_study_folder(spec: StudySpec, folder: Path) -> StudySpec:
         return p if p is None or p.is_absolute() else (folder / p).resolve()
 
     paths = [folder] + [absolute(p) for p in spec.runtime.python_path]
-    update: dict = {"runtime": {"python_path": list(dict.fromkeys(paths))}}
+    update: dict = {"": {}, "runtime": {"python_path": list(dict.fromkeys(paths))}}
     for section, field in STUDY_RELATIVE_PATHS:
         owner = getattr(spec, section) if section else spec
-        value = absolute(getattr(owner, field))
-        if value != getattr(owner, field):
-            update.setdefault(section, {})[field] = value
-    top = {k: v for k, v in update.get("", {}).items()}
-    sections = {name: getattr(spec, name).model_copy(update=fields) for name, fields in update.items() if name != ""}
+        update.setdefault(section, {})[field] = absolute(getattr(owner, field))
+    top = update.pop("")
+    sections = {name: getattr(spec, name).model_copy(update=fields) for name, fields in update.items()}
     return spec.model_copy(update={**sections, **top})
 
 

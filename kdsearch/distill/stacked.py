@@ -88,13 +88,12 @@ class MemberDropout(nn.Module):
         return x * keep.to(x.dtype) / (1.0 - self.p)
 
 
-def _member_dropouts(model: nn.Module, keybox: list) -> int:
-    """Replace every dropout module of ``model`` by a ``MemberDropout`` (in place); how many there were."""
+def _member_dropouts(model: nn.Module, keybox: list) -> None:
+    """Replace every dropout module of ``model`` by a ``MemberDropout`` (in place)."""
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, DROPOUTS)]
     for layer, (name, m) in enumerate(found):
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, MemberDropout(keybox, m, layer))
-    return len(found)
 
 
 def _meta_copy(template: nn.Module) -> nn.Module:

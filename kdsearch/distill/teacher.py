@@ -26,7 +26,14 @@ from ..config.spec import GIVEN_ARCH, WHOLE_MODEL_ARCHS, StudySpec
 from ..data import Splits, default_cache_root, save_atomic
 from ..errors import KdsearchError, first_line
 from ..nets.identity import file_sha256
-from ..nets.models import FeatureTap, build_model, code_fingerprint, load_checkpoint, state_dict_sha256
+from ..nets.models import (
+    FeatureTap,
+    build_model,
+    code_fingerprint,
+    load_checkpoint,
+    state_dict_sha256,
+    tensor_bytes,
+)
 from .methods import build_method
 from .train import Augment, EpochResult, TrainSet, TrialPlan, channels_last, evaluate, fit, predict, steps_per_epoch
 
@@ -111,10 +118,7 @@ def cache_teacher(
 
 def logits_sha256(logits: Tensor) -> str:
     """sha256 (hex) of a logits tensor (its dtype, shape and bytes)."""
-    t = logits.detach().cpu().contiguous()
-    h = hashlib.sha256(f"{t.dtype}|{list(t.shape)}|".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return hashlib.sha256(f"{logits.dtype}|{list(logits.shape)}|".encode() + tensor_bytes(logits)).hexdigest()
 
 
 def train_teacher(

@@ -7,6 +7,7 @@ refused, and so that a spec read back from a study imports only files that match
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -40,11 +41,13 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@functools.cache
 def _stdlib_folders() -> list[Path]:
     paths = sysconfig.get_paths()
     return [Path(paths[k]).resolve() for k in ("stdlib", "platstdlib") if paths.get(k)]
 
 
+@functools.cache
 def _site_folders() -> list[Path]:
     import site
 
@@ -160,9 +163,10 @@ def check_importable_from_study(spec: Any, recorded: dict[str, dict[str, str]] |
                     "imports user code from a stored study only when it matches the file the study was run with. "
                     "Give this command the study file with --spec PATH"
                 )
-            if file_sha256(f.path) != want:
+            here = file_sha256(f.path)
+            if here != want:
                 raise KdsearchError(
                     f"{f.path} ({field} = {path!r}) is not the file study {study_name!r} was run with (sha256 "
-                    f"{file_sha256(f.path)[:12]}… here, {want[:12]}… in the study); put that version here, or start "
+                    f"{here[:12]}… here, {want[:12]}… in the study); put that version here, or start "
                     "a new study with --study NEW_NAME"
                 )

@@ -263,8 +263,14 @@ def state_dict_sha256(
     for name, value in sorted(state.items()):
         t = value.detach().cpu().contiguous()
         h.update(header(name, t).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(tensor_bytes(t))
     return h.hexdigest()
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor's values (on the CPU, in row-major order): what the digests hash."""
+    t = t.detach().cpu().contiguous()
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
 def default_feature_layer(name: str, model: Callable[[], nn.Module] | None = None) -> str:

@@ -345,14 +345,15 @@ def final_stats(final: FinalComparison) -> list[StudentStats]:
     return _holm_corrected(sorted(out, key=lambda s: method_sort_key(s.method)))
 
 
-BASELINE_FIELDS = ("vs_scratch", "vs_pseudo_label", "vs_untuned_kd")
+# (the baseline as the table and the summary name it, its StudentStats field), in the order they are shown
+COMPARED_WITH = (("scratch", "vs_scratch"), ("untuned KD", "vs_untuned_kd"), ("pseudo-label", "vs_pseudo_label"))
 
 
 def _holm_corrected(rows: list[StudentStats]) -> list[StudentStats]:
     """``rows`` with each family of comparisons (every row against one baseline, per metric) Holm-corrected
     (``stats.with_holm``): with several rows against one baseline, "significant" controls the family-wise error."""
     out = list(rows)
-    for name in BASELINE_FIELDS:
+    for _, name in COMPARED_WITH:
         at = [i for i, r in enumerate(out) if getattr(r, name)]
         for metric in ("accuracy", "auc"):
             corrected = with_holm([getattr(out[i], name)[metric] for i in at])
@@ -364,8 +365,8 @@ def _holm_corrected(rows: list[StudentStats]) -> list[StudentStats]:
 def holm_note(stats: Sequence[StudentStats]) -> str | None:
     """The sentence saying which comparisons were Holm-corrected, or None when none was."""
     corrected = [
-        name.removeprefix("vs_").replace("_", " ").replace("pseudo label", "pseudo-label")
-        for name in BASELINE_FIELDS
+        label
+        for label, name in COMPARED_WITH
         if any(
             (getattr(s, name) or {}).get("accuracy") and getattr(s, name)["accuracy"].holm_p is not None for s in stats
         )

@@ -24,6 +24,7 @@ from ..search.results import ExportedFiles, FinalComparison, Scores, TeacherScor
 from ..search.stats import PairedDifference
 from ..search.study import params_of, study_spec
 from .content import (  # noqa: F401
+    COMPARED_WITH,
     BinBest,
     MethodBest,
     StudentStats,
@@ -95,9 +96,6 @@ def _delta_cell(d: PairedDifference | None) -> str:
     if d.significant:
         return f'<b>{mean}</b> <span class="ci">{interval}</span> <span title="the 95% interval excludes 0">✓</span>'
     return f'{mean} <span class="ci">{interval}</span>'
-
-
-COMPARED_WITH = (("scratch", "vs_scratch"), ("untuned KD", "vs_untuned_kd"), ("pseudo-label", "vs_pseudo_label"))
 
 
 def final_table(final: FinalComparison, stats: list[StudentStats] | None = None) -> str:
@@ -262,9 +260,11 @@ def _summary_rows(
 
 
 def summary_text(study: optuna.Study) -> str:
+    """The terminal summary: ``summary_rows`` aligned, then the budget warning when there is one."""
     rows = summary_rows(study)
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+    warning = budget_warning(study.get_trials(deepcopy=False), FinalComparison.read(study))
+    return "\n".join([f"{k.ljust(width)}  {v}" for k, v in rows] + ([warning] if warning else []))
 
 
 _CSS = """

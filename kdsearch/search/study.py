@@ -205,7 +205,8 @@ def _what(spec: StudySpec, field: str, what: str) -> str:
 def check_same_code(study: optuna.Study, spec: StudySpec, code: Mapping[str, Mapping[str, str]]) -> None:
     """Record ``code`` (``nets.identity.code_identity``) in the study; a KdsearchError naming the file when a digest
     differs from the recorded one while the study holds trials to compare with (two students would mix)."""
-    recorded = recorded_code(study) or {}
+    found = recorded_code(study)
+    recorded = found or {}
     changed = [
         (field, what, recorded[field][what], sha)
         for field, digests in code.items()
@@ -219,10 +220,11 @@ def check_same_code(study: optuna.Study, spec: StudySpec, code: Mapping[str, Map
             f"the study, {new[:12]}… now); trials of two different models cannot be compared. Start a new study "
             "with --study NEW_NAME, or put back the version the study was run with"
         )
-    merged = {**recorded, **{field: {**recorded.get(field, {}), **digests} for field, digests in code.items()}}
-    if changed:
-        merged.update({field: dict(code[field]) for field, *_ in changed})
-    if merged != recorded or recorded_code(study) is None:
+    replaced = {field for field, *_ in changed}  # only reached when the study may take new settings
+    merged = dict(recorded)
+    for field, digests in code.items():
+        merged[field] = dict(digests) if field in replaced else {**recorded.get(field, {}), **digests}
+    if merged != recorded or found is None:
         study.set_user_attr(CODE_ATTR, merged)
 
 
