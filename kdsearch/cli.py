@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Search knowledge-distillation hyperparameters (method, temperature T, alpha) with Optuna.",
 )
-STATE = {"debug": False}
+STATE = {"debug": False, "process_ends_after": False}
 F = TypeVar("F", bound=Callable)
 
 
@@ -35,7 +35,9 @@ def friendly(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            with StopSignals():  # from the first step: also when started with SIGINT ignored (nohup, a script's &)
+            # from the first step: also when started with SIGINT ignored (nohup, a script's &); a Ctrl-C after the
+            # command's work is done (the process shutting down) is ignored, not a kill by SIGINT
+            with StopSignals(last=STATE["process_ends_after"]):
                 return command(*args, **kwargs)
         except KdsearchError as err:
             if STATE["debug"]:
@@ -384,7 +386,8 @@ def export(
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: the process ends when the command does."""
+    STATE["process_ends_after"] = True
     app()
 
 

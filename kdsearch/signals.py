@@ -29,7 +29,10 @@ class StopSignals:
     TERM ends a trial as FAILED.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, last: bool = False) -> None:
+        """``last``: the process ends right after the block, so a signal then is ignored rather than handed to the
+        previous handler (Python's default one kills the process by SIGINT while the finished run shuts down)."""
+        self.last = last
         self.requested = False
         self._shield = 0
         self._pending = False
@@ -87,7 +90,7 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         global _active
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if self.last else handler)
         sys.unraisablehook = self._previous_hook
         _active = self._outer
 
