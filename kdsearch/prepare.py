@@ -71,6 +71,7 @@ def prepare(
     from .data import load_splits
     from .distill.teacher import cache_root, prepare_teacher, teacher_key, teacher_steps
     from .distill.train import configure_threads, resolve_device
+    from .nets.hub import pretrained_input
     from .nets.identity import code_identity, handed_student_identity
     from .nets.imports import use_python_path
     from .search.study import check_same_code
@@ -82,7 +83,10 @@ def prepare(
     writable_dir(cache_root(spec), "the cache folder (runtime.cache_dir, else $KDSEARCH_CACHE or ~/.cache/kdsearch)")
     configure_threads(spec.runtime.threads)
     device = resolve_device(spec.runtime.device)  # KdsearchError for a device this machine lacks
-    splits = load_splits(spec.data, cache_dir=cache_root(spec) / "data", datasets=datasets)
+    data_spec, said = pretrained_input(spec)  # a pretrained hub teacher's mean/std/size where the study sets none
+    if said:
+        echo(said)
+    splits = load_splits(data_spec, cache_dir=cache_root(spec) / "data", datasets=datasets)
     if splits.skipped:
         echo(f"data: skipped {len(splits.skipped)} unreadable image(s) (data.skip_unreadable = true)")
     if splits.streaming:
@@ -160,8 +164,10 @@ def study_data(prepared: Prepared, console: Console):
             ("student", spec.student, data.student_layer),
         ):
             if model_spec.feature_layer is None and model_spec.arch not in MODELS:
-                console.echo(
-                    f"{role} feature layer: {layer!r} (the module before its last Linear; set "
-                    f"{role}.feature_layer to choose another)"
+                how = (
+                    "what timm's forward_features returns"
+                    if layer == "forward_features"
+                    else "the module before its last Linear"
                 )
+                console.echo(f"{role} feature layer: {layer!r} ({how}; set {role}.feature_layer to choose another)")
     return data

@@ -13,20 +13,22 @@ DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
 
 SOURCE_FIELDS: dict[str, tuple[str, ...]] = {  # DataSpec field: the sources that read it
-    "train_limit": ("idx", "cifar10", "torchvision", "python"),
-    "test_limit": ("idx", "cifar10", "torchvision", "python"),
+    "train_limit": ("idx", "cifar10", "torchvision", "python", "hf"),
+    "test_limit": ("idx", "cifar10", "torchvision", "python", "hf"),
     "download": ("idx", "cifar10", "torchvision"),
-    "test_size": ("image_folder", "csv", "torchvision", "python"),
+    "test_size": ("image_folder", "csv", "torchvision", "python", "hf"),
     "skip_unreadable": ("image_folder", "csv"),
-    "stream": ("image_folder", "csv", "torchvision", "python"),
-    "loader_workers": ("image_folder", "csv", "torchvision", "python"),
+    "stream": ("image_folder", "csv", "torchvision", "python", "hf"),
+    "loader_workers": ("image_folder", "csv", "torchvision", "python", "hf"),
     "factory": ("python",),
     "dataset": ("torchvision",),
     "args": ("torchvision", "python"),
     "csv_file": ("csv",),
     "image_dir": ("csv",),
     "file_column": ("csv",),
-    "label_column": ("csv",),
+    "label_column": ("csv", "hf"),
+    "image_column": ("hf",),
+    "split_names": ("hf",),
     "partition_column": ("csv",),
     "train_value": ("csv",),
     "test_value": ("csv",),
@@ -48,11 +50,12 @@ class DataSpec(Section):
     DataLoader with ``loader_workers`` workers (``stream``); the teacher's outputs are still computed once per image.
     """
 
-    source: Literal["idx", "cifar10", "image_folder", "csv", "torchvision", "python"] = Field(
+    source: Literal["idx", "cifar10", "image_folder", "csv", "torchvision", "python", "hf"] = Field(
         "idx",
         description="the reader: idx (MNIST-layout IDX files), cifar10 (the python-pickle batches), image_folder "
         "(root/<class>/ image files), csv (an image folder plus a CSV of labels and partitions), torchvision (a "
-        "torchvision.datasets class, see dataset) or python (the datasets of factory)",
+        "torchvision.datasets class, see dataset), python (the datasets of factory) or hf (a Hugging Face dataset on disk: "
+        "a save_to_disk folder, or an image folder or parquet files load_dataset reads)",
     )
     root: Path = Field(
         Path(DEFAULT_FASHION_MNIST_ROOT), description="dataset folder (required for sources other than idx and python)"
@@ -121,7 +124,19 @@ class DataSpec(Section):
     csv_file: Path = Field(Path("annotations.csv"), description="csv: the CSV, relative to root (or absolute)")
     image_dir: Path = Field(Path("images"), description="csv: the image folder, relative to root (or absolute)")
     file_column: str = Field("Image Name", min_length=1, description="csv: column with the image file name")
-    label_column: str = Field("Majority Vote Label", min_length=1, description="csv: column with the class label")
+    label_column: str = Field(
+        "Majority Vote Label",
+        min_length=1,
+        description="csv: column with the class label; hf: the label column (default: guessed, label or labels)",
+    )
+    image_column: str | None = Field(
+        None, min_length=1, description="hf: the image column (default: guessed, image or img)"
+    )
+    split_names: dict[str, str] = Field(
+        {},
+        description='hf: the dataset\'s split for train, val and test, e.g. { val = "validation" } (default: their '
+        "usual names; missing val/test splits are carved from train)",
+    )
     partition_column: str = Field(
         "Partition", description="csv: column with the split ('' : no column, carve test_size)"
     )
@@ -184,7 +199,7 @@ class DataSpec(Section):
         if (self.mean is None) != (self.std is None):
             raise ValueError("mean and std: give both (per-channel, on the [0, 1] scale) or neither")
         if self.mean is not None and self.std is not None:
-            if self.channels is None and self.source in ("python", "torchvision"):  # the items say: 1 or 3
+            if self.channels is None and self.source in ("python", "torchvision", "hf"):  # the items say: 1 or 3
                 if len(self.mean) != len(self.std) or len(self.mean) not in (1, 3):
                     raise ValueError(
                         f"mean and std need one value per channel (1 or 3); got {len(self.mean)} and {len(self.std)}"

@@ -14,6 +14,7 @@ else:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 from ..errors import KdsearchError
+from .model_spec import HF_PATH_PREFIXES
 from .spec import StudySpec
 
 
@@ -79,6 +80,11 @@ def with_study_folder(spec: StudySpec, folder: Path) -> StudySpec:
     for section, field in STUDY_RELATIVE_PATHS:
         owner = getattr(spec, section) if section else spec
         update.setdefault(section, {})[field] = absolute(getattr(owner, field))
+    for role in ("teacher", "student"):  # hf/<folder>, hf-config/<folder or .json>: paths too
+        arch = getattr(spec, role).arch
+        prefix = next((p for p in HF_PATH_PREFIXES if arch.startswith(p)), None)
+        if prefix and arch[len(prefix) :].strip():
+            update.setdefault(role, {})["arch"] = prefix + str(absolute(Path(arch[len(prefix) :]).expanduser()))
     top = update.pop("")
     sections = {name: getattr(spec, name).model_copy(update=fields) for name, fields in update.items()}
     return spec.model_copy(update={**sections, **top})

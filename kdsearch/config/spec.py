@@ -19,12 +19,23 @@ from pydantic import Field, field_validator, model_validator
 from ..errors import KdsearchError
 from .catalog import ParamRange, method_info, method_names, searchable_method_names
 from .data_spec import DEFAULT_FASHION_MNIST_ROOT, SOURCE_FIELDS, DataSpec
-from .model_spec import GIVEN_ARCH, WHOLE_MODEL_ARCHS, ModelSpec, StudentSpec, TeacherSpec
+from .model_spec import (
+    GIVEN_ARCH,
+    HF_PATH_PREFIXES,
+    HUB_PREFIXES,
+    WHOLE_MODEL_ARCHS,
+    ModelSpec,
+    StudentSpec,
+    TeacherSpec,
+    hub_kind,
+)
 from .section import MAX_PARAM, MAX_SEED, Section, is_import_path
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_ROOT",
     "GIVEN_ARCH",
+    "HF_PATH_PREFIXES",
+    "HUB_PREFIXES",
     "MAX_PARAM",
     "MAX_SEED",
     "SOURCE_FIELDS",
@@ -37,6 +48,7 @@ __all__ = [
     "StudentSpec",
     "StudySpec",
     "TeacherSpec",
+    "hub_kind",
     "is_import_path",
 ]
 

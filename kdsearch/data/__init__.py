@@ -12,6 +12,8 @@ Sources (``data.source``), one module each, registered in ``SOURCES``:
 * ``torchvision`` (``torchvision_source.py``): a class of ``torchvision.datasets`` (``data.dataset``).
 * ``python`` (``python_source.py``): the map-style datasets returned by ``data.factory``, or handed
   over in Python (``load_splits(..., datasets=...)``).
+* ``hf`` (``hf_source.py``): a Hugging Face ``datasets`` dataset on disk (``save_to_disk``, or an image folder /
+  parquet files ``load_dataset`` reads), its image and label columns as items.
 
 Every source ends as uint8 N×C×H×W tensors (``store.RawDataset``), is split with seeds and
 normalized per channel (``data.mean``/``data.std``, else the training split's statistics) by
@@ -51,6 +53,7 @@ from .cifar10 import (
 )
 from .csv_source import load_csv, read_csv_index
 from .datasets import DatasetReader, load_datasets
+from .hf_source import load_hf
 
 # the sources: importing a module registers it in SOURCES
 from .idx import IDX_DOWNLOADS, IDX_FILES, download_idx, find_idx_file, idx_folder, load_idx, read_idx, read_idx_dataset
@@ -121,6 +124,7 @@ __all__ = [
     "load_idx",
     "load_image_folder",
     "load_image_list",
+    "load_hf",
     "load_python",
     "load_splits",
     "load_torchvision",

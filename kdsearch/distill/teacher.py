@@ -14,9 +14,10 @@ import hashlib
 import json
 import logging
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from filelock import FileLock
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from ..config.spec import GIVEN_ARCH, WHOLE_MODEL_ARCHS, StudySpec
 from ..data import Splits, default_cache_root, save_atomic
 from ..errors import KdsearchError, first_line
+from ..nets.hub import weights_file
 from ..nets.identity import file_sha256
 from ..nets.models import (
     FeatureTap,
@@ -66,10 +68,14 @@ def teacher_key(spec: StudySpec, splits: Splits) -> str:
     code = code_fingerprint(spec.teacher.arch, "teacher")  # the user's module file, or a handed module's weights
     if code:
         teacher["code"] = code
-    if spec.teacher.arch == GIVEN_ARCH:
-        teacher.pop("epochs")  # a handed teacher is used as it is (plus fine_tune_epochs), like a checkpoint
+    if not teacher.get("pretrained"):
+        teacher.pop("pretrained", None)  # keys of studies from before the field stay as they were
+    if spec.teacher.arch == GIVEN_ARCH or starts_pretrained(spec.teacher):
+        teacher.pop("epochs")  # a handed or pretrained teacher is used as it is (plus fine_tune_epochs)
     elif spec.teacher.checkpoint is not None:
         path = Path(spec.teacher.checkpoint)
+        if path.is_dir():  # a hub-style folder: its weights file
+            path = weights_file(path) or path
         if not path.is_file():
             raise KdsearchError(
                 f"teacher.checkpoint {path} not found; point it at a .pt file (state_dict or TorchScript)"
@@ -90,7 +96,8 @@ def teacher_key(spec: StudySpec, splits: Splits) -> str:
 def teacher_cache_path(spec: StudySpec, splits: Splits, key: str | None = None) -> Path:
     """The cache file of this spec's teacher on this data (``<cache>/teachers/<arch>-<teacher_key>.pt``; ``key``:
     the teacher key when the caller has it)."""
-    return cache_root(spec) / "teachers" / f"{spec.teacher.arch}-{key or teacher_key(spec, splits)}.pt"
+    arch = re.sub(r"[^A-Za-z0-9_.:-]+", "_", spec.teacher.arch.rstrip("/"))[-60:]  # timm/x, hf/<folder>: one file name
+    return cache_root(spec) / "teachers" / f"{arch}-{key or teacher_key(spec, splits)}.pt"
 
 
 def cache_teacher(
@@ -121,6 +128,11 @@ def logits_sha256(logits: Tensor) -> str:
     return hashlib.sha256(f"{logits.dtype}|{list(logits.shape)}|".encode() + tensor_bytes(logits)).hexdigest()
 
 
+def starts_pretrained(model_spec: Any) -> bool:
+    """Whether a model's weights come with its arch: ``pretrained = true`` (timm) or an ``hf/`` folder."""
+    return bool(model_spec.pretrained) or model_spec.arch.startswith("hf/")
+
+
 def train_teacher(
     spec: StudySpec,
     splits: Splits,
@@ -138,12 +150,18 @@ def train_teacher(
     torch.manual_seed(t.seed)
     model = build_teacher_model(spec, splits)
     epochs = t.epochs
-    if t.arch in (*WHOLE_MODEL_ARCHS, GIVEN_ARCH):
+    if t.arch in (*WHOLE_MODEL_ARCHS, GIVEN_ARCH) or starts_pretrained(t):
         epochs = t.fine_tune_epochs
     elif t.checkpoint is not None:
         load_checkpoint(model, Path(t.checkpoint), role="teacher", arch=t.arch, ignore=tuple(t.checkpoint_ignore))
         epochs = t.fine_tune_epochs
     model = model.to(device)
+    head = getattr(model, "_kdsearch_reinit_head", None)
+    if epochs == 0 and head:
+        raise KdsearchError(
+            f"the teacher's classifier head ({head}) was re-initialised for {splits.num_classes} classes, so it "
+            "predicts nothing yet; set teacher.fine_tune_epochs (e.g. 2) to train it on this data"
+        )
     if epochs == 0:
         return model
     train = TrainSet(splits.train.x, splits.train.y, torch.ones(len(splits.train), dtype=torch.bool)).to(device)
@@ -171,13 +189,14 @@ def build_teacher_model(spec: StudySpec, splits: Splits) -> nn.Module:
         splits.image_size,
         args=t.arch_args,
         checkpoint=t.checkpoint,
+        pretrained=t.pretrained,
         role="teacher",
     )
 
 
 def teacher_steps(spec: StudySpec, splits: Splits) -> int:
     """Optimizer steps of a teacher training run (for progress bars)."""
-    given = spec.teacher.checkpoint is not None or spec.teacher.arch == GIVEN_ARCH
+    given = spec.teacher.checkpoint is not None or spec.teacher.arch == GIVEN_ARCH or starts_pretrained(spec.teacher)
     epochs = spec.teacher.fine_tune_epochs if given else spec.teacher.epochs
     return epochs * steps_per_epoch(len(splits.train), spec.teacher.batch_size)
 

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from ..errors import KdsearchError
 
 IMPORT_PATH_FIELDS = ("teacher.arch", "student.arch", "data.factory")  # the spec fields that name user code
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what a hub-style folder holds, in preference order
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,28 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def weights_file(path: Path) -> Path | None:
+    """The weights file of a hub-style folder (``model.safetensors``, else ``pytorch_model.bin``), or None."""
+    return next((path / name for name in WEIGHT_FILES if (path / name).is_file()), None)
+
+
+def hub_fingerprint(arch: str) -> str:
+    """sha256 (16 hex) of the files behind an ``hf/`` or ``hf-config/`` arch (config and weights), "" otherwise:
+    a changed folder changes the teacher key and is caught on resume."""
+    from ..config.model_spec import HF_PATH_PREFIXES
+
+    kind = next((p for p in HF_PATH_PREFIXES if arch.startswith(p)), None)
+    if kind is None:
+        return ""
+    path = Path(arch[len(kind) :]).expanduser()
+    files = [path] if path.is_file() else sorted(path.glob("*")) if path.is_dir() else []
+    h = hashlib.sha256()
+    for f in files:
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".bin"):
+            h.update(f"{f.name}\0{file_sha256(f)}\n".encode())
+    return h.hexdigest()[:16]
 
 
 @functools.cache
@@ -116,8 +139,13 @@ def code_identity(spec: Any) -> dict[str, dict[str, str]]:
         if digests:
             identity[field] = digests
     checkpoint = spec.student.checkpoint
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        checkpoint = weights_file(Path(checkpoint))
     if checkpoint is not None and Path(checkpoint).is_file():
         identity["student.checkpoint"] = {"file": file_sha256(Path(checkpoint))}
+    files = hub_fingerprint(spec.student.arch)  # an hf/ folder or hf-config/ file: its config and weights
+    if files:
+        identity.setdefault("student.arch", {})["files"] = files
     return identity
 
 

@@ -30,8 +30,10 @@ from ..config.catalog import MODEL_CATALOG, TORCHVISION_MODELS, check_catalog
 from ..errors import KdsearchError, first_line
 from ..registry import Registry
 from .imports import import_object
+from .outputs import HIDDEN_STATE, adapt_outputs, first_tensor, hidden_state
 
 ModelBuilder = Callable[[int, int, int], nn.Module]
+FORWARD_FEATURES = "forward_features"  # feature_layer naming what a model's forward_features() returns (timm)
 MODELS: Registry[ModelBuilder] = Registry("model")
 
 
@@ -143,24 +145,39 @@ def is_handed(role: str) -> bool:
     return role in _GIVEN
 
 
-def _call_builder(builder: Callable[..., Any], what: str, shape: dict[str, int], args: Mapping[str, Any]) -> nn.Module:
-    """``builder(**the shape keywords it accepts, **args)``, checked to return an nn.Module."""
+def shape_keywords(builder: Callable[..., Any], shape: Mapping[str, int]) -> dict[str, int]:
+    """The shape keywords (``num_classes``, ``in_channels``, ``image_size``) that ``builder``'s signature names:
+    a ``**kwargs`` alone does not take them (timm's models pass it on and reject ``in_channels``)."""
     try:
         params = inspect.signature(builder).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        kwargs = {k: v for k, v in shape.items() if takes_any or k in params}
     except (TypeError, ValueError):  # no signature (some builtins): pass the user's arguments only
-        kwargs = {}
-    kwargs.update(args)
+        return {}
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL, p.POSITIONAL_ONLY)}
+    return {k: v for k, v in shape.items() if k in named}
+
+
+def _call_builder(
+    builder: Callable[..., Any], what: str, shape: dict[str, int], args: Mapping[str, Any], *, field: str = ""
+) -> nn.Module:
+    """``builder(**the shape keywords its signature names, **args)`` (``args`` win), checked to return an
+    nn.Module; a keyword it rejects gets a line listing what kdsearch passed and how to change it."""
+    kwargs = {**shape_keywords(builder, shape), **args}
     try:
         model = builder(**kwargs)
     except KdsearchError:
         raise
     except Exception as err:  # noqa: BLE001 - the user's constructor may raise anything
-        raise KdsearchError(f"{what} raised {type(err).__name__}: {first_line(err)}") from None
+        hint = ""
+        if isinstance(err, TypeError) and "keyword" in str(err):
+            passed = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "none"
+            hint = (
+                f" (kdsearch passed: {passed}; shape keywords go only to parameters the signature names; set or "
+                f"rename them in {field or 'arch_args'}, e.g. {{ in_chans = 3 }})"
+            )
+        raise KdsearchError(f"{what} raised {type(err).__name__}: {first_line(err)}{hint}") from None
     if not isinstance(model, nn.Module):
         raise KdsearchError(f"{what} returned {type(model).__name__!r}, not a torch.nn.Module; return the model")
-    return model
+    return adapt_outputs(model)
 
 
 def load_whole_model(kind: str, path: Path, *, role: str = "teacher") -> nn.Module:
@@ -195,15 +212,24 @@ def build_model(
     *,
     args: Mapping[str, Any] | None = None,
     checkpoint: Path | str | None = None,
+    pretrained: bool = False,
     role: str = "model",
 ) -> nn.Module:
-    """A fresh instance of ``name``: a registry name, ``package.module:callable``, ``torchscript`` / ``exported``
-    (the whole model read from ``checkpoint``) or ``python`` (the object handed to the Python API for ``role``)."""
-    from ..config.spec import GIVEN_ARCH, WHOLE_MODEL_ARCHS, is_import_path
+    """A fresh instance of ``name``: a registry name, ``package.module:callable``, ``timm/…``, ``hf/…`` or
+    ``hf-config/…`` (``nets.hub``; ``pretrained``: timm's weights), ``torchscript`` / ``exported`` (the whole
+    model read from ``checkpoint``) or ``python`` (the object handed to the Python API for ``role``). Models
+    that return a tuple, dict or ``ModelOutput`` are adapted to return their logits."""
+    from ..config.spec import GIVEN_ARCH, WHOLE_MODEL_ARCHS, hub_kind, is_import_path
 
     shape = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     if name in MODELS:
         return MODELS.get(name)(num_classes, in_channels, image_size)
+    if hub_kind(name):
+        from .hub import build_hub_model
+
+        return build_hub_model(
+            name, num_classes, in_channels, image_size, args=args or {}, pretrained=pretrained, role=role
+        )
     if name in WHOLE_MODEL_ARCHS:
         if checkpoint is None:
             raise KdsearchError(f"{role}.arch = {name!r} reads the whole model from {role}.checkpoint; set it")
@@ -220,7 +246,7 @@ def build_model(
         builder = import_object(name, field=f"{role}.arch")
         if not callable(builder):
             raise KdsearchError(f"{role}.arch = {name!r} names {type(builder).__name__!r}, not a class or function")
-        return _call_builder(builder, f"{role}.arch = {name!r}", shape, args or {})
+        return _call_builder(builder, f"{role}.arch = {name!r}", shape, args or {}, field=f"{role}.arch_args")
     return MODELS.get(name)(num_classes, in_channels, image_size)  # unknown: the registry's error lists the names
 
 
@@ -229,10 +255,14 @@ def code_fingerprint(name: str, role: str = "model") -> str:
     import path, of the handed object's weights for ``python``; "" for registry names and whole-model files."""
     import hashlib
 
-    from ..config.spec import GIVEN_ARCH, is_import_path
+    from ..config.spec import GIVEN_ARCH, hub_kind, is_import_path
 
     if name == GIVEN_ARCH and role == "teacher" and _GIVEN.get(role) is not None:
         return state_dict_sha256(_GIVEN[role]().state_dict(), header=_fingerprint_header)[:16]
+    if hub_kind(name):
+        from .hub import hub_fingerprint
+
+        return hub_fingerprint(name)
     if name in MODELS or not is_import_path(name):
         return ""
     builder = import_object(name, field=f"{role}.arch")
@@ -275,9 +305,12 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
 
 def default_feature_layer(name: str, model: Callable[[], nn.Module] | None = None) -> str:
     """The module path a feature-based method taps unless the spec says otherwise: the registry's entry for a
-    registered ``name``, else the module just before the last ``nn.Linear`` of ``model()`` (built only then)."""
+    registered ``name``, ``forward_features`` for a timm model, else the module just before the last
+    ``nn.Linear`` of ``model()`` (built only then)."""
     if name in MODELS:
         return MODELS.meta(name).get("feature_layer", "")
+    if name.startswith("timm/"):
+        return FORWARD_FEATURES
     return layer_before_last_linear(model()) if model is not None else ""
 
 
@@ -314,6 +347,8 @@ def check_model_output(
     try:
         with torch.no_grad():
             out = model.eval()(x)
+    except KdsearchError as err:  # the logits adapter: an output it cannot read
+        raise KdsearchError(f"{role}.arch = {arch!r} {err}") from None
     except Exception as err:  # noqa: BLE001 - the user's forward may raise anything
         raise KdsearchError(
             f"{role}.arch = {arch!r} fails on a batch of 2 images of {in_channels}×{image_size}×{image_size} "
@@ -333,7 +368,9 @@ def check_model_output(
 
 
 class FeatureTap:
-    """Keeps the latest output of one submodule (by dotted path) through a forward hook.
+    """Keeps the latest features of one layer of a model: a submodule's output (by dotted path, through a forward
+    hook), what ``forward_features()`` returns (``"forward_features"``, timm's models) or one of a Hugging Face
+    model's ``"hidden_states[i]"``. A non-tensor output is read as its first tensor (``outputs.first_tensor``).
 
     Example::
 
@@ -356,22 +393,68 @@ class FeatureTap:
                 f"the {role} has no nn.Linear to find a default feature layer by; set {role}.feature_layer to the "
                 "dotted path of the module whose output feature methods read"
             )
-        try:
-            module = model.get_submodule(path)
-        except AttributeError:
-            names = [n for n, _ in model.named_children()]
-            raise KdsearchError(
-                f"{role}.feature_layer {path!r} is not a module of the {role}; its top-level modules are "
-                f"{', '.join(names)} (use a dotted path such as 'features' or 'layer4.1')"
-            ) from None
         self.output: torch.Tensor | None = None
-        self._handle = module.register_forward_hook(self._keep)
+        self._undo: Callable[[], None]
+        hidden = HIDDEN_STATE.match(path)
+        if hidden:
+            self._tap_hidden_state(model, int(hidden.group(1)), role)
+        elif path == FORWARD_FEATURES and callable(getattr(model, FORWARD_FEATURES, None)):
+            self._tap_forward_features(model)
+        else:
+            try:
+                module = model.get_submodule(path)
+            except AttributeError:
+                names = [n for n, _ in model.named_children()]
+                raise KdsearchError(
+                    f"{role}.feature_layer {path!r} is not a module of the {role}; its top-level modules are "
+                    f"{', '.join(names)} (use a dotted path such as 'features' or 'layer4.1'"
+                    + (", or 'forward_features'" if hasattr(model, FORWARD_FEATURES) else "")
+                    + ")"
+                ) from None
+            self._undo = module.register_forward_hook(self._keep).remove
 
-    def _keep(self, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-        self.output = output
+    def _keep(self, module: nn.Module, inputs: object, output: Any) -> None:
+        self.output = first_tensor(output)
+
+    def _tap_forward_features(self, model: nn.Module) -> None:
+        """Wrap the instance's ``forward_features`` (forward calls it through ``self``), restored on remove."""
+        original = model.forward_features
+
+        def forward_features(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            self.output = first_tensor(out)
+            return out
+
+        model.forward_features = forward_features
+
+        def undo() -> None:
+            if model.__dict__.get(FORWARD_FEATURES) is forward_features:
+                del model.__dict__[FORWARD_FEATURES]
+
+        self._undo = undo
+
+    def _tap_hidden_state(self, model: nn.Module, index: int, role: str) -> None:
+        """A hook ahead of the logits adapter reads ``hidden_states[index]``; the model's config is set to
+        return them while the tap is on."""
+        config = getattr(model, "config", None)
+        before = getattr(config, "output_hidden_states", None)
+        if config is not None:
+            config.output_hidden_states = True
+
+        def keep(module: nn.Module, inputs: object, output: Any) -> None:
+            self.output = hidden_state(output, index)
+
+        handle = model.register_forward_hook(keep, prepend=True)
+
+        def undo() -> None:
+            handle.remove()
+            if config is not None:
+                config.output_hidden_states = before
+
+        self._undo = undo
 
     def remove(self) -> None:
-        self._handle.remove()
+        self._undo()
 
 
 # --- the seeds' small networks -------------------------------------------------------------
@@ -484,9 +567,32 @@ check_catalog(MODELS, MODEL_CATALOG, lambda name: MODELS.meta(name).get("feature
 
 
 def read_checkpoint(path: Path, *, role: str) -> dict[str, torch.Tensor]:
-    """A state_dict from a checkpoint file: a (wrapped) state_dict or a TorchScript module."""
+    """A state_dict from a checkpoint: a (wrapped) state_dict or TorchScript file, a ``.safetensors`` file, or a
+    hub-style folder holding ``model.safetensors`` or ``pytorch_model.bin`` (read with ``weights_only``)."""
+    if path.is_dir():
+        from .hub import WEIGHT_FILES, weights_file
+
+        found = weights_file(path)
+        if found is None:
+            raise KdsearchError(
+                f"{role}.checkpoint {path} is a folder without {' or '.join(WEIGHT_FILES)}; point it at the weights file"
+            )
+        path = found
     if not path.is_file():
-        raise KdsearchError(f"{role}.checkpoint {path} not found; point it at a .pt file (state_dict or TorchScript)")
+        raise KdsearchError(
+            f"{role}.checkpoint {path} not found; point it at a .pt file (state_dict or TorchScript), a .safetensors "
+            "file or a folder holding model.safetensors"
+        )
+    if path.suffix == ".safetensors":
+        import safetensors.torch
+
+        try:
+            return dict(safetensors.torch.load_file(str(path)))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own types for damaged files
+            raise KdsearchError(
+                f"{role}.checkpoint {path} is not a readable safetensors file ({first_line(err)}); save it with "
+                "safetensors.torch.save_file(model.state_dict(), path)"
+            ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except MemoryError:
@@ -533,6 +639,22 @@ def load_state(
     path = source
     state = {k: v for k, v in state.items() if not k.startswith(ignore)}
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(ignore)}
+    head = tuple(getattr(model, "_kdsearch_head", ()))  # a hub model's classifier: re-initialised when it differs
+    other_head = [
+        k for k, v in own.items() if k.startswith(head or ("\0",)) and k in state and state[k].shape != v.shape
+    ]
+    if head and other_head:
+        classes = state[other_head[0]].shape[0] if state[other_head[0]].dim() else "?"
+        from .hub import note_once
+
+        note_once(
+            f"{role}: {path}'s classifier head ({', '.join(h.rstrip('.') for h in head)}) is for {classes} classes; "
+            f"re-initialised for this data's ({'teacher.fine_tune_epochs trains it' if role == 'teacher' else 'training trains it'})"
+        )
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+        own = {k: v for k, v in own.items() if not k.startswith(head)}
+        ignore = (*ignore, *head)
+        model._kdsearch_reinit_head = ", ".join(h.rstrip(".") for h in head)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [

@@ -92,7 +92,13 @@ def build_student_model(spec: StudySpec, splits: Splits) -> nn.Module:
     """A fresh student of the spec's architecture for this data (registry, import path or the API's factory)."""
     s = spec.student
     return build_model(
-        s.arch, splits.num_classes, splits.in_channels, splits.image_size, args=s.arch_args, role="student"
+        s.arch,
+        splits.num_classes,
+        splits.in_channels,
+        splits.image_size,
+        args=s.arch_args,
+        pretrained=s.pretrained,
+        role="student",
     )
 
 

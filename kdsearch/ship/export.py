@@ -272,12 +272,22 @@ def _pytorch_logits(model: nn.Module, x: Tensor) -> Tensor:
 
 def _load_hints(architecture: str) -> dict[str, str]:
     """How to load each file, for the card."""
+    fresh = (
+        f"model = <a fresh {architecture or 'model'} instance> (kdsearch: kdsearch.nets.models.build_model("
+        "architecture, num_classes, channels, image_size))"
+    )
+    if architecture.startswith("timm/"):
+        fresh = (
+            f"model = timm.create_model({architecture[5:]!r}, num_classes=num_classes, in_chans=channels, "
+            "pretrained=False, **arch_args)"
+        )
+    elif architecture.startswith(("hf/", "hf-config/")):
+        fresh = (
+            "model = transformers.AutoModelForImageClassification.from_config(<its config, num_labels=num_classes>) "
+            "(its outputs' .logits are the logits)"
+        )
     return {
-        "safetensors": (
-            f"model = <a fresh {architecture or 'model'} instance> (kdsearch: kdsearch.nets.models.build_model("
-            "architecture, num_classes, channels, image_size)); "
-            "model.load_state_dict(safetensors.torch.load_file('student.safetensors')); model.eval()"
-        ),
+        "safetensors": f"{fresh}; model.load_state_dict(safetensors.torch.load_file('student.safetensors')); model.eval()",
         "torchscript": "model = torch.jit.load('student.torchscript.pt'); logits = model(x)",
         "onnx": (
             "session = onnxruntime.InferenceSession('student.onnx', providers=['CPUExecutionProvider']); "

@@ -128,7 +128,9 @@ def test_a_spec_arch_that_is_neither_a_name_nor_an_import_path_is_refused(write_
         and "'package.module:callable'" in result.output
     )
     result = run(write_spec(), "--set", "student.arch_args={width = 3}")
-    assert result.exit_code == 2 and "arch_args: only an import-path arch takes arguments" in result.output
+    assert (
+        result.exit_code == 2 and "arch_args: only an import-path, timm/ or hf/ arch takes arguments" in result.output
+    )
 
 
 def _teacher_module() -> nn.Module:
