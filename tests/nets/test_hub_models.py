@@ -370,7 +370,9 @@ def _run_study(tmp_path: Path, fashion_root: Path, name: str, teacher: str, stud
     )
     result = runner.invoke(app, ["run", "--spec", str(spec)])
     assert result.exit_code == 0, result.output
-    card = json.loads((tmp_path / "run" / "students" / "kd" / "card.json").read_text())
+    shipped = sorted((tmp_path / "run" / "students").glob("*/card.json"))  # one per method the trials tried
+    assert shipped
+    card = json.loads(shipped[0].read_text())
     assert card["errors"] == {} and card["files"]["onnx"] is not None
     return result.output, card
 
@@ -408,3 +410,37 @@ def test_a_saved_hf_vit_teacher_and_an_hf_config_student_run_a_study(tmp_path, f
     )
     assert "teacher feature layer: 'vit'" in output
     assert card["input"]["image_size"] == 28
+
+
+@pytest.mark.slow
+def test_the_readme_timm_example_runs_as_written(tmp_path, monkeypatch):
+    """README's "timm and Hugging Face models" study, on a small image folder and a 5-class checkpoint of
+    resnet18, made tiny only by --set (trials, epochs, seeds, data sizes)."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## timm and Hugging Face models", 1)[1]
+    study = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "parts.toml").write_text(study)
+    monkeypatch.chdir(tmp_path)  # runs/parts/ is where the command runs, as in README
+    make_class_folder(tmp_path / "data" / "parts", {"red": 14, "green": 14, "blue": 14})
+    torch.save(build_model("timm/resnet18", 5, 3, 64, role="teacher").state_dict(), tmp_path / "teacher.pth")
+    tiny = {
+        "search.trials": "2",
+        "student.epochs": "1",
+        "final.seeds": "2",
+        "final.baselines": '["scratch"]',
+        "data.val_size": "6",
+        "data.test_size": "6",
+        "data.labeled": "0",
+        "data.unlabeled": "10",
+        "runtime.cache_dir": f'"{tmp_path / "cache"}"',
+    }
+    sets = [arg for key, value in tiny.items() for arg in ("--set", f"{key}={value}")]
+    result = runner.invoke(app, ["run", "--spec", str(tmp_path / "parts.toml"), *sets])
+    assert result.exit_code == 0, result.output
+    assert "classifier head (fc) is for 5 classes; re-initialised" in result.output
+    shipped = sorted((tmp_path / "runs" / "parts" / "students").glob("*/card.json"))  # one per method tried
+    assert shipped and all((p.parent / "student.onnx").is_file() for p in shipped)
+    card = json.loads(shipped[0].read_text())
+    assert card["input"]["mean"] == pytest.approx([0.485, 0.456, 0.406]) and card["input"]["std"] == pytest.approx(
+        [0.229, 0.224, 0.225]
+    )
