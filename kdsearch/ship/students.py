@@ -22,7 +22,7 @@ from ..errors import KdsearchError
 from ..search.objective import StudyData, train_student
 from ..search.results import Candidate, ExportedFiles, SeedRun, count_test_scoring
 from ..search.study import params_of, teacher_mode_of
-from .export import ExportedStudent, export_student, save_safetensors
+from .export import FILE_NAMES, ExportedStudent, export_student, save_safetensors
 
 CHECK_IMAGES = 16  # test images the ONNX and TorchScript files are checked on
 
@@ -223,7 +223,10 @@ def export_one(data: StudyData, study: Any, trial: Any, out: Path, *, train_on: 
         else "the first scoring of this study's test split"
     )
     check = _check_batch(data)
-    exported = export_student(model, Path(out), sample=check[:2], card=card, check_inputs=check)
+    # strict=False: a format the model cannot take (TorchScript tracing of some hub models) is said, and the rest ships
+    exported = export_student(model, Path(out), sample=check[:2], card=card, check_inputs=check, strict=False)
+    for kind, why in exported.errors.items():
+        console.echo(f"export: no {FILE_NAMES[kind]}: {why} (card.json records it; the other files are written)")
     rerun = (
         f" (test-split scoring {scoring} of this study: a re-run; choosing a trial by these scores would tune on test)"
         if scoring > 1
@@ -231,6 +234,7 @@ def export_one(data: StudyData, study: Any, trial: Any, out: Path, *, train_on: 
     )
     console.echo(
         f"export: test accuracy {acc:.4f}, AUC {roc:.4f}{rerun}; wrote {', '.join(p.name for p in exported.files.values())} "
-        f"to {exported.folder} (ONNX vs PyTorch max |Δ| {exported.onnx_max_abs_diff:.1e})"
+        f"to {exported.folder}"
+        + ("" if "onnx" in exported.errors else f" (ONNX vs PyTorch max |Δ| {exported.onnx_max_abs_diff:.1e})")
     )
     return exported

@@ -444,3 +444,23 @@ def test_the_readme_timm_example_runs_as_written(tmp_path, monkeypatch):
     assert card["input"]["mean"] == pytest.approx([0.485, 0.456, 0.406]) and card["input"]["std"] == pytest.approx(
         [0.229, 0.224, 0.225]
     )
+
+
+def test_a_teacher_with_a_new_head_and_no_fine_tuning_is_refused_in_one_line(write_spec, tmp_path):
+    torch.save(build_model("timm/resnet10t", 5, 1, 28, role="teacher").state_dict(), tmp_path / "t5.pt")
+    spec = write_spec(epochs=1)
+    sets = ["--set", 'teacher.arch="timm/resnet10t"', "--set", f'teacher.checkpoint="{tmp_path / "t5.pt"}"']
+    result = runner.invoke(app, ["run", "--spec", str(spec), "--trials", "1", *sets, "--set", "data.image_size=32"])
+    assert result.exit_code == 2, result.output
+    assert "the teacher's classifier head (fc) was re-initialised for 10 classes" in result.output
+    assert "set teacher.fine_tune_epochs" in result.output and "Traceback" not in result.output
+
+
+def test_an_hf_students_config_and_weights_are_part_of_the_studys_identity(tmp_path):
+    from kdsearch.nets.identity import code_identity
+
+    tiny_vit_config().to_json_file(tmp_path / "s.json")
+    spec = StudySpec(student={"arch": f"hf-config/{tmp_path / 's.json'}"})
+    before = code_identity(spec)["student.arch"]["files"]
+    tiny_vit_config(hidden_size=8).to_json_file(tmp_path / "s.json")
+    assert code_identity(spec)["student.arch"]["files"] != before  # a resume with another config is refused
