@@ -139,3 +139,37 @@ def test_relative_paths_in_a_study_file_mean_its_folder_wherever_kdsearch_runs(t
     assert spec.student.checkpoint == Path("/abs/student.pt")  # absolute: as written
     assert spec.runtime.cache_dir == folder / "cache" and spec.runtime.python_path == [folder, folder / "lib"]
     assert spec.resolved_storage() == f"sqlite:///{folder / 'out' / 'study.db'}"
+
+
+def test_the_catalog_check_names_each_disagreement() -> None:
+    from kdsearch.config.catalog import check_catalog
+    from kdsearch.registry import Registry
+
+    registry: Registry = Registry("model")
+    for name in ("a", "b", "c"):
+        registry.register(name, feature_layer=f"{name}_layer")(lambda: None)
+    layers = lambda name: registry.meta(name)["feature_layer"]  # noqa: E731
+    check_catalog(registry, {"a": "a_layer", "b": "b_layer", "c": "c_layer"}, layers)  # agreeing: no error
+    with pytest.raises(RuntimeError) as err:
+        check_catalog(registry, {"a": "a_layer", "b": "other", "d": "d_layer"}, layers)
+    message = str(err.value)
+    assert message.startswith("the model registry and kdsearch/config/catalog.py disagree: ")
+    assert "'c' is registered but not in the catalog" in message
+    assert "'d' is in the catalog but not registered" in message
+    assert "'b' is registered as 'b_layer' but the catalog says 'other'" in message
+    assert "'a'" not in message
+    assert message.endswith("Specs are validated against the catalog (torch-free), so change both")
+
+
+def test_model_names_include_those_registered_at_run_time() -> None:
+    from kdsearch.config.catalog import MODEL_CATALOG, is_model, model_names
+    from kdsearch.nets.models import MODELS
+
+    MODELS.register("run_time_net_xyz", feature_layer="features")(lambda n, c, s: None)
+    try:
+        names = model_names()
+        assert "run_time_net_xyz" in names and set(MODEL_CATALOG) <= set(names) and names == sorted(names)
+        assert is_model("run_time_net_xyz") and not is_model("no_such_net_xyz")
+    finally:
+        MODELS._entries.pop("run_time_net_xyz", None)  # the registry has no unregister: a test-only clean-up
+        MODELS._meta.pop("run_time_net_xyz", None)

@@ -652,3 +652,22 @@ def test_a_budget_too_small_to_mean_anything_is_said_with_the_fix(tmp_path: Path
     page = write_report(study, tmp_path / "r.html").read_text()
     assert "the students were still learning when they stopped" in page
     assert "the students were still learning" not in write_report(make_study(), tmp_path / "s.html").read_text()
+
+
+def test_best_per_bin_on_points_placed_by_hand() -> None:
+    from kdsearch.report.content import BinBest
+
+    points = [(1.0, 0.1, 0), (1.5, 0.3, 1), (3.0, 0.2, 2), (8.0, 0.5, 3), (7.9, 0.6, 4)]
+    # 2 log bins over [1, 8]: edges 1, sqrt(8), 8
+    two = best_per_bin(points, bins=2)
+    assert [(b.x, b.y, b.number, b.count) for b in two] == [(1.5, 0.3, 1, 2), (7.9, 0.6, 4, 3)]
+    assert two[0].low == 1.0 and two[0].high == pytest.approx(8**0.5) and two[1].low == pytest.approx(8**0.5)
+    assert two[1].high == pytest.approx(8.0)
+    # the default 8 bins (edges 2**(3i/8)): 1 → bin 0, 1.5 → 1, 3 → 4, 7.9 and the top x 8 → 7; empty bins left out
+    eight = best_per_bin(points)
+    assert [(b.number, b.count) for b in eight] == [(0, 1), (1, 1), (2, 1), (4, 2)]
+    assert [b.low for b in eight] == pytest.approx([1.0, 2 ** (3 / 8), 2 ** (12 / 8), 2 ** (21 / 8)])
+    assert [b.high for b in eight] == pytest.approx([2 ** (3 / 8), 2 ** (6 / 8), 2 ** (15 / 8), 8.0])
+    # every point at one x: one bin holding them all, at that x
+    assert best_per_bin([(2.0, 0.1, 0), (2.0, 0.4, 1), (2.0, 0.2, 2)]) == [BinBest(2.0, 0.4, 1, 3, 2.0, 2.0)]
+    assert best_per_bin([]) == []
