@@ -149,3 +149,19 @@ def test_a_stored_study_resumes_with_its_teacher(study_dir):
     final = after.user_attrs["final_comparison"]
     assert final["run"] == 2 and final["n_complete_trials"] == STORED_TRIALS + 2
     assert (study_dir / "run" / "report.html").is_file()
+
+
+def test_a_field_newer_than_a_study_is_no_change_while_it_keeps_its_default():
+    """A study stored before a field existed (teacher.pretrained, data.split_names) resumes when the field is at
+    its default, and is refused when it is not: the default is what that study ran with."""
+    from kdsearch.config.spec import StudySpec
+    from kdsearch.search.study import spec_changes, stored_spec
+
+    defaults = stored_spec(StudySpec())
+    old = stored_spec(StudySpec())
+    del old["teacher"]["pretrained"], old["data"]["split_names"]
+    assert spec_changes(old, stored_spec(StudySpec()), defaults) == []
+    changed = stored_spec(StudySpec(teacher={"arch": "timm/resnet10t", "pretrained": True}))
+    found = spec_changes(old, changed, defaults)
+    assert "teacher.pretrained: None → True" in found and "teacher.arch: 'bn_cnn' → 'timm/resnet10t'" in found
+    assert spec_changes(old, stored_spec(StudySpec()))  # without the defaults every new field counts

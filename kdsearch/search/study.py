@@ -82,19 +82,27 @@ def stored_spec(spec: StudySpec) -> dict:
     return dumped
 
 
-def spec_changes(stored: dict, new: dict) -> list[str]:
-    """``field: old → new`` for each field that determines trial results and differs between two spec dicts."""
+_MISSING = object()
+
+
+def spec_changes(stored: dict, new: dict, defaults: dict | None = None) -> list[str]:
+    """``field: old → new`` for each field that determines trial results and differs between two spec dicts. A
+    field the stored spec lacks (added to kdsearch after the study was made) is no change while the new value is
+    its default in ``defaults`` (``stored_spec(StudySpec())``): that default is what the study ran with."""
     changes: list[str] = []
 
-    def walk(a: object, b: object, where: str) -> None:
+    def walk(a: object, b: object, d: object, where: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
             for key in sorted(set(a) | set(b)):
-                walk(a.get(key), b.get(key), f"{where}.{key}" if where else key)
+                sub = d.get(key, _MISSING) if isinstance(d, dict) else _MISSING
+                if key not in a and sub is not _MISSING and b.get(key) == sub:
+                    continue  # a field newer than the study, at its default
+                walk(a.get(key), b.get(key), sub, f"{where}.{key}" if where else key)
         elif a != b and where not in RESUME_MAY_CHANGE:
             changes.append(f"{where}: {a!r} → {b!r}")
 
     for section in RESUME_SECTIONS:
-        walk(stored.get(section), new.get(section), section)
+        walk(stored.get(section), new.get(section), (defaults or {}).get(section), section)
     return changes
 
 
@@ -171,7 +179,7 @@ def check_same_settings(study: optuna.Study, spec: StudySpec) -> None:
     that determines trial results; while the study holds no finished, running or queued trial (e.g. every
     one failed on a setting since fixed), it takes ``spec`` instead."""
     new = stored_spec(spec)
-    changes = spec_changes(study.user_attrs.get(SPEC_ATTR, {}), new)
+    changes = spec_changes(study.user_attrs.get(SPEC_ATTR, {}), new, stored_spec(StudySpec()))
     if not changes:
         return
     if settings_may_change(study):
