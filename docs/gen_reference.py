@@ -125,6 +125,8 @@ def type_name(tp: Any) -> str:
         return "string"
     if tp is Any:
         return "any"
+    if isinstance(tp, type) and hasattr(tp, "model_fields"):  # a nested section, e.g. [[student.candidates]]
+        return "table"
     raise TypeError(f"no TOML type name for {tp!r}")
 
 
@@ -262,7 +264,11 @@ def study_file_page() -> str:
         out += [f"## [{name}]", "", md_doc(model.__doc__), ""]
         out += [table(FIELD_HEADER, field_rows(f"{name}.", model, data_sources if name == "data" else lambda n: []))]
         out += [""]
-        if name == "student":  # after teacher and student: the names their arch fields take
+        if name == "student":  # after teacher and student: the candidates, and the names their arch fields take
+            from kdsearch.config.model_spec import StudentCandidate
+
+            out += ["### [[student.candidates]]", "", md_doc(StudentCandidate.__doc__), ""]
+            out += [table(FIELD_HEADER, field_rows("student.candidates[].", StudentCandidate, lambda n: [])), ""]
             out += models_section(MODEL_CATALOG, TORCHVISION_MODELS, WHOLE_MODEL_ARCHS, GIVEN_ARCH)
         if name == "search":
             out += methods_section(StudySpec.model_fields["methods"], METHOD_CATALOG, MAX_PARAM)

@@ -53,12 +53,18 @@ def check_models(spec, splits) -> None:
     from .search.objective import build_student_model
 
     shape = {"num_classes": splits.num_classes, "in_channels": splits.in_channels, "image_size": splits.image_size}
-    for role, arch, build in (
+    checks = [
         ("teacher", spec.teacher.arch, lambda: build_teacher_model(spec, splits)),
         ("student", spec.student.arch, lambda: build_student_model(spec, splits)),
-    ):
+    ]
+    for name, student in spec.student.candidate_specs().items():
+        as_study = spec.model_copy(update={"student": student})
+        checks.append((f"student {name!r}", student.arch, lambda s=as_study: build_student_model(s, splits)))
+    for role, arch, build in checks:
         if arch not in MODELS:  # the registry's nets are known to fit any data they can be built for
             check_model_output(build(), role=role, arch=arch, **shape)
+        else:  # a registry net with a width must still fit the images
+            build()
 
 
 def prepare(
@@ -147,14 +153,29 @@ def prepare(
     return Prepared(task_spec, splits, teacher, device)
 
 
-def study_data(prepared: Prepared, console: Console):
-    """``prepare_study_data``, saying how feature methods get teacher features and which layers they read."""
+def study_data(prepared: Prepared, console: Console, *, study: Any = None):
+    """``prepare_study_data``, saying how feature methods get teacher features and which layers they read; with
+    candidate students, their costs (``study``'s stored ones, else measured and stored) and the budgets applied."""
     from .distill.methods import METHODS
     from .nets.models import MODELS
-    from .search.objective import prepare_study_data
+    from .search.objective import prepare_study_data, with_costs
 
     spec = prepared.spec
     data = prepare_study_data(spec, prepared.splits, prepared.teacher, prepared.device)
+    if data.students:
+        from .ship.costs import study_costs
+
+        data = with_costs(data, study_costs(study, data, echo=console.echo))
+        for name, why in data.excluded.items():
+            console.echo(f"student {name}: never sampled, over search.constraints ({why})")
+        costs = data.costs.students
+        shown = ", ".join(
+            f"{n} ({costs[n].params / 1e3:.0f}k params"
+            + (f", ONNX {costs[n].onnx_latency_ms:.3f} ms" if costs[n].onnx_latency_ms is not None else "")
+            + ")"
+            for n in data.students
+        )
+        console.echo(f"students: each trial samples one of {len(data.students)}: {shown}")
     feature_methods = [m for m in spec.search.methods if METHODS.get(m).needs_features]
     if data.features != "not needed":
         console.echo(f"teacher features for {', '.join(feature_methods)}: {data.features}")

@@ -267,7 +267,7 @@ def run(
             console,
             debug,
         )
-    data = study_data(prepared, console)
+    data = study_data(prepared, console, study=study)
     bar = console.progress(n, "trials", "trial")
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -328,7 +328,7 @@ def _run_workers(
     )
     report_path = spec.resolved_output_dir() / "report.html"
     comparison, students = final_and_report(
-        study, study_data(prepared, console), prepared.teacher, report_path, console
+        study, study_data(prepared, console, study=study), prepared.teacher, report_path, console
     )
     console.echo(f"storage: {shown_url(url)}\nadd trials with: {resume}")
     return StudyResult(study, url, best_summary(study), comparison, report_path, students, finished=finished)
@@ -381,7 +381,9 @@ def work(
     console.echo(
         f"worker {rank}: study {name!r} in {shown_url(url)}: {finished_count(study)} of {total} trials finished"
     )
-    data = study_data(prepare(spec, console, study=study, url=url, storage=store), console)  # the study's one teacher
+    data = study_data(
+        prepare(spec, console, study=study, url=url, storage=store), console, study=study
+    )  # the study's one teacher
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         value = f" {trial.value:.4f}" if trial.value is not None else ""
@@ -441,7 +443,7 @@ def rebuild_report(study, spec, out: Path, console: Console) -> Path:
     if missing:
         console.echo("no readable final comparison stored: running it now")
         prepared = prepare(spec, console, study=study)
-        final_and_report(study, study_data(prepared, console), prepared.teacher, out, console)
+        final_and_report(study, study_data(prepared, console, study=study), prepared.teacher, out, console)
         return out
     path = write_report(study, out)
     console.echo(summary_text(study))
@@ -471,7 +473,7 @@ def export_trial(
         spec = with_runtime(spec, overrides=[f"student.epochs={epochs}"])
     chosen = pick_trial(study, method=method, trial=trial)
     writable_dir(out, "--out")
-    data = study_data(prepare(spec, console, datasets=datasets, study=study), console)
+    data = study_data(prepare(spec, console, datasets=datasets, study=study), console, study=study)
     return export_one(data, study, chosen, out, train_on=train_on, console=console)
 
 

@@ -118,6 +118,11 @@ MODEL_CATALOG: Mapping[str, str] = MappingProxyType(
 )
 """Every model of ``kdsearch.nets.models``' registry, by name: its default feature layer."""
 
+WIDTH_MODELS = frozenset(
+    {"bn_cnn", "deep_nn", "light_nn", "keras_mnist_teacher", "keras_mnist_student", "cnn_small", "conv3_student"}
+)
+"""The seed nets that take a channel multiplier ``arch_args = { width = 0.5 }`` (their only argument)."""
+
 
 def _live(module: str, registry: str) -> Registry | None:
     """The registry ``kdsearch.<module>.<registry>`` if that module is already imported, else None (then nothing

@@ -85,6 +85,15 @@ def with_study_folder(spec: StudySpec, folder: Path) -> StudySpec:
         prefix = next((p for p in HF_PATH_PREFIXES if arch.startswith(p)), None)
         if prefix and arch[len(prefix) :].strip():
             update.setdefault(role, {})["arch"] = prefix + str(absolute(Path(arch[len(prefix) :]).expanduser()))
+    if spec.student.candidates:  # a candidate's checkpoint and hf/ folder are paths of the study file too
+        candidates = []
+        for c in spec.student.candidates:
+            arch = c.arch
+            prefix = next((p for p in HF_PATH_PREFIXES if arch and arch.startswith(p)), None)
+            if arch and prefix and arch[len(prefix) :].strip():
+                arch = prefix + str(absolute(Path(arch[len(prefix) :]).expanduser()))
+            candidates.append(c.model_copy(update={"checkpoint": absolute(c.checkpoint), "arch": arch}))
+        update.setdefault("student", {})["candidates"] = candidates
     top = update.pop("")
     sections = {name: getattr(spec, name).model_copy(update=fields) for name, fields in update.items()}
     return spec.model_copy(update={**sections, **top})

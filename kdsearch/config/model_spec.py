@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from .catalog import is_model, model_names
+from .catalog import WIDTH_MODELS, is_model, model_names
 from .section import Section, is_import_path
 
 WHOLE_MODEL_ARCHS = ("torchscript", "exported")  # teacher.arch values that take the whole model from teacher.checkpoint
@@ -29,6 +30,16 @@ def hub_kind(name: str) -> str | None:
     return None
 
 
+def check_width_args(arch: str, args: dict[str, Any]) -> None:
+    """ValueError unless ``args`` is empty or ``{"width": x}`` with a number x > 0 (a seed net's channel multiplier)."""
+    extra = sorted(set(args) - {"width"})
+    if extra:
+        raise ValueError(f"arch_args: {arch} takes only width (a channel multiplier), not {', '.join(extra)}")
+    width = args.get("width", 1.0)
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 64:
+        raise ValueError(f"arch_args.width = {width!r}: give a channel multiplier > 0 (and at most 64), e.g. 0.5")
+
+
 class ModelSpec(Section):
     """An architecture (a registry name or the user's ``package.module:callable``) and how it is trained."""
 
@@ -38,9 +49,9 @@ class ModelSpec(Section):
     )
     arch_args: dict[str, Any] = Field(
         {},
-        description="extra keyword arguments for the arch's callable, e.g. { width = 32 } (they beat the shape "
+        description="extra keyword arguments for the arch's callable (they beat the shape "
         "keywords kdsearch passes); for timm/ archs timm.create_model's, for hf/ from_pretrained's, for hf-config/ "
-        "config fields",
+        "config fields; the seed nets (light_nn, deep_nn, bn_cnn, ...) take { width = 0.5 }, a channel multiplier",
     )
     pretrained: bool = Field(
         False,
@@ -84,9 +95,12 @@ class ModelSpec(Section):
 
     @model_validator(mode="after")
     def _args_for_import_paths(self) -> "ModelSpec":
-        if self.arch_args and not (is_import_path(self.arch) or hub_kind(self.arch)):
+        if self.arch in WIDTH_MODELS:
+            check_width_args(self.arch, self.arch_args)
+        elif self.arch_args and not (is_import_path(self.arch) or hub_kind(self.arch)):
             raise ValueError(
-                f"arch_args: only an import-path, timm/ or hf/ arch takes arguments (arch is {self.arch!r})"
+                f"arch_args: only an import-path, timm/ or hf/ arch, or a seed net taking a width "
+                f"({', '.join(sorted(WIDTH_MODELS))}), takes arguments (arch is {self.arch!r})"
             )
         if self.pretrained and hub_kind(self.arch) != "timm/":
             how = "its folder's weights are used" if hub_kind(self.arch) == "hf/" else "give its weights as checkpoint"
@@ -132,6 +146,34 @@ class TeacherSpec(ModelSpec):
         return self
 
 
+CANDIDATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # names a folder students/<name>/ and a trial param
+CANDIDATE_FIELDS = ("arch", "arch_args", "pretrained", "checkpoint", "checkpoint_ignore", "feature_layer")
+
+
+class StudentCandidate(Section):
+    """One candidate student of ``[[student.candidates]]``: a name and what differs from ``[student]`` (the
+    architecture and its weights); training settings (epochs, batch size, lr, augmentation) are ``[student]``'s."""
+
+    name: str = Field(description="names the candidate in trials (param student), the report and students/<name>/")
+    arch: Optional[str] = Field(None, description="its architecture, as student.arch (default: student.arch)")
+    arch_args: Optional[dict[str, Any]] = Field(
+        None, description="its arch_args, e.g. { width = 0.5 } for a seed net (default: student.arch_args)"
+    )
+    pretrained: Optional[bool] = Field(None, description="as student.pretrained (default: student's)")
+    checkpoint: Optional[Path] = Field(None, description="its starting weights, as student.checkpoint (default: none)")
+    checkpoint_ignore: list[str] = Field([], description="as student.checkpoint_ignore")
+    feature_layer: Optional[str] = Field(None, description="as student.feature_layer (default: the model's)")
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        if not CANDIDATE_NAME.fullmatch(name):
+            raise ValueError(
+                f"candidate name {name!r}: use letters, digits, '_', '.' or '-' (it names the folder students/<name>/)"
+            )
+        return name
+
+
 class StudentSpec(ModelSpec):
     """The student: built fresh for every trial and for every seed of the final comparison; scratch and pseudo-label
     baselines have the same architecture and the same number of optimizer steps."""
@@ -149,6 +191,11 @@ class StudentSpec(ModelSpec):
     )
     augment_shift: int = Field(2, ge=0, description="'consistent' mode: random shifts of up to N pixels")
     augment_flip: bool = Field(True, description="'consistent' mode: random horizontal flips (false for digits)")
+    candidates: list[StudentCandidate] = Field(
+        [],
+        description="[[student.candidates]]: students of other sizes or families to choose among; each trial samples "
+        "one (param student) and the report shows the accuracy-vs-cost front (empty: the one student above)",
+    )
 
     @field_validator("arch")
     @classmethod
@@ -159,3 +206,40 @@ class StudentSpec(ModelSpec):
                 "model or 'package.module:callable'"
             )
         return name
+
+    @model_validator(mode="after")
+    def _valid_candidates(self) -> "StudentSpec":
+        names = [c.name for c in self.candidates]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"candidates: the name {twice[0]!r} is used twice; give each candidate its own name")
+        if len(self.candidates) == 1:
+            raise ValueError("candidates: list two or more (one student is [student] itself)")
+        for c in self.candidates:
+            try:
+                self.candidate_spec(c)
+            except ValueError as err:  # pydantic's ValidationError is one: its first error's message
+                errors = getattr(err, "errors", None)
+                msg = errors()[0]["msg"].removeprefix("Value error, ") if callable(errors) else str(err)
+                raise ValueError(f"candidate {c.name!r}: {msg}") from None
+        return self
+
+    def candidate_spec(self, candidate: StudentCandidate) -> "StudentSpec":
+        """The student ``candidate`` stands for: this spec's training settings with its architecture and weights."""
+        fields = self.model_dump(exclude={"candidates"})
+        same_arch = candidate.arch is None or candidate.arch == self.arch
+        fields.update(
+            arch=candidate.arch or self.arch,
+            arch_args=candidate.arch_args if candidate.arch_args is not None else (self.arch_args if same_arch else {}),
+            pretrained=candidate.pretrained if candidate.pretrained is not None else self.pretrained and same_arch,
+            checkpoint=candidate.checkpoint,
+            checkpoint_ignore=list(candidate.checkpoint_ignore),
+            feature_layer=candidate.feature_layer
+            if candidate.feature_layer is not None
+            else (self.feature_layer if same_arch else None),
+        )
+        return StudentSpec.model_validate(fields)
+
+    def candidate_specs(self) -> dict[str, "StudentSpec"]:
+        """Each candidate's name → the student it stands for, in the order listed ({} without candidates)."""
+        return {c.name: self.candidate_spec(c) for c in self.candidates}

@@ -91,6 +91,11 @@ class SearchSpec(Section):
         "holds trials derives a fresh seed from it, the rank and the trial count",
     )
     trial_seed: int = Field(0, ge=0, le=MAX_SEED, description="trial n trains with seed trial_seed + n")
+    constraints: dict[Literal["params", "flops", "size_mb", "latency_ms", "onnx_latency_ms"], float] = Field(
+        {},
+        description="budgets for [[student.candidates]], e.g. { onnx_latency_ms = 0.5, params = 1e6 }: a candidate "
+        "over any is never sampled (said at start); latencies are medians measured once per study on this CPU",
+    )
     teacher_modes: list[Literal["cached", "consistent"]] = Field(
         ["cached"],
         description="'cached': teacher outputs computed once on un-augmented images (fast); 'consistent': "
@@ -139,6 +144,17 @@ class FinalSpec(Section):
         description="the baselines retrained beside the tuned students: scratch (required: every Δ pairs with it), "
         "pseudo_label (when the pool has unlabeled images), untuned_kd (KD at the fixed recipe untuned_kd: did "
         "tuning pay?)",
+    )
+    within_pp: float = Field(
+        1.0,
+        ge=0,
+        description="with [[student.candidates]]: the headline names the smallest student whose mean test accuracy is "
+        "within this many percentage points of the teacher's",
+    )
+    cost: Literal["params", "flops", "size_mb", "latency_ms", "onnx_latency_ms"] = Field(
+        "params",
+        description="with [[student.candidates]]: the cost the validation front and the headline's 'smallest' use "
+        "(the report's figure can switch between all of them)",
     )
     untuned_kd: dict[str, float] = Field(
         {"temperature": 4.0, "alpha": 0.1},
@@ -282,6 +298,10 @@ class StudySpec(Section):
                     raise ValueError(f"{where}: this parameter is searched on a log scale; use a low bound > 0")
                 if param == "warmup_epochs" and low < 0:
                     raise ValueError(f"{where}: warm-up epochs must be >= 0 (0: no warm-up)")
+        if self.search.constraints and not self.student.candidates:
+            raise ValueError(
+                "search.constraints choose among [[student.candidates]]; list candidates, or drop the constraints"
+            )
         d = self.data
         if d.train_limit and d.val_size + d.labeled + d.unlabeled > d.train_limit:
             raise ValueError(

@@ -126,6 +126,9 @@ def _import_paths(spec: Any) -> Iterator[tuple[str, str]]:
         value = getattr(getattr(spec, section), attr, None)
         if isinstance(value, str) and is_import_path(value):
             yield field, value
+    for candidate in getattr(spec.student, "candidates", ()):  # [[student.candidates]] archs are user code too
+        if candidate.arch and is_import_path(candidate.arch):
+            yield f"student.candidates.{candidate.name}.arch", candidate.arch
 
 
 def code_identity(spec: Any) -> dict[str, dict[str, str]]:
@@ -146,6 +149,12 @@ def code_identity(spec: Any) -> dict[str, dict[str, str]]:
     files = hub_fingerprint(spec.student.arch)  # an hf/ folder or hf-config/ file: its config and weights
     if files:
         identity.setdefault("student.arch", {})["files"] = files
+    candidates = getattr(spec.student, "candidate_specs", dict)()
+    for name, student in candidates.items():  # each candidate's code and weights, as student.candidates.<name>.*
+        own = code_identity(spec.model_copy(update={"student": student}))
+        for field, digests in own.items():
+            if field.startswith("student."):
+                identity[f"student.candidates.{name}.{field.removeprefix('student.')}"] = digests
     return identity
 
 

@@ -32,7 +32,7 @@ from ..registry import Registry
 from .imports import import_object
 from .outputs import HIDDEN_STATE, adapt_outputs, first_tensor, hidden_state
 
-ModelBuilder = Callable[[int, int, int], nn.Module]
+ModelBuilder = Callable[..., nn.Module]  # (num_classes, in_channels, image_size, **arch_args)
 FORWARD_FEATURES = "forward_features"  # feature_layer naming what a model's forward_features() returns (timm)
 MODELS: Registry[ModelBuilder] = Registry("model")
 
@@ -92,24 +92,56 @@ def conv_classifier(
     return ConvClassifier(features, classifier)
 
 
+def scaled(channels: int, width: float) -> int:
+    """``channels`` times the channel multiplier ``width`` (``arch_args = { width = 0.5 }``), rounded, at least 1."""
+    if not width > 0:
+        raise KdsearchError(f"arch_args width = {width!r}: the channel multiplier must be a number > 0")
+    return max(1, round(channels * width))
+
+
+def _widths(layers: Sequence[int | str], width: float) -> list[int | str]:
+    return [layer if layer == "M" else scaled(int(layer), width) for layer in layers]
+
+
 @MODELS.register("bn_cnn", feature_layer="features")
-def bn_cnn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """A 422k-parameter teacher on 28x28: conv32-BN-pool, conv64-BN-pool, FC128."""
+def bn_cnn(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    """A 422k-parameter teacher on 28x28: conv32-BN-pool, conv64-BN-pool, FC128 (every width times ``width``)."""
     return conv_classifier(
-        [32, "M", 64, "M"], num_classes, in_channels, image_size, hidden=128, dropout=0.2, batch_norm=True
+        _widths([32, "M", 64, "M"], width),
+        num_classes,
+        in_channels,
+        image_size,
+        hidden=scaled(128, width),
+        dropout=0.2,
+        batch_norm=True,
     )
 
 
 @MODELS.register("deep_nn", feature_layer="features")
-def deep_nn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """Seed 004's teacher (DeepNN): four 3x3 convs (128, 64, 64, 32), two pools, FC512."""
-    return conv_classifier([128, 64, "M", 64, 32, "M"], num_classes, in_channels, image_size, hidden=512, dropout=0.1)
+def deep_nn(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    """Seed 004's teacher (DeepNN): four 3x3 convs (128, 64, 64, 32), two pools, FC512 (times ``width``)."""
+    return conv_classifier(
+        _widths([128, 64, "M", 64, 32, "M"], width),
+        num_classes,
+        in_channels,
+        image_size,
+        hidden=scaled(512, width),
+        dropout=0.1,
+    )
 
 
 @MODELS.register("light_nn", feature_layer="features")
-def light_nn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """Seed 004's student (LightNN): two 3x3 convs of 16 filters, two pools, FC256 (206k params on 28x28x1)."""
-    return conv_classifier([16, "M", 16, "M"], num_classes, in_channels, image_size, hidden=256, dropout=0.1)
+def light_nn(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    """Seed 004's student (LightNN): two 3x3 convs of 16 filters, two pools, FC256 (206k params on 28x28x1);
+    ``width`` scales every width (0.25: 13k params, 2: 810k)."""
+    return conv_classifier(
+        _widths([16, "M", 16, "M"], width),
+        num_classes,
+        in_channels,
+        image_size,
+        hidden=scaled(256, width),
+        dropout=0.1,
+    )
 
 
 _GIVEN: dict[str, Callable[[], nn.Module]] = {}  # role → builder of the object handed to the Python API
@@ -223,7 +255,7 @@ def build_model(
 
     shape = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     if name in MODELS:
-        return MODELS.get(name)(num_classes, in_channels, image_size)
+        return MODELS.get(name)(num_classes, in_channels, image_size, **dict(args or {}))
     if hub_kind(name):
         from .hub import build_hub_model
 
@@ -460,9 +492,11 @@ class FeatureTap:
 # --- the seeds' small networks -------------------------------------------------------------
 
 
-def _keras_mnist(widths: tuple[int, int], num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """The Keras KD example's shape: conv(w1)/2, LeakyReLU, max-pool/1, conv(w2)/2, dense."""
-    w1, w2 = widths
+def _keras_mnist(
+    widths: tuple[int, int], num_classes: int, in_channels: int, image_size: int, width: float = 1.0
+) -> nn.Module:
+    """The Keras KD example's shape: conv(w1)/2, LeakyReLU, max-pool/1, conv(w2)/2, dense (widths times ``width``)."""
+    w1, w2 = (scaled(w, width) for w in widths)
     features = nn.Sequential(
         nn.Conv2d(in_channels, w1, 3, stride=2, padding=1),
         nn.LeakyReLU(0.2),
@@ -473,15 +507,15 @@ def _keras_mnist(widths: tuple[int, int], num_classes: int, in_channels: int, im
 
 
 @MODELS.register("keras_mnist_teacher", feature_layer="features")
-def keras_mnist_teacher(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+def keras_mnist_teacher(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
     """Seed 003's teacher (Keras KD example): conv256/2, LeakyReLU, max-pool/1, conv512/2, dense."""
-    return _keras_mnist((256, 512), num_classes, in_channels, image_size)
+    return _keras_mnist((256, 512), num_classes, in_channels, image_size, width)
 
 
 @MODELS.register("keras_mnist_student", feature_layer="features")
-def keras_mnist_student(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+def keras_mnist_student(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
     """Seed 003's student: conv16/2, LeakyReLU, max-pool/1, conv32/2, dense."""
-    return _keras_mnist((16, 32), num_classes, in_channels, image_size)
+    return _keras_mnist((16, 32), num_classes, in_channels, image_size, width)
 
 
 @MODELS.register("cnn_big", feature_layer="features")
@@ -502,23 +536,24 @@ def cnn_big(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
 
 
 @MODELS.register("cnn_small", feature_layer="features")
-def cnn_small(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """Seed 000's student: one 3x3 conv32 + 2x2 pool, then a dense layer."""
-    features = nn.Sequential(nn.Conv2d(in_channels, 32, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+def cnn_small(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    """Seed 000's student: one 3x3 conv32 (times ``width``) + 2x2 pool, then a dense layer."""
+    features = nn.Sequential(nn.Conv2d(in_channels, scaled(32, width), 3), nn.ReLU(inplace=True), nn.MaxPool2d(2))
     return ConvClassifier(features, nn.Linear(_flat_features(features, in_channels, image_size), num_classes))
 
 
 @MODELS.register("conv3_student", feature_layer="features")
-def conv3_student(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """Seed 001's student: conv16 5x5/2, conv32 5x5/2, conv64 3x3 (each + 2x2 pool), FC250, FC50."""
+def conv3_student(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    """Seed 001's student: conv16 5x5/2, conv32 5x5/2, conv64 3x3 (each + 2x2 pool; times ``width``), FC250, FC50."""
+    c1, c2, c3 = scaled(16, width), scaled(32, width), scaled(64, width)
     features = nn.Sequential(
-        nn.Conv2d(in_channels, 16, 5, stride=2, padding=1),
+        nn.Conv2d(in_channels, c1, 5, stride=2, padding=1),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5, stride=2, padding=1),
+        nn.Conv2d(c1, c2, 5, stride=2, padding=1),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
+        nn.Conv2d(c2, c3, 3, padding=1),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )

@@ -371,6 +371,12 @@ def resolve_trials_per_device(data: StudyData, *, echo: Callable[[str], None] = 
     ~1.3x at K = 4 and lost at 16 on the 2-core machine of benchmarks/RESULTS.md) and on a GPU the K
     that ``probe_trials_per_device`` finds best (1, said in one line, for a student that cannot stack)."""
     k = data.spec.runtime.trials_per_device
+    if data.students and k != 1:
+        echo(
+            f"trials_per_device = {k}: K = 1 (a stack trains one architecture; this study's trials choose among "
+            f"{len(data.students)} candidate students)"
+        )
+        return 1
     if k != "auto":
         return int(k)
     if data.device.type != "cuda":

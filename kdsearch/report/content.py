@@ -12,7 +12,7 @@ from typing import Iterable, Mapping, Sequence
 
 import optuna
 
-from ..search.results import FinalComparison, SeedRun
+from ..search.results import COST_LABELS, FinalComparison, SeedRun, StudentCost
 from ..search.stats import PairedDifference, paired_by_seed, with_holm
 from ..search.study import SPEC_ATTR, best_of_each_method, params_of
 
@@ -267,6 +267,7 @@ class StudentStats:
     vs_scratch: Mapping[str, PairedDifference] | None = None
     vs_pseudo_label: Mapping[str, PairedDifference] | None = None
     vs_untuned_kd: Mapping[str, PairedDifference] | None = None  # a tuned student minus untuned KD: did tuning pay?
+    student: str | None = None  # the candidate student (None: the study's one student)
 
     @property
     def n(self) -> int:
@@ -299,11 +300,12 @@ def final_stats(final: FinalComparison) -> list[StudentStats]:
     """
     # each distilled student against the scratch student trained with the same teacher mode
     # (a 'consistent' winner saw augmented batches, so its baseline is the augmented scratch)
-    base_runs: dict[str, list[SeedRun]] = {}
+    # with candidate students, each one's scratch student is its own architecture's
+    base_runs: dict[tuple[str | None, str], list[SeedRun]] = {}
     pseudo_runs = untuned_runs = None
     for student in final.students:
         if student.is_scratch and student.runs:
-            base_runs.setdefault(student.teacher_mode, student.runs)
+            base_runs.setdefault((student.student, student.teacher_mode), student.runs)
         elif student.method == "pseudo_label" and student.runs:
             pseudo_runs = student.runs
         elif student.baseline == "untuned_kd" and student.runs:
@@ -319,7 +321,7 @@ def final_stats(final: FinalComparison) -> list[StudentStats]:
         acc = tuple(r.accuracy for r in s.runs)
         roc = tuple(r.auc for r in s.runs)
         (am, asd), (um, usd) = mean_std(acc), mean_std(roc)
-        mode = s.teacher_mode if s.teacher_mode in base_runs else "cached"
+        mode = (s.student, s.teacher_mode if (s.student, s.teacher_mode) in base_runs else "cached")
         scratch_runs = None if s.is_scratch else base_runs.get(mode)
         base = base_means.get(mode) if scratch_runs else None
         out.append(
@@ -340,8 +342,13 @@ def final_stats(final: FinalComparison) -> list[StudentStats]:
                 vs_scratch=_paired(s.runs, scratch_runs),
                 vs_pseudo_label=None if s.is_baseline else _paired(s.runs, pseudo_runs),
                 vs_untuned_kd=None if s.is_baseline else _paired(s.runs, untuned_runs),
+                student=s.student,
             )
         )
+    if final.front:  # candidates: cheapest first, each one's distilled student before its scratch
+        order = {name: i for i, name in enumerate(final.front)}
+        out.sort(key=lambda r: (order.get(r.student, len(order)), r.method in ("scratch", "pseudo_label"), r.label))
+        return _holm_corrected(out)
     return _holm_corrected(sorted(out, key=lambda s: method_sort_key(s.method)))
 
 
@@ -405,3 +412,62 @@ def budget_warning(
         f"trials raised their validation score by {gain * 100:g} pp or more in their last epoch{gap}. The comparison "
         "may not mean much yet: give them more steps (student.epochs), a higher student.lr, or a bigger student"
     )
+
+
+# --------------------------------------------------------------------------- candidate students: the front (test)
+
+
+@dataclass(frozen=True)
+class FrontRow:
+    """One candidate student of the test-split front: its cost, its distilled and scratch students' stats."""
+
+    student: str
+    cost: StudentCost | None
+    distilled: StudentStats | None
+    scratch: StudentStats | None
+
+    def cost_of(self, field: str) -> float | None:
+        value = self.cost.value(field) if self.cost is not None else None
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def front_rows(final: FinalComparison, stats: Sequence[StudentStats]) -> list[FrontRow]:
+    """The final comparison's candidates (``final.front``, cheapest first on validation), each with its cost and
+    its retrained distilled and scratch (cached teacher mode) students; [] for a study without candidates."""
+    costs = final.costs.students if final.costs is not None else {}
+    rows = []
+    for name in final.front:
+        mine = [s for s in stats if s.student == name]
+        distilled = next((s for s in mine if s.method not in ("scratch", "pseudo_label", "untuned_kd")), None)
+        scratch = next((s for s in mine if s.method == "scratch" and "augmented" not in s.label), None)
+        rows.append(FrontRow(name, costs.get(name), distilled, scratch))
+    return rows
+
+
+def front_headline(final: FinalComparison, stats: Sequence[StudentStats]) -> str | None:
+    """ "smallest student within X pp of the teacher's test accuracy: <name> (N× fewer parameters, M× lower ONNX
+    latency)", smallest by ``final.front_cost``; the closest one when none is within; None without candidates."""
+    rows = [r for r in front_rows(final, stats) if r.distilled is not None]
+    if not rows or final.teacher is None:
+        return None
+    x, teacher = final.within_pp, final.teacher.accuracy
+    gap = {r.student: (teacher - r.distilled.accuracy_mean) * 100 for r in rows}  # type: ignore[union-attr]
+    within = [r for r in rows if gap[r.student] <= x]
+    if not within:
+        closest = min(rows, key=lambda r: gap[r.student])
+        return (
+            f"no candidate student is within {x:g} pp of the teacher's test accuracy (closest: {closest.student}, "
+            f"{gap[closest.student]:.2f} pp below)"
+        )
+    inf = float("inf")
+    best = min(within, key=lambda r: (r.cost_of(final.front_cost) or inf, r.cost_of("params") or inf))
+    t = final.costs.teacher if final.costs is not None else None
+    ratios = []
+    for field, what in (("params", "fewer parameters"), ("onnx_latency_ms", "lower ONNX latency")):
+        mine, theirs = best.cost_of(field), (t.value(field) if t is not None else None)
+        if mine and theirs:
+            ratios.append(f"{theirs / mine:.1f}× {what}")
+    shown = f" ({', '.join(ratios)} than the teacher)" if ratios else ""
+    if final.front_cost not in ("params", "onnx_latency_ms"):
+        shown += f", smallest in {COST_LABELS[final.front_cost]}"
+    return f"smallest student within {x:g} pp of the teacher's test accuracy: {best.student}{shown}"

@@ -12,7 +12,7 @@ from typing import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..search.results import FinalComparison
+from ..search.results import COST_FIELDS, COST_LABELS, FinalComparison
 from .content import (
     TEACHER_COLOUR,
     StudentStats,
@@ -22,6 +22,7 @@ from .content import (
     best_per_bin_line,
     final_stats,
     format_params,
+    front_rows,
     method_colour,
     metric_label,
 )
@@ -458,4 +459,81 @@ def final_comparison_figure(final: FinalComparison, stats: list[StudentStats] | 
     )
     _style(fig, "Best distilled student per method vs scratch, held-out test split", legend_below=True)
     fig.update_annotations(font=dict(size=14), yshift=4)  # the subplot titles
+    return fig
+
+
+def front_figure(final: FinalComparison, stats: list[StudentStats] | None = None) -> go.Figure | None:
+    """Test accuracy (mean ± std over seeds) of each front candidate against its cost on a log axis: the distilled
+    and the scratch student of each size, each joined by a line in cost order, the teacher as a star; buttons switch
+    the cost (``COST_FIELDS``), ``final.front_cost`` first. None without candidate students."""
+    stats = final_stats(final) if stats is None else stats
+    rows = front_rows(final, stats)
+    if not rows:
+        return None
+    teacher_cost = final.costs.teacher if final.costs is not None else None
+    fields = [final.front_cost] + [f for f in COST_FIELDS if f != final.front_cost]
+    fields = [f for f in fields if any(r.cost_of(f) is not None for r in rows)]
+    if not fields:
+        return None
+
+    def xs(field: str, which: str) -> list[float | None]:
+        return [r.cost_of(field) if getattr(r, which) is not None else None for r in rows]
+
+    fig = go.Figure()
+    for which, colour, symbol in (
+        ("distilled", method_colour("kd"), "diamond"),
+        ("scratch", method_colour("scratch"), "circle"),
+    ):
+        chosen = [getattr(r, which) for r in rows]
+        text = []
+        for r, st in zip(rows, chosen):
+            if st is None:
+                text.append("")
+                continue
+            how = f"{st.method} {format_params(st.params)}".strip() if which == "distilled" else "scratch"
+            text.append(f"<b>{html.escape(r.student)}</b> {html.escape(which)}: {html.escape(how)}")
+        fig.add_trace(
+            go.Scatter(
+                x=xs(fields[0], which),
+                y=[st.accuracy_mean if st else None for st in chosen],
+                error_y=dict(type="data", array=[st.accuracy_std if st else 0 for st in chosen], color=colour),
+                mode="lines+markers+text",
+                textposition="top center",
+                texttemplate=[r.student if which == "distilled" else "" for r in rows],
+                name=f"{which} (test, mean ± std)",
+                line=dict(color=colour, width=2, dash="solid" if which == "distilled" else "dot"),
+                marker=dict(color=colour, size=12, symbol=symbol, line=dict(width=1, color="white")),
+                customdata=text,
+                hovertemplate="%{customdata}<br>test accuracy %{y:.4f}<br>cost %{x:.4g}<extra></extra>",
+            )
+        )
+    if final.teacher is not None and teacher_cost is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[teacher_cost.value(fields[0])],
+                y=[final.teacher.accuracy],
+                mode="markers",
+                name="teacher (test)",
+                marker=dict(color=TEACHER_COLOUR, size=16, symbol="star"),
+                hovertemplate="teacher: test accuracy %{y:.4f}<br>cost %{x:.4g}<extra></extra>",
+            )
+        )
+    buttons = []
+    for field in fields:
+        update_x = [xs(field, "distilled"), xs(field, "scratch")]
+        if final.teacher is not None and teacher_cost is not None:
+            update_x.append([teacher_cost.value(field)])
+        buttons.append(
+            dict(
+                label=COST_LABELS[field],
+                method="update",
+                args=[{"x": update_x}, {"xaxis.title.text": COST_LABELS[field]}],
+            )
+        )
+    fig.update_layout(
+        updatemenus=[dict(type="dropdown", buttons=buttons, x=1.0, xanchor="right", y=1.12, yanchor="bottom")],
+        xaxis=dict(type="log", title=COST_LABELS[fields[0]]),
+        yaxis=dict(title="test accuracy", tickformat=".3f"),
+    )
+    _style(fig, "Accuracy vs cost: each candidate student distilled and from scratch (test split)")
     return fig

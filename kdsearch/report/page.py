@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 
 from ..errors import KdsearchError
 from ..files import write_text_atomically
-from ..search.results import ExportedFiles, FinalComparison, Scores, TeacherScores
+from ..search.results import COST_LABELS, ExportedFiles, FinalComparison, Scores, TeacherScores
 from ..search.stats import PairedDifference
 from ..search.study import params_of, study_spec
 from .content import (  # noqa: F401
@@ -37,6 +37,8 @@ from .content import (  # noqa: F401
     budget_warning,
     final_stats,
     format_params,
+    front_headline,
+    front_rows,
     holm_note,
     mean_std,
     method_colour,
@@ -48,6 +50,7 @@ from .content import (  # noqa: F401
 from .figures import (  # noqa: F401  (re-exported: the report's public names)
     feature_weight_figure,
     final_comparison_figure,
+    front_figure,
     history_figure,
     log_ticks,
     param_map_figure,
@@ -203,6 +206,76 @@ def cost_table(final: FinalComparison) -> str:
     )
 
 
+def front_table(final: FinalComparison, stats: list[StudentStats]) -> str:
+    """The candidate students of the front, cheapest first: costs, distilled and scratch test accuracy, paired Δ."""
+    rows = front_rows(final, stats)
+    head = (
+        "<tr><th>student</th><th>architecture</th><th class=num>parameters</th><th class=num>FLOPs</th>"
+        "<th class=num>ONNX ms</th><th class=num>PyTorch ms</th><th>distilled (test accuracy)</th>"
+        "<th>scratch</th><th>Δ accuracy vs scratch</th><th>Δ AUC vs scratch</th></tr>"
+    )
+
+    def num(value: float | None, fmt: str) -> str:
+        return "–" if value is None else format(value, fmt)
+
+    def acc(st: StudentStats | None) -> str:
+        return (
+            "–"
+            if st is None
+            else f'<span style="white-space:nowrap">{st.accuracy_mean:.4f} ± {st.accuracy_std:.4f}</span>'
+        )
+
+    body = []
+    for r in rows:
+        d = r.distilled
+        how = (
+            ""
+            if d is None
+            else f" <span class=ci>{html.escape(d.method)} {html.escape(format_params(d.params))}</span>"
+        )
+        vs = (d.vs_scratch or {}) if d is not None else {}
+        arch = (
+            "" if r.cost is None else r.cost.arch + (f" {format_params(r.cost.arch_args)}" if r.cost.arch_args else "")
+        )
+        body.append(
+            f"<tr><td>{html.escape(r.student)}</td><td>{html.escape(arch)}</td>"
+            f"<td class=num>{num(r.cost_of('params'), ',.0f')}</td><td class=num>{num(r.cost_of('flops'), ',.0f')}</td>"
+            f"<td class=num>{num(r.cost_of('onnx_latency_ms'), '.3f')}</td>"
+            f"<td class=num>{num(r.cost_of('latency_ms'), '.3f')}</td>"
+            f"<td>{acc(d)}{how}</td><td>{acc(r.scratch)}</td>"
+            f"<td>{_delta_cell(vs.get('accuracy'))}</td><td>{_delta_cell(vs.get('auc'))}</td></tr>"
+        )
+    return f'<div class="scroll"><table id="front" class="data">{head}{"".join(body)}</table></div>'
+
+
+def front_blocks(final: FinalComparison, stats: list[StudentStats]) -> list:
+    """The report's front section (headline, figure, table, what was left out) for a study with candidates."""
+    if not final.front:
+        return []
+    headline = front_headline(final, stats)
+    figure = front_figure(final, stats)
+    costs = final.costs
+    where = (
+        f"Costs measured once for the study on {html.escape(costs.hardware)}: medians of {costs.repeats} timed runs "
+        "after warm-up, batch 1 (latency) and 64 (throughput), in PyTorch and ONNX Runtime (CPU provider)."
+        if costs is not None
+        else ""
+    )
+    off = "".join(f"<li>{html.escape(n)}: {html.escape(why)}</li>" for n, why in final.off_front.items())
+    return [
+        "<h3>Choosing the student: accuracy vs cost</h3>",
+        *([f'<p class="note"><b>{html.escape(headline)}</b></p>'] if headline else []),
+        *([figure] if figure is not None else []),
+        '<p class="caption">Each candidate student on the validation front (its best trial not beaten by a cheaper '
+        f"candidate in {html.escape(COST_LABELS.get(final.front_cost, final.front_cost))}) is retrained from its best "
+        "trial and from scratch (same architecture, same seeds) and scored on test; Δ is paired by seed and "
+        "Holm-corrected across sizes. With candidates, the untuned-KD and pseudo-label baselines are not retrained. "
+        f"{where}</p>",
+        front_table(final, stats),
+        *([f'<p class="caption">Not retrained:</p><ul class="caption">{off}</ul>'] if off else []),
+    ]
+
+
 def _swatch_label(s: StudentStats) -> str:
     return f'<span class="sw" style="background:{method_colour(s.method)}"></span>{html.escape(s.label)}'
 
@@ -235,7 +308,8 @@ def _summary_rows(
         best = study.best_trial
         method, params = params_of(best) if "method" in best.params else ("?", {})
         shown = format_params(params)
-        what = f"#{best.number} {method}{' ' + shown if shown else ''}"
+        student = f" {best.params['student']}" if "student" in best.params else ""
+        what = f"#{best.number}{student} {method}{' ' + shown if shown else ''}"
         rows.append(("best trial (val)", f"{what}: val {metric_label(objective)} {best.value:.4f}"))
     if final:
         n = len(final.seeds)
@@ -245,6 +319,9 @@ def _summary_rows(
         rerun = rerun_text(final)
         if rerun:
             rows.append(("final comparison", rerun))
+        headline = front_headline(final, stats)
+        if headline:
+            rows.append(("students", headline))
         for s in stats:
             text = f"accuracy {s.accuracy_mean:.4f} ± {s.accuracy_std:.4f}, AUC {s.auc_mean:.4f} ± {s.auc_std:.4f}"
             rows.append((f"{s.label} (test, {n} seed{'s' * (n != 1)})", text + vs_text(s)))
@@ -390,6 +467,7 @@ def write_report(study: optuna.Study, path: Path) -> Path:
             + (f" {html.escape(note)}" if (note := holm_note(stats)) else "")
             + "</p>",
             final_table(final, stats),
+            *front_blocks(final, stats),
             cost_table(final),
         ]
         if final.exports:

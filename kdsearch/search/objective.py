@@ -7,17 +7,19 @@ and user attrs (``seed``); the study's life in storage (create, join, load, best
 from __future__ import annotations
 
 import functools
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import optuna
 import torch
+from optuna.trial import FrozenTrial
 from torch import nn
 
 from ..config.catalog import searchable_method_names
-from ..config.spec import StudySpec
+from ..config.spec import StudentSpec, StudySpec
 from ..data import Split, Splits, take
 from ..distill.methods import METHODS, DistillBatch, build_method, unusable_methods
 from ..distill.metrics import cost_row
@@ -26,8 +28,9 @@ from ..distill.train import Augment, EpochResult, LiveTeacher, TrainSet, TrialPl
 from ..errors import KdsearchError, out_of_memory
 from ..nets.models import FeatureTap, build_model, default_feature_layer, load_state, read_checkpoint
 from ..signals import interruptible, shielded
-from .results import Candidate, CandidateRuns, FinalComparison, Scores, SeedRun
-from .study import best_trials_per_method, params_of, teacher_mode_of
+from .front import dominated_by, over_budget
+from .results import Candidate, CandidateRuns, Cost, FinalComparison, Scores, SeedRun, StudentCosts
+from .study import best_of_each_method, best_trials_per_method, params_of, teacher_mode_of
 
 
 @dataclass
@@ -46,6 +49,22 @@ class StudyData:
     student_layer: str
     features: str  # how feature methods get teacher features: "cached (N MB)", "live (...)" or "not needed"
     student_init: dict[str, torch.Tensor] | None = None  # student.checkpoint, read once for every trial
+    # [[student.candidates]]: name → this data for that student (same tensors; spec.student is the candidate's)
+    students: dict[str, StudyData] = field(default_factory=dict)
+    student_name: str | None = None  # the candidate this data trains (None: the study's one student)
+    costs: StudentCosts | None = None  # the candidates' and the teacher's costs (prepare.study_data measures them)
+    excluded: dict[str, str] = field(default_factory=dict)  # candidates over search.constraints → why
+
+    def for_student(self, name: str | None) -> StudyData:
+        """This data for candidate ``name`` (None, or a study without candidates: itself)."""
+        if name is None or not self.students:
+            return self
+        try:
+            return self.students[name]
+        except KeyError:
+            raise KdsearchError(
+                f"student {name!r} is not a candidate of this study ({', '.join(self.students)})"
+            ) from None
 
 
 def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device: torch.device) -> StudyData:
@@ -85,7 +104,22 @@ def prepare_study_data(spec: StudySpec, splits: Splits, teacher: Teacher, device
         spec, splits, device, teacher, distill, labeled_only, val, steps, teacher_layer, student_layer, how, init
     )
     check_student(data)
+    variants = {}
+    for name, student in spec.student.candidate_specs().items():
+        variant = candidate_data(data, name, student)
+        check_student(variant)
+        variants[name] = variant
+    data.students = variants
     return data
+
+
+def candidate_data(data: StudyData, name: str, student: StudentSpec) -> StudyData:
+    """``data`` for candidate ``name`` (``student``: its resolved spec): the same tensors and teacher, its own
+    architecture, feature layer and starting weights."""
+    spec = data.spec.model_copy(update={"student": student})
+    layer = student.feature_layer or default_feature_layer(student.arch, lambda: build_student_model(spec, data.splits))
+    init = None if student.checkpoint is None else read_checkpoint(Path(student.checkpoint), role="student")
+    return replace(data, spec=spec, student_layer=layer, student_init=init, students={}, student_name=name)
 
 
 def build_student_model(spec: StudySpec, splits: Splits) -> nn.Module:
@@ -280,10 +314,10 @@ def make_objective(data: StudyData, *, train: TrainFn | None = None) -> Callable
     """
     spec = data.spec
     objective = spec.search.objective
-    if train is None:
-
-        def train(plan, on_epoch):  # type: ignore[no-redef]
-            return train_plan(data, plan, on_epoch)[1]
+    if train is not None and data.students:
+        raise KdsearchError(
+            "stacked trials train one student architecture; a study with candidates trains one at a time"
+        )
 
     # which teacher, device and torch each trial ran with (workers of one study must share the teacher)
     provenance = {
@@ -292,7 +326,11 @@ def make_objective(data: StudyData, *, train: TrainFn | None = None) -> Callable
         "torch_version": torch.__version__,
     }
 
+    students = list(data.students)
+
     def run(trial: optuna.Trial) -> float:
+        name = trial.suggest_categorical("student", students) if students else None  # first: a candidate's cost
+        trial_data = data.for_student(name)
         method, params = trial_params(trial, spec)
         mode = trial_teacher_mode(trial, spec)
         seed = trial.user_attrs.get("seed", spec.search.trial_seed + trial.number)  # a retry keeps its seed
@@ -313,15 +351,93 @@ def make_objective(data: StudyData, *, train: TrainFn | None = None) -> Callable
             if prune:
                 raise optuna.TrialPruned(f"pruned after epoch {r.epoch}")
 
+        plan = plan_trial(trial_data, method, params, seed, teacher_mode=mode)
         with interruptible():  # only training is: Optuna's storage writes around it may run shielded
-            history = train(plan_trial(data, method, params, seed, teacher_mode=mode), on_epoch)
+            history = train(plan, on_epoch) if train is not None else train_plan(trial_data, plan, on_epoch)[1]
         return getattr(history[-1], objective)
 
     return run
 
 
+def with_costs(data: StudyData, costs: StudentCosts) -> StudyData:
+    """``data`` with its candidates' ``costs``, and only the candidates within ``search.constraints`` (the others
+    in ``excluded``, with why); a KdsearchError when none is."""
+    budgets = data.spec.search.constraints
+    figures = {name: c.model_dump() for name, c in costs.students.items() if name in data.students}
+    excluded = over_budget(figures, budgets) if budgets else {}
+    kept = {n: v for n, v in data.students.items() if n not in excluded}
+    if not kept:
+        shown = "; ".join(f"{n}: {why}" for n, why in excluded.items())
+        raise KdsearchError(
+            f"no candidate student is within search.constraints = {dict(budgets)} ({shown}); raise the budgets or "
+            "add a smaller candidate"
+        )
+    return replace(data, costs=costs, students=kept, excluded=excluded)
+
+
+def candidate_front(study: optuna.Study, data: StudyData) -> tuple[list[tuple[str, FrozenTrial]], dict[str, str]]:
+    """The candidates on the study's **validation** front (their best trial's value against ``final.cost``; a
+    cost not measured counts as infinite), cheapest first, each with its best trial; and name → why for the others."""
+    f = data.spec.final
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    off: dict[str, str] = {n: f"over search.constraints ({why})" for n, why in data.excluded.items()}
+    best: dict[str, FrozenTrial] = {}
+    for name in data.students:
+        per_method = best_of_each_method(t for t in trials if t.params.get("student") == name)
+        if per_method:
+            best[name] = max(per_method.values(), key=lambda t: (t.value, -t.number))
+        else:
+            off[name] = "no completed trial"
+    costs = data.costs.students if data.costs is not None else {}
+
+    def cost(name: str) -> float:
+        value = costs[name].value(f.cost) if name in costs else None
+        return math.inf if value is None or math.isnan(value) else float(value)
+
+    beaten = dominated_by({n: (cost(n), float(t.value)) for n, t in best.items()})
+    for name, by in beaten.items():
+        if by is not None:
+            off[name] = f"dominated on validation by {by} (no costlier in {f.cost}, at least as accurate)"
+    on = sorted((n for n, by in beaten.items() if by is None), key=lambda n: (cost(n), n))
+    return [(n, best[n]) for n in on], off
+
+
+def front_candidates(study: optuna.Study, data: StudyData) -> list[Candidate]:
+    """For each candidate on the validation front: its best trial, and a scratch student of the same architecture
+    (an augmented one too when that trial ran in 'consistent' mode)."""
+    out = []
+    for name, t in candidate_front(study, data)[0]:
+        method, params = params_of(t)
+        mode = teacher_mode_of(t)
+        out.append(
+            Candidate(
+                label=f"{name}: best {method}",
+                method=method,
+                params=params,
+                trial=t.number,
+                teacher_mode=mode,
+                student=name,
+            )
+        )
+        out.append(Candidate(label=f"{name}: scratch", method="scratch", student=name))
+        if mode == "consistent":
+            out.append(
+                Candidate(label=f"{name}: scratch (augmented)", method="scratch", teacher_mode=mode, student=name)
+            )
+    return out
+
+
 def cost_table(data: StudyData, teacher: Teacher, student: nn.Module) -> dict[str, dict[str, float]]:
-    """Cost of the teacher and of the student architecture (scratch and distilled students share it)."""
+    """Cost of the teacher and of the student architecture (scratch and distilled students share it); with
+    candidates, of the teacher and each candidate, from the study's measured costs."""
+    if data.students and data.costs is not None:
+        fields = tuple(Cost.model_fields)
+        rows = {}
+        if data.costs.teacher is not None:
+            rows[f"teacher ({data.spec.teacher.arch})"] = {k: getattr(data.costs.teacher, k) for k in fields}
+        for name, c in data.costs.students.items():
+            rows[f"student {name} ({c.arch})"] = {k: getattr(c, k) for k in fields}
+        return rows
     sample = data.val.x[:1]
     return {
         f"teacher ({data.spec.teacher.arch})": cost_row(teacher.model, sample),
@@ -362,7 +478,10 @@ def final_candidates(
 
 
 def study_candidates(study: optuna.Study, data: StudyData) -> list[Candidate]:
-    """``final_candidates`` with the study's ``final`` settings and data (pseudo-label only with unlabeled images)."""
+    """``final_candidates`` with the study's ``final`` settings and data (pseudo-label only with unlabeled images);
+    with candidate students, ``front_candidates``."""
+    if data.students:
+        return front_candidates(study, data)
     f = data.spec.final
     return final_candidates(
         study,
@@ -407,11 +526,13 @@ def final_comparison(
     students = []
     for candidate in study_candidates(study, data):
         runs = []
+        at = data.for_student(candidate.student)  # a candidate student's architecture and weights
         plans = [
-            plan_trial(data, candidate.method, candidate.params, seed, teacher_mode=candidate.teacher_mode)
+            plan_trial(at, candidate.method, candidate.params, seed, teacher_mode=candidate.teacher_mode)
             for seed in seeds
         ]
-        for seed, model in zip(seeds, train_seeds(plans)):
+        trained = train_seeds(plans) if at is data else train_each(at, plans)
+        for seed, model in zip(seeds, trained):
             acc, roc = evaluate(model, test)
             runs.append(SeedRun(seed=seed, accuracy=acc, auc=roc))
             if on_student is not None:
@@ -420,6 +541,16 @@ def final_comparison(
                 on_run(candidate.label, seed)
         students.append(CandidateRuns(**candidate.model_dump(), runs=runs))
     teacher_acc, teacher_auc = evaluate(teacher.model, test)
+    front: dict = {}
+    if data.students:
+        on, off = candidate_front(study, data)
+        front = {
+            "costs": data.costs,
+            "front": [n for n, _ in on],
+            "off_front": off,
+            "front_cost": f.cost,
+            "within_pp": f.within_pp,
+        }
     result = FinalComparison(
         objective=data.spec.search.objective,
         seeds=seeds,
@@ -429,6 +560,7 @@ def final_comparison(
         n_complete_trials=len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
         run=run,
         earlier_runs_trials=earlier,
+        **front,
     )
     result.save(study)
     return result

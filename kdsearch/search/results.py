@@ -14,7 +14,7 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import KdsearchError, first_line
-from .study import FINAL_ATTR, RECORD_ATTR, TEACHER_ATTR
+from .study import COSTS_ATTR, FINAL_ATTR, RECORD_ATTR, TEACHER_ATTR
 
 R = TypeVar("R", bound="Record")
 
@@ -64,6 +64,7 @@ class Candidate(Record):
     trial: Optional[int] = None
     teacher_mode: str = "cached"
     baseline: Optional[str] = None  # "untuned_kd": a distillation method at a fixed recipe, not a trial's
+    student: Optional[str] = None  # the candidate student ([[student.candidates]] name); None: the study's one
 
     @property
     def is_scratch(self) -> bool:
@@ -91,6 +92,51 @@ class Cost(Record):
     throughput: float
 
 
+COST_FIELDS = ("params", "flops", "size_mb", "latency_ms", "onnx_latency_ms")  # what a front's x axis may be
+COST_LABELS = {
+    "params": "parameters",
+    "flops": "FLOPs per image",
+    "size_mb": "saved size (MB)",
+    "latency_ms": "PyTorch latency (ms, batch 1)",
+    "onnx_latency_ms": "ONNX Runtime latency (ms, batch 1)",
+}
+
+
+class StudentCost(Cost):
+    """One architecture's cost (``ship.costs``): ``Cost``'s PyTorch figures on the CPU, the same in ONNX Runtime
+    (None when it does not export), and PyTorch latency on the study's GPU when it ran on one."""
+
+    arch: str = ""
+    arch_args: dict[str, Any] = Field(default_factory=dict)
+    onnx_latency_ms: Optional[float] = None
+    onnx_throughput: Optional[float] = None
+    device_latency_ms: Optional[float] = None
+    onnx_error: Optional[str] = None
+
+    def value(self, field: str) -> float | None:
+        """The cost named ``field`` (one of ``COST_FIELDS``)."""
+        return getattr(self, field)
+
+
+class StudentCosts(Record):
+    """What each candidate student of a study (and its teacher) costs, measured once per study on ``hardware``:
+    medians of ``repeats`` timings after warm-up."""
+
+    hardware: str = "?"
+    repeats: int = 0
+    teacher: Optional[StudentCost] = None
+    students: dict[str, StudentCost] = Field(default_factory=dict)
+
+    @classmethod
+    def read(cls, study: optuna.Study) -> StudentCosts | None:
+        value = study.user_attrs.get(COSTS_ATTR)
+        fix = "it is measured again when missing: delete it with a new study (--study NEW_NAME)"
+        return None if value is None else cls.from_attr(value, what=f"student costs ({COSTS_ATTR!r})", fix=fix)
+
+    def save(self, study: optuna.Study) -> None:
+        study.set_user_attr(COSTS_ATTR, self.to_attr())
+
+
 class ExportedFiles(Record):
     """Where a shipped student's files are (paths relative to ``base``) and how that student scored."""
 
@@ -116,7 +162,13 @@ class FinalComparison(Record):
     n_complete_trials: Optional[int] = None
     run: int = 1
     earlier_runs_trials: list[int] = Field(default_factory=list)
-    exports: dict[str, ExportedFiles] = Field(default_factory=dict)  # method → its shipped student
+    exports: dict[str, ExportedFiles] = Field(default_factory=dict)  # method (or candidate) → its shipped student
+    # with [[student.candidates]]: their costs, the validation front that was retrained, why the others were not
+    costs: Optional[StudentCosts] = None
+    front: list[str] = Field(default_factory=list)
+    off_front: dict[str, str] = Field(default_factory=dict)
+    front_cost: str = "params"
+    within_pp: float = 1.0
 
     @classmethod
     def read(cls, study: optuna.Study) -> FinalComparison | None:

@@ -24,6 +24,7 @@ SPEC_ATTR = "spec"  # study user attr: the spec the study was created with (``mo
 FINAL_ATTR = "final_comparison"  # study user attr: the last final comparison (``results.FinalComparison``)
 TEACHER_ATTR = "teacher"  # study user attr: the teacher's validation scores (``results.TeacherScores``)
 RECORD_ATTR = "teacher_artifact"  # study user attr: the study's one teacher (``results.TeacherRecord``)
+COSTS_ATTR = "student_costs"  # study user attr: what each candidate student costs (``results.StudentCosts``)
 CODE_ATTR = "code"  # study user attr: the sha256 of its user code and student weights (``nets.identity``)
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards ``search.trials``
@@ -54,6 +55,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         startup_trials=s.pruner_startup_trials,
         warmup_epochs=s.pruner_warmup_epochs,
         epochs=spec.student.epochs,
+        per_student=bool(spec.student.candidates),
     )
 
 
@@ -201,6 +203,8 @@ def recorded_code(study: optuna.Study) -> dict[str, dict[str, str]] | None:
 
 
 def _what(spec: StudySpec, field: str, what: str) -> str:
+    if field.count(".") != 1:  # student.candidates.<name>.arch: the candidate's
+        return f"{field} (its {'file' if what == 'file' else 'module ' + what})"
     section, attr = field.split(".")
     value = getattr(getattr(spec, section), attr)
     if what == "file":

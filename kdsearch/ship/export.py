@@ -213,6 +213,15 @@ def _save_onnx(model: nn.Module, batch: Tensor, tmp: str) -> str:
     return "dynamo"
 
 
+def write_onnx(model: nn.Module, batch: Tensor, path: Path) -> str:
+    """``model`` (eval mode, on the CPU) as one ONNX file at ``path`` with a dynamic batch axis; the exporter
+    used. A ``KdsearchError`` with the exporters' reasons when it cannot be exported."""
+    try:
+        return _save_onnx(model, batch, str(path))
+    except _ExportFailed as err:
+        raise KdsearchError(str(err)) from None
+
+
 # --- checks ---
 
 

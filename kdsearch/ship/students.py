@@ -3,7 +3,8 @@
 
 For the best trial of each method, every seed's student is kept as ``seeds/seed-<n>.safetensors``; the
 seed whose test score is closest to the seeds' mean is the representative, exported under
-``students/<method>/`` as safetensors, TorchScript and ONNX (checked against PyTorch) with a JSON card.
+``students/<method>/`` as safetensors, TorchScript and ONNX (checked against PyTorch) with a JSON card. With
+candidate students, each front member's best trial goes under ``students/<candidate>/``, its cost in the card.
 """
 
 from __future__ import annotations
@@ -122,11 +123,11 @@ class StudentKeeper:
 
     def keep(self, candidate: Candidate, run: SeedRun, model: nn.Module) -> None:
         """``final_comparison``'s ``on_student``: a distilled student's weights saved per seed, kept in memory."""
-        method = candidate.method
+        key = candidate.student or candidate.method  # students/<candidate>/ or students/<method>/
         if candidate.is_baseline:  # the baselines are for comparison, not for shipping
             return
-        runs = self.kept.setdefault(method, [])
-        seeds = self.folder / method / "seeds"
+        runs = self.kept.setdefault(key, [])
+        seeds = self.folder / key / "seeds"
         if not runs and seeds.is_dir():  # a new final comparison replaces the last one's seeds
             for old in seeds.glob("seed-*.safetensors"):
                 old.unlink()
@@ -141,7 +142,12 @@ class StudentKeeper:
         for method, runs in sorted(self.kept.items()):
             i = representative([r for _, r, _ in runs], metric)
             candidate, run, model = runs[i]
-            card = student_card(self.data, self.study.study_name, candidate, run, seeds=[r for _, r, _ in runs])
+            data = self.data.for_student(candidate.student)
+            card = student_card(data, self.study.study_name, candidate, run, seeds=[r for _, r, _ in runs])
+            costs = self.data.costs
+            if candidate.student is not None and costs is not None and candidate.student in costs.students:
+                card["candidate"] = candidate.student
+                card["cost"] = {**costs.students[candidate.student].to_attr(), "hardware": costs.hardware}
             # strict=False: a format one student cannot take (an op without an ONNX mapping) is said, not fatal
             exported = export_student(
                 model, self.folder / method, sample=check[:2], card=card, check_inputs=check, strict=False
@@ -197,6 +203,8 @@ def export_one(data: StudyData, study: Any, trial: Any, out: Path, *, train_on: 
     """Retrain ``trial``'s method and params (seed ``final.first_seed``), score it on test, export it to ``out``."""
     if train_on not in ("train", "train+val"):
         raise KdsearchError(f"--train-on {train_on!r}: use 'train' or 'train+val'")
+    costs = data.costs
+    data = data.for_student(trial.params.get("student"))  # a candidate student's trial: that architecture
     if train_on == "train+val":
         data = with_val_in_pool(data)
     method, params = params_of(trial)
@@ -216,6 +224,10 @@ def export_one(data: StudyData, study: Any, trial: Any, out: Path, *, train_on: 
     )
     scoring = count_test_scoring(study)
     card = student_card(data, study.study_name, candidate, SeedRun(seed=seed, accuracy=acc, auc=roc), train_on=train_on)
+    name = trial.params.get("student")
+    if name is not None and costs is not None and name in costs.students:
+        card["candidate"] = name
+        card["cost"] = {**costs.students[name].to_attr(), "hardware": costs.hardware}
     card["test_scoring"] = (
         f"scoring {scoring} of this study's test split (its final comparisons and exports): a re-run, so these "
         "scores must not choose among trials"

@@ -72,6 +72,7 @@ def real_fashion_mnist_slice(root: Path) -> tuple[Path, list[str]]:
 CASES = {
     "fashion_mnist.toml": real_fashion_mnist_slice,
     "fashion_mnist_methods.toml": real_fashion_mnist_slice,
+    "fashion_mnist_deploy.toml": real_fashion_mnist_slice,
     "mnist.toml": fake_mnist,
     "cats_vs_dogs.toml": fake_pet_images,
     "cifar10_densenet.toml": fake_cifar,
@@ -120,6 +121,13 @@ def test_study_runs_two_trials_on_small_local_files(study, tmp_path):
     assert len(complete) >= 2
     final = study_db.user_attrs["final_comparison"]
     labels = [s["label"] for s in final["students"]]
+    if spec.student.candidates:  # each front member: its best trial, then a scratch student of its architecture
+        assert final["front"] and all(f"{name}: scratch" in labels for name in final["front"])
+        assert set(final["costs"]["students"]) == set(spec.student.candidate_specs())
+        assert (tmp_path / "out" / "report.html").is_file() and "Choosing the student" in result.output + (
+            tmp_path / "out" / "report.html"
+        ).read_text()
+        return
     assert "scratch" in labels and labels[0].startswith("best ")
     assert ("pseudo-label" in labels) == (
         spec.data.unlabeled > 0

@@ -127,10 +127,10 @@ def test_a_spec_arch_that_is_neither_a_name_nor_an_import_path_is_refused(write_
         "unknown model 'my nets.Student'; give a known model" in result.output
         and "'package.module:callable'" in result.output
     )
-    result = run(write_spec(), "--set", "student.arch_args={width = 3}")
-    assert (
-        result.exit_code == 2 and "arch_args: only an import-path, timm/ or hf/ arch takes arguments" in result.output
-    )
+    result = run(write_spec(), "--set", "student.arch=resnet18", "--set", "student.arch_args={width = 3}")
+    assert result.exit_code == 2 and "arch_args: only an import-path, timm/ or hf/ arch, or a seed net" in result.output
+    result = run(write_spec(), "--set", "student.arch_args={depth = 3}")  # light_nn takes a width, nothing else
+    assert result.exit_code == 2 and "light_nn takes only width (a channel multiplier), not depth" in result.output
 
 
 def _teacher_module() -> nn.Module:
