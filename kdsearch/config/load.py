@@ -145,8 +145,11 @@ def defaults_unlike_the_default_study(path: Path, overrides: list[str] | None, d
     overridden = {o.partition("=")[0].strip() for o in overrides or []}
     builtin = StudySpec().model_dump(mode="json")
     lines = []
+    candidates = bool(mine.get("student", {}).get("candidates"))
     for key in SEARCH_DEFAULTS_TO_SAY:
         section, field = key.split(".")
+        if key == "final.students" and candidates:  # with candidates, each front member's best trial is retrained
+            continue
         if field in mine.get(section, {}) or key in overridden or field not in shipped.get(section, {}):
             continue
         default, theirs = builtin[section][field], shipped[section][field]

@@ -243,6 +243,24 @@ def best_per_method(
     return sorted(rows, key=lambda r: (r.value is None, -(r.value or 0.0), method_sort_key(r.method)))
 
 
+def best_per_student(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[str, MethodBest]:
+    """With candidate students (param ``student``): each student's best completed trial as a ``MethodBest`` row
+    (its method, params and scores), with that student's trial counts over all methods; {} without candidates."""
+    names = sorted({t.params["student"] for t in trials if "student" in t.params})
+    out = {}
+    for name in names:
+        rows = best_per_method([t for t in trials if t.params.get("student") == name])
+        if not rows:
+            continue
+        out[name] = replace(
+            rows[0],
+            complete=sum(r.complete for r in rows),
+            pruned=sum(r.pruned for r in rows),
+            other=sum(r.other for r in rows),
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- final comparison (test)
 
 

@@ -34,6 +34,7 @@ from .content import (  # noqa: F401
     best_per_bin,
     best_per_bin_line,
     best_per_method,
+    best_per_student,
     budget_warning,
     final_stats,
     format_params,
@@ -66,6 +67,26 @@ PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 
 def _swatch(method: str) -> str:
     return f'<span class="sw" style="background:{method_colour(method)}"></span>{html.escape(method)}'
+
+
+def best_per_student_table(rows: Mapping[str, MethodBest], objective: str | None) -> str:
+    """HTML table ``#best-per-student``: each candidate student's best trial (validation) and its trial counts."""
+    heads = {"accuracy": "val accuracy", "auc": "val AUC"}
+    if objective in heads:
+        heads[objective] += " ★"
+    head = (
+        "<tr><th>student</th><th>best trial</th><th>method</th><th>params</th>"
+        f"<th class=num>{heads['accuracy']}</th><th class=num>{heads['auc']}</th>"
+        "<th class=num>complete</th><th class=num>pruned</th></tr>"
+    )
+    body = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{'—' if r.trial is None else f'#{r.trial}'}</td>"
+        f"<td>{_swatch(r.method)}</td><td>{html.escape(format_params(r.params)) or '—'}</td>"
+        f"<td class=num>{_fmt(r.accuracy)}</td><td class=num>{_fmt(r.auc)}</td>"
+        f"<td class=num>{r.complete}</td><td class=num>{r.pruned}</td></tr>"
+        for name, r in rows.items()
+    )
+    return f'<table id="best-per-student" class="data">{head}{body}</table>'
 
 
 def best_per_method_table(rows: Sequence[MethodBest], objective: str | None) -> str:
@@ -428,7 +449,15 @@ def write_report(study: optuna.Study, path: Path) -> Path:
     has_temperature = any(p.complete and "temperature" in p.params for p in points)
 
     blocks: list[str | go.Figure] = ["<h2>Search (validation split)</h2>"]  # page order
-    if any(p.complete for p in points):
+    per_student = best_per_student(trials)
+    if per_student:
+        blocks.append(
+            '<p class="caption">Best completed trial of each candidate student by the objective'
+            f" (★: validation {metric_label(objective)}); the final comparison retrains those on the front "
+            "(see Choosing the student), each beside a scratch student of its architecture.</p>"
+        )
+        blocks.append(best_per_student_table(per_student, objective))
+    elif any(p.complete for p in points):
         blocks.append(
             '<p class="caption">Best completed trial of each method by the objective'
             f" (★: validation {metric_label(objective)}); these are the trials the final comparison retrains.</p>"
@@ -492,6 +521,8 @@ def write_report(study: optuna.Study, path: Path) -> Path:
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _summary_rows(study, final, stats)
     )
     retrained = "best trial of each method" if _students_mode(study) == "each" else "study's best trial"
+    if final is not None and final.front:
+        retrained = "best trial of each candidate student on the validation front"
     note = (
         f'<p class="note">Trials are tuned on the <b>validation</b> split. The final comparison retrains the {retrained} '
         "and a scratch student (cross-entropy on the labeled images only, same optimizer "

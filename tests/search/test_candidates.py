@@ -270,7 +270,8 @@ def test_a_study_over_two_students_shows_their_front_and_ships_each(write_spec, 
         assert (tmp_path / "run" / "students" / name / "student.onnx").is_file()
     assert not any(s.method in ("pseudo_label",) for s in final.students)
     report = (tmp_path / "run" / "report.html").read_text()
-    assert 'id="front"' in report and "Choosing the student" in report
+    assert 'id="front"' in report and "Choosing the student" in report and 'id="best-per-student"' in report
+    assert "best trial of each candidate student on the validation front" in report
     assert "smallest student within" in result.output or "no candidate student is within" in result.output
 
     # kdsearch export retrains a trial with its own candidate's architecture
@@ -303,3 +304,49 @@ def test_constraints_keep_a_candidate_out_of_every_trial(write_spec, tmp_path):
     final = FinalComparison.read(study)
     assert final.front == ["small"] and "over search.constraints" in final.off_front["big"]
     assert not math.isnan(final.teacher.accuracy)
+
+
+def test_the_deploy_study_is_not_told_about_final_students_which_candidates_do_not_use():
+    from helpers import REPO
+
+    from kdsearch.config.load import defaults_unlike_the_default_study
+
+    lines = defaults_unlike_the_default_study(
+        REPO / "studies" / "fashion_mnist_deploy.toml", [], REPO / "studies" / "fashion_mnist.toml"
+    )
+    assert not any(line.startswith("final.students") for line in lines)
+
+
+def test_costs_are_measured_once_per_study_and_then_read_back(monkeypatch):
+    import types
+
+    import torch
+
+    from kdsearch.search import objective
+    from kdsearch.ship import costs as costs_module
+
+    measured = []
+
+    def fake_measure(model, sample, **kw):
+        measured.append(kw.get("arch_args"))
+        return _cost(1000 * (len(measured)), 0.1)
+
+    monkeypatch.setattr(costs_module, "measure_cost", fake_measure)
+    monkeypatch.setattr(objective, "fresh_student", lambda data: torch.nn.Linear(1, 1))
+    student = types.SimpleNamespace(arch="light_nn", arch_args={})
+    variant = types.SimpleNamespace(spec=types.SimpleNamespace(student=student))
+    data = types.SimpleNamespace(
+        students={"a": variant, "b": variant},
+        for_student=lambda name: variant,
+        val=types.SimpleNamespace(x=torch.zeros(2, 1, 4, 4)),
+        device=torch.device("cpu"),
+        spec=types.SimpleNamespace(teacher=types.SimpleNamespace(arch="bn_cnn", arch_args={})),
+        teacher=types.SimpleNamespace(model=torch.nn.Linear(1, 1)),
+    )
+    study = optuna.create_study()
+    said: list[str] = []
+    first = costs_module.study_costs(study, data, echo=said.append)
+    assert len(measured) == 3 and set(first.students) == {"a", "b"} and first.teacher is not None
+    assert StudentCosts.read(study) == first and said and "measuring 2 candidate students" in said[0]
+    again = costs_module.study_costs(study, data, echo=said.append)  # a resume or another worker
+    assert again == first and len(measured) == 3 and len(said) == 1  # read back: nothing measured, nothing said
