@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Both set everything up first.
 TRIALS ?= 50
 
-.PHONY: run test test-fast docs setup setup-test bench bench-search bench-trials-per-device bench-compile mutmut
+.PHONY: run test test-fast docs setup setup-test bench bench-search bench-front bench-trials-per-device bench-compile mutmut
 
 setup:
 	@bash scripts/setup.sh
@@ -35,6 +35,13 @@ mutmut: setup-test
 bench-search: setup
 	.venv/bin/python benchmarks/bench_search.py grid --out benchmarks/search/grid.json
 	.venv/bin/python benchmarks/bench_search.py simulate --grid benchmarks/search/grid.json --out benchmarks/search
+
+# Does the search find the accuracy-vs-cost front cheaply? (benchmarks/RESULTS.md §11): the candidates' grid
+# (~15 min on 2 cores, resumable), then the strategies replayed on it, scored by hypervolume vs epochs
+bench-front: setup
+	.venv/bin/python benchmarks/bench_front.py grid --out benchmarks/front/grid.json
+	.venv/bin/python benchmarks/bench_front.py simulate --grid benchmarks/front/grid.json --out benchmarks/front --png
+	.venv/bin/python benchmarks/bench_front.py simulate --grid benchmarks/front/grid.json --out benchmarks/front/onnx_latency --cost onnx_latency_ms
 
 # Trials/hour with K trials trained at once (stacked) vs one at a time (benchmarks/RESULTS.md §8)
 bench-trials-per-device: setup

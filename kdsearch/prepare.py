@@ -175,7 +175,13 @@ def study_data(prepared: Prepared, console: Console, *, study: Any = None):
             + ")"
             for n in data.students
         )
-        console.echo(f"students: each trial samples one of {len(data.students)}: {shown}")
+        how = "samples one of" if spec.multi_objective else "takes in turn one of"
+        console.echo(f"students: each trial {how} {len(data.students)}: {shown}")
+        if spec.multi_objective:
+            console.echo(
+                f"search: multi-objective ({spec.search.strategy}) on validation {spec.search.objective} and "
+                f"{spec.final.cost}; every trial trains to the end (Optuna cannot prune such a study)"
+            )
     feature_methods = [m for m in spec.search.methods if METHODS.get(m).needs_features]
     if data.features != "not needed":
         console.echo(f"teacher features for {', '.join(feature_methods)}: {data.features}")

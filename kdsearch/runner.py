@@ -158,10 +158,10 @@ class StudyResult:
 
 def best_summary(study) -> dict[str, dict[str, Any]]:
     """Method → params, validation value and trial number of its best completed trial."""
-    from .search.study import best_trials_per_method, params_of
+    from .search.study import best_trials_per_method, params_of, value_of
 
     return {
-        m: {"params": params_of(t)[1], "value": t.value, "trial": t.number}
+        m: {"params": params_of(t)[1], "value": value_of(t), "trial": t.number}
         for m, t in sorted(best_trials_per_method(study).items())
     }
 
@@ -229,7 +229,7 @@ def run(
     from .parallel.workers import worker_count
     from .search.objective import make_objective
     from .search.storage import shown_url, spec_storage
-    from .search.study import create_study, finished_count
+    from .search.study import best_trial_of, create_study, finished_count, value_of
 
     console = console or Console()
     echo = console.echo
@@ -273,8 +273,8 @@ def run(
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         bar.update()
         try:
-            bar.set_postfix(best=f"{study.best_value:.4f}", last=trial.state.name.lower())
-        except ValueError:
+            bar.set_postfix(best=f"{value_of(best_trial_of(study)):.4f}", last=trial.state.name.lower())
+        except (ValueError, TypeError):
             bar.set_postfix(last=trial.state.name.lower())
 
     def stop_if_requested(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -355,7 +355,7 @@ def work(
     from .parallel.workers import work_on_study
     from .search.objective import make_objective
     from .search.storage import open_existing_storage, shown_url, spec_storage
-    from .search.study import create_study, finished_count, join_study, load_study
+    from .search.study import create_study, finished_count, join_study, load_study, value_of
 
     if spec_path is not None:
         spec, _ = load_study_spec(
@@ -386,7 +386,7 @@ def work(
     )  # the study's one teacher
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        value = f" {trial.value:.4f}" if trial.value is not None else ""
+        value = f" {value_of(trial):.4f}" if value_of(trial) is not None else ""
         console.echo(
             f"worker {rank}: trial {trial.number} {trial.state.name.lower()}{value} "
             f"({finished_count(study)}/{total} finished)"
@@ -481,7 +481,7 @@ def pick_trial(study, *, method: Optional[str] = None, trial: Optional[int] = No
     """The completed trial to export: number ``trial``, else the best of ``method``, else the best overall."""
     import optuna
 
-    from .search.study import best_trials_per_method
+    from .search.study import best_trials_per_method, value_of
 
     if method is not None and trial is not None:
         raise KdsearchError("give --method or --trial, not both")
@@ -501,7 +501,7 @@ def pick_trial(study, *, method: Optional[str] = None, trial: Optional[int] = No
                 f"no completed {method!r} trial in {study.study_name!r}; methods with one: {', '.join(best)}"
             )
         return best[method]
-    return max(best.values(), key=lambda t: t.value)
+    return max(best.values(), key=value_of)
 
 
 def given_data_spec(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,8 @@ from .model_spec import (
 )
 from .section import MAX_PARAM, MAX_SEED, Section, is_import_path
 
+COST_NAMES = ("params", "flops", "size_mb", "latency_ms", "onnx_latency_ms")  # results.COST_FIELDS, torch-free
+
 __all__ = [
     "DEFAULT_FASHION_MNIST_ROOT",
     "GIVEN_ARCH",
@@ -95,6 +97,20 @@ class SearchSpec(Section):
         {},
         description="budgets for [[student.candidates]], e.g. { onnx_latency_ms = 0.5, params = 1e6 }: a candidate "
         "over any is never sampled (said at start); latencies are medians measured once per study on this CPU",
+    )
+    objectives: list[str] | None = Field(
+        None,
+        description="with [[student.candidates]]: the front's two axes, a validation metric and a cost, e.g. "
+        '["accuracy", "onnx_latency_ms"] (cost: params, flops, size_mb, latency_ms, onnx_latency_ms); sets '
+        "search.objective and final.cost",
+    )
+    strategy: Literal["per_candidate", "motpe", "nsga2"] = Field(
+        "per_candidate",
+        description="how the front is searched: 'per_candidate' gives each trial the student with the fewest trials "
+        "and maximizes the metric, the pruner comparing a trial only with its own student's (the front: each "
+        "candidate's best; the cheapest in benchmarks/RESULTS.md §11); "
+        "'motpe' / 'nsga2': a multi-objective Optuna study on search.objectives, every trial trained to the end "
+        "(Optuna cannot prune those)",
     )
     teacher_modes: list[Literal["cached", "consistent"]] = Field(
         ["cached"],
@@ -298,6 +314,7 @@ class StudySpec(Section):
                     raise ValueError(f"{where}: this parameter is searched on a log scale; use a low bound > 0")
                 if param == "warmup_epochs" and low < 0:
                     raise ValueError(f"{where}: warm-up epochs must be >= 0 (0: no warm-up)")
+        self._check_objectives()
         if self.search.constraints and not self.student.candidates:
             raise ValueError(
                 "search.constraints choose among [[student.candidates]]; list candidates, or drop the constraints"
@@ -309,6 +326,60 @@ class StudySpec(Section):
                 f"exceeds train_limit = {d.train_limit}"
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _objectives_set_the_cost(cls, raw: object) -> object:
+        """``search.objectives = [metric, cost]`` fills ``search.objective`` and ``final.cost`` where not given."""
+        if not isinstance(raw, dict):
+            return raw
+        search = raw.get("search")
+        objectives = search.get("objectives") if isinstance(search, dict) else None
+        if not isinstance(objectives, list) or len(objectives) != 2 or objectives[1] not in COST_NAMES:
+            return raw  # _check_objectives says what is wrong
+        raw = dict(raw)
+        raw["search"] = {"objective": objectives[0], **search}
+        final = raw.get("final")
+        if final is None or isinstance(final, dict):
+            raw["final"] = {"cost": objectives[1], **(final or {})}
+        return raw
+
+    def _check_objectives(self) -> None:
+        s = self.search
+        if s.strategy != "per_candidate" and s.objectives is None:
+            raise ValueError(
+                f"search.strategy = {s.strategy!r} searches search.objectives; set them, e.g. "
+                'objectives = ["accuracy", "onnx_latency_ms"] (or drop the strategy)'
+            )
+        if s.objectives is None:
+            return
+        costs = ", ".join(COST_NAMES)
+        if len(s.objectives) != 2 or s.objectives[0] not in ("accuracy", "auc") or s.objectives[1] not in COST_NAMES:
+            raise ValueError(
+                f"search.objectives = {s.objectives}: name a validation metric (accuracy or auc) and a cost "
+                f'({costs}), e.g. ["accuracy", "onnx_latency_ms"]'
+            )
+        if not self.student.candidates:
+            raise ValueError(
+                "search.objectives trade accuracy against the cost of [[student.candidates]]; list candidates, or "
+                "drop search.objectives"
+            )
+        if s.objective != s.objectives[0] or self.final.cost != s.objectives[1]:
+            raise ValueError(
+                f"search.objectives = {s.objectives} disagrees with search.objective = {s.objective!r} / final.cost "
+                f"= {self.final.cost!r}; drop those two (the objectives set them)"
+            )
+        if s.strategy != "per_candidate" and s.pruner != "none" and "pruner" in s.model_fields_set:
+            raise ValueError(
+                f"search.strategy = {s.strategy!r} is a multi-objective study, which Optuna cannot prune, but "
+                f'search.pruner = {s.pruner!r}; set pruner = "none", or strategy = "per_candidate" (prunes per '
+                "student)"
+            )
+
+    @property
+    def multi_objective(self) -> bool:
+        """Whether trials return (metric, cost) to a multi-objective study (``search.strategy`` motpe / nsga2)."""
+        return self.search.strategy != "per_candidate"
 
     def method_space(self, method: str) -> dict[str, ParamRange]:
         """The search ranges of ``method``: its defaults, overridden by ``[methods.<method>]``."""

@@ -14,7 +14,7 @@ import optuna
 
 from ..search.results import COST_LABELS, FinalComparison, SeedRun, StudentCost
 from ..search.stats import PairedDifference, paired_by_seed, with_holm
-from ..search.study import SPEC_ATTR, best_of_each_method, params_of
+from ..search.study import SPEC_ATTR, best_of_each_method, params_of, value_of
 
 METRIC_LABELS = {"accuracy": "accuracy", "auc": "AUC"}
 METHOD_ORDER = ("kd", "lskd", "dkd", "cosine", "hint", "untuned_kd", "pseudo_label", "scratch")
@@ -85,6 +85,7 @@ class TrialPoint:
     accuracy: float | None = None  # validation accuracy of the last epoch run
     auc: float | None = None  # validation AUC of the last epoch run
     epochs: int | None = None  # epochs run (a pruned trial's last reported epoch)
+    student: str | None = None  # its candidate student (param ``student``), None without candidates
 
     @property
     def complete(self) -> bool:
@@ -108,10 +109,11 @@ def trial_points(trials: Iterable[optuna.trial.FrozenTrial]) -> list[TrialPoint]
                 state=t.state.name,
                 method=method,
                 params=params,
-                value=t.value if complete else None,
+                value=value_of(t) if complete else None,
                 accuracy=t.user_attrs.get("accuracy"),
                 auc=t.user_attrs.get("auc"),
                 epochs=t.user_attrs.get("epochs_run"),
+                student=t.params.get("student"),
             )
         )
     return sorted(points, key=lambda p: p.number)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import html
 import itertools
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..search.results import COST_FIELDS, COST_LABELS, FinalComparison
+from ..search.results import COST_FIELDS, COST_LABELS, FinalComparison, StudentCosts
 from .content import (
     TEACHER_COLOUR,
     StudentStats,
@@ -536,4 +536,62 @@ def front_figure(final: FinalComparison, stats: list[StudentStats] | None = None
         yaxis=dict(title="test accuracy", tickformat=".3f"),
     )
     _style(fig, "Accuracy vs cost: each candidate student distilled and from scratch (test split)")
+    return fig
+
+
+def trials_front_figure(
+    trials: Sequence[TrialPoint], costs: StudentCosts, field: str, front: Mapping[str, int], objective: str
+) -> go.Figure | None:
+    """Every completed trial's validation value against its candidate student's cost (``field``, log axis): the
+    best trial of each candidate on the validation front (``front``: name → trial number) in its method's colour,
+    joined cheapest first; every other trial, dominated, in grey. Hover: student, method, T, alpha. None without
+    a completed trial of a measured candidate."""
+    done = [
+        p
+        for p in trials
+        if p.complete and p.student in costs.students and p.value is not None and not math.isnan(p.value)
+    ]
+    if not done:
+        return None
+    on_front = {number for number in front.values()}
+
+    def hover(p: TrialPoint) -> str:
+        return (
+            f"<b>{html.escape(p.student)}</b> trial #{p.number}<br>{html.escape(p.method)} "
+            f"{html.escape(format_params(p.params))}"
+        )
+
+    fig = go.Figure()
+    grey = [p for p in done if p.number not in on_front]
+    fig.add_trace(
+        go.Scatter(
+            x=[costs.students[p.student].value(field) for p in grey],
+            y=[p.value for p in grey],
+            mode="markers",
+            name="dominated trials",
+            marker=dict(color="#b0b0b0", size=7, opacity=0.7),
+            customdata=[hover(p) for p in grey],
+            hovertemplate="%{customdata}<br>validation %{y:.4f}<extra></extra>",
+        )
+    )
+    best = sorted((p for p in done if p.number in on_front), key=lambda p: costs.students[p.student].value(field))
+    fig.add_trace(
+        go.Scatter(
+            x=[costs.students[p.student].value(field) for p in best],
+            y=[p.value for p in best],
+            mode="lines+markers+text",
+            text=[p.student for p in best],
+            textposition="top center",
+            name="validation front (best trial of each)",
+            line=dict(color="#444", width=1.5),
+            marker=dict(color=[method_colour(p.method) for p in best], size=12, line=dict(width=1, color="white")),
+            customdata=[hover(p) for p in best],
+            hovertemplate="%{customdata}<br>validation %{y:.4f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        xaxis=dict(type="log", title=COST_LABELS.get(field, field)),
+        yaxis=dict(title=f"validation {metric_label(objective)}", tickformat=".3f"),
+    )
+    _style(fig, "The search: every completed trial against its student's cost (validation split)")
     return fig

@@ -12,6 +12,7 @@ Three layers, so every figure and table can be tested without a browser:
 from __future__ import annotations
 
 import html
+import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -20,9 +21,18 @@ import plotly.graph_objects as go
 
 from ..errors import KdsearchError
 from ..files import write_text_atomically
-from ..search.results import COST_LABELS, ExportedFiles, FinalComparison, Scores, TeacherScores
+from ..search.front import front
+from ..search.results import (
+    COST_FIELDS,
+    COST_LABELS,
+    ExportedFiles,
+    FinalComparison,
+    Scores,
+    StudentCosts,
+    TeacherScores,
+)
 from ..search.stats import PairedDifference
-from ..search.study import params_of, study_spec
+from ..search.study import SPEC_ATTR, best_trial_of, params_of, study_spec, value_of
 from .content import (  # noqa: F401
     COMPARED_WITH,
     BinBest,
@@ -56,6 +66,7 @@ from .figures import (  # noqa: F401  (re-exported: the report's public names)
     log_ticks,
     param_map_figure,
     temperature_figure,
+    trials_front_figure,
 )
 
 FIGURE_HEIGHT = 440
@@ -87,6 +98,33 @@ def best_per_student_table(rows: Mapping[str, MethodBest], objective: str | None
         for name, r in rows.items()
     )
     return f'<table id="best-per-student" class="data">{head}{body}</table>'
+
+
+def trials_front_blocks(
+    study: optuna.Study, points: Sequence[TrialPoint], per_student: Mapping[str, MethodBest], objective: str | None
+) -> list:
+    """The search's view of the front (validation): every completed trial against its student's stored cost
+    (``final.cost`` of the stored spec), the best trial of each candidate that no cheaper one beats marked."""
+    costs = StudentCosts.read(study)
+    spec = study.user_attrs.get(SPEC_ATTR) or {}
+    field = ((spec.get("final") or {}) if isinstance(spec, dict) else {}).get("cost", "params")
+    if costs is None or field not in COST_FIELDS:
+        return []
+    best = {
+        name: (value, r)
+        for name, r in per_student.items()
+        if r.trial is not None and name in costs.students and (value := costs.students[name].value(field)) is not None
+    }
+    on_front = front({name: (cost, r.value if r.value is not None else math.nan) for name, (cost, r) in best.items()})
+    figure = trials_front_figure(points, costs, field, {n: best[n][1].trial for n in on_front}, objective or "accuracy")
+    if figure is None:
+        return []
+    return [
+        figure,
+        "<p class=\"caption\">Each completed trial at its candidate student's cost; in colour (the method's), the best "
+        "trial of each candidate that no cheaper candidate beats on validation: the validation front, which the "
+        "final comparison retrains. Grey: dominated trials. Pruned trials are not drawn.</p>",
+    ]
 
 
 def best_per_method_table(rows: Sequence[MethodBest], objective: str | None) -> str:
@@ -321,17 +359,22 @@ def _summary_rows(
     rows = [("study", study.study_name), ("trials", states or "none")]
     objective = study_objective(study)
     if objective:
-        rows.append(("objective", f"validation {metric_label(objective)} (maximized)"))
+        shown = f"validation {metric_label(objective)} (maximized)"
+        if len(study.directions) > 1:  # search.strategy motpe / nsga2
+            names = study.metric_names or []
+            cost = names[1] if len(names) > 1 else "cost"
+            shown += f" and {COST_LABELS.get(cost, cost)} (minimized): a multi-objective study, no pruning"
+        rows.append(("objective", shown))
     teacher = TeacherScores.read(study)
     if teacher:
         rows.append(("teacher (val)", f"accuracy {teacher.val_accuracy:.4f}, AUC {teacher.val_auc:.4f}"))
-    if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        best = study.best_trial
+    best = best_trial_of(study)
+    if best is not None:
         method, params = params_of(best) if "method" in best.params else ("?", {})
         shown = format_params(params)
         student = f" {best.params['student']}" if "student" in best.params else ""
         what = f"#{best.number}{student} {method}{' ' + shown if shown else ''}"
-        rows.append(("best trial (val)", f"{what}: val {metric_label(objective)} {best.value:.4f}"))
+        rows.append(("best trial (val)", f"{what}: val {metric_label(objective)} {value_of(best):.4f}"))
     if final:
         n = len(final.seeds)
         if final.teacher:
@@ -457,6 +500,7 @@ def write_report(study: optuna.Study, path: Path) -> Path:
             "(see Choosing the student), each beside a scratch student of its architecture.</p>"
         )
         blocks.append(best_per_student_table(per_student, objective))
+        blocks.extend(trials_front_blocks(study, points, per_student, objective))
     elif any(p.complete for p in points):
         blocks.append(
             '<p class="caption">Best completed trial of each method by the objective'

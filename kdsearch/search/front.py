@@ -7,7 +7,7 @@ retrains and for the report's test-split front.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Iterable, Mapping
 
 
 def dominated_by(points: Mapping[str, tuple[float, float]]) -> dict[str, str | None]:
@@ -48,3 +48,17 @@ def over_budget(costs: Mapping[str, Mapping[str, float | None]], budgets: Mappin
         if why:
             out[name] = ", ".join(why)
     return out
+
+
+def hypervolume(points: Iterable[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """The area dominated by ``points`` ((cost, value); lower cost and higher value are better) and bounded by
+    ``reference`` (a cost no point should exceed, a value none should fall below): the 2-D hypervolume. Points
+    at or beyond the reference, or with a NaN, add nothing; 0.0 for none."""
+    ref_cost, ref_value = reference
+    kept = sorted((c, v) for c, v in points if not (math.isnan(c) or math.isnan(v)) and c < ref_cost and v > ref_value)
+    area, best = 0.0, ref_value
+    for i, (cost, value) in enumerate(kept):  # cheapest first: each point adds the strip up to the next cost
+        best = max(best, value)
+        next_cost = kept[i + 1][0] if i + 1 < len(kept) else ref_cost
+        area += (next_cost - cost) * (best - ref_value)
+    return area

@@ -30,7 +30,7 @@ from ..nets.models import FeatureTap, build_model, default_feature_layer, load_s
 from ..signals import interruptible, shielded
 from .front import dominated_by, over_budget
 from .results import Candidate, CandidateRuns, Cost, FinalComparison, Scores, SeedRun, StudentCosts
-from .study import best_of_each_method, best_trials_per_method, params_of, teacher_mode_of
+from .study import best_of_each_method, best_trials_per_method, params_of, teacher_mode_of, value_of
 
 
 @dataclass
@@ -306,7 +306,9 @@ def train_each(data: StudyData, plans: list[TrialPlan]) -> list[nn.Module]:
 TrainFn = Callable[[TrialPlan, Callable[[EpochResult], None]], list[EpochResult]]
 
 
-def make_objective(data: StudyData, *, train: TrainFn | None = None) -> Callable[[optuna.Trial], float]:
+def make_objective(
+    data: StudyData, *, train: TrainFn | None = None
+) -> Callable[[optuna.Trial], float | tuple[float, float]]:
     """The trial function: sample, distill, report the objective each epoch (pruning), store attrs.
 
     ``train(plan, on_epoch) -> history`` trains the trial's ``TrialPlan``: ``train_plan`` on ``data`` by
@@ -327,8 +329,15 @@ def make_objective(data: StudyData, *, train: TrainFn | None = None) -> Callable
     }
 
     students = list(data.students)
+    multi = spec.multi_objective
+    if multi and (data.costs is None or any(data.costs.students[n].value(spec.final.cost) is None for n in students)):
+        missing = [n for n in students if data.costs is None or data.costs.students[n].value(spec.final.cost) is None]
+        raise KdsearchError(
+            f"search.objectives minimize {spec.final.cost}, which was not measured for {', '.join(missing)}; "
+            "pick another cost (params, flops, size_mb, latency_ms)"
+        )
 
-    def run(trial: optuna.Trial) -> float:
+    def run(trial: optuna.Trial) -> float | tuple[float, float]:
         name = trial.suggest_categorical("student", students) if students else None  # first: a candidate's cost
         trial_data = data.for_student(name)
         method, params = trial_params(trial, spec)
@@ -346,15 +355,23 @@ def make_objective(data: StudyData, *, train: TrainFn | None = None) -> Callable
                 trial.set_user_attr("accuracy", r.accuracy)
                 trial.set_user_attr("auc", r.auc)
                 trial.set_user_attr("wall_time_s", time.perf_counter() - start)
+                if multi:  # Optuna refuses report() in a multi-objective study: every trial runs to the end
+                    curve.append(getattr(r, objective))
+                    trial.set_user_attr("curve", curve)
+                    return
                 trial.report(getattr(r, objective), r.epoch)
                 prune = trial.should_prune()
             if prune:
                 raise optuna.TrialPruned(f"pruned after epoch {r.epoch}")
 
+        curve: list[float] = []
         plan = plan_trial(trial_data, method, params, seed, teacher_mode=mode)
         with interruptible():  # only training is: Optuna's storage writes around it may run shielded
             history = train(plan, on_epoch) if train is not None else train_plan(trial_data, plan, on_epoch)[1]
-        return getattr(history[-1], objective)
+        value = getattr(history[-1], objective)
+        if multi:  # (metric, cost): the cost is the candidate's, measured once for the study
+            return value, data.costs.students[name].value(spec.final.cost)
+        return value
 
     return run
 
@@ -385,7 +402,7 @@ def candidate_front(study: optuna.Study, data: StudyData) -> tuple[list[tuple[st
     for name in data.students:
         per_method = best_of_each_method(t for t in trials if t.params.get("student") == name)
         if per_method:
-            best[name] = max(per_method.values(), key=lambda t: (t.value, -t.number))
+            best[name] = max(per_method.values(), key=lambda t: (value_of(t), -t.number))
         else:
             off[name] = "no completed trial"
     costs = data.costs.students if data.costs is not None else {}
@@ -394,7 +411,7 @@ def candidate_front(study: optuna.Study, data: StudyData) -> tuple[list[tuple[st
         value = costs[name].value(f.cost) if name in costs else None
         return math.inf if value is None or math.isnan(value) else float(value)
 
-    beaten = dominated_by({n: (cost(n), float(t.value)) for n, t in best.items()})
+    beaten = dominated_by({n: (cost(n), float(value_of(t))) for n, t in best.items()})
     for name, by in beaten.items():
         if by is not None:
             off[name] = f"dominated on validation by {by} (no costlier in {f.cost}, at least as accurate)"
@@ -459,7 +476,7 @@ def final_candidates(
     winner used ``consistent``."""
     best = best_trials_per_method(study)
     if students == "best" and best:
-        top = max(best.values(), key=lambda t: t.value)
+        top = max(best.values(), key=value_of)
         best = {top.params["method"]: top}
     candidates = [
         Candidate(label=f"best {m}", method=m, params=params_of(t)[1], trial=t.number, teacher_mode=teacher_mode_of(t))

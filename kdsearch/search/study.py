@@ -18,6 +18,7 @@ from ..config.load import spec_from_dict
 from ..config.spec import StudySpec
 from ..errors import KdsearchError
 from .pruners import build_pruner
+from .samplers import BalancedStudentSampler
 from .storage import shown_url, storage_contents
 
 SPEC_ATTR = "spec"  # study user attr: the spec the study was created with (``model_dump(mode="json")``)
@@ -32,7 +33,8 @@ FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts toward
 
 def make_sampler(spec: StudySpec, rank: int = 0, *, resumed_at: int = 0) -> optuna.samplers.BaseSampler:
     """TPE over the conditional space: ``multivariate`` models params jointly, ``group`` per method,
-    ``constant_liar`` for parallel workers.
+    ``constant_liar`` for parallel workers. With candidate students (``search.strategy = "per_candidate"``) each
+    trial takes the student with the fewest trials (``BalancedStudentSampler``); ``"nsga2"``: NSGA-II.
 
     The seed is ``search.sampler_seed + rank`` for a new study; a process that joins a study
     already holding ``resumed_at`` trials gets a seed derived from all three, so a resumed run
@@ -43,13 +45,29 @@ def make_sampler(spec: StudySpec, rank: int = 0, *, resumed_at: int = 0) -> optu
         seed = int(np.random.SeedSequence([spec.search.sampler_seed, rank, resumed_at]).generate_state(1)[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # constant_liar: parallel workers see running trials as bad, so they do not sample near-duplicates
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+        if spec.search.strategy == "nsga2":
+            return optuna.samplers.NSGAIISampler(population_size=NSGA2_POPULATION, seed=seed)
+        # constant_liar: parallel workers see running trials as bad, so they do not sample near-duplicates;
+        # the same TPE is multi-objective (MOTPE) in a study with two directions (search.strategy = "motpe")
+        tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if spec.student.candidates and not spec.multi_objective:  # per_candidate: each student in turn
+        return BalancedStudentSampler(tpe, [c.name for c in spec.student.candidates])
+    return tpe
+
+
+NSGA2_POPULATION = 10  # search.strategy = "nsga2": small, for studies of tens of trials (benchmarks/bench_front.py)
+
+
+def directions(spec: StudySpec) -> list[str]:
+    """The study's directions: maximize the metric; with a multi-objective strategy, minimize the cost too."""
+    return ["maximize", "minimize"] if spec.multi_objective else ["maximize"]
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     """The spec's pruner over epochs reported as steps 1, 2, ... (see ``pruners.build_pruner``)."""
     s = spec.search
+    if spec.multi_objective:  # Optuna cannot prune a multi-objective study (trial.report raises)
+        return optuna.pruners.NopPruner()
     return build_pruner(
         s.pruner,
         startup_trials=s.pruner_startup_trials,
@@ -119,13 +137,13 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str, ra
         study = optuna.create_study(
             study_name=spec.name,
             storage=storage,
-            direction="maximize",
+            directions=directions(spec),
             sampler=make_sampler(spec, rank),
             pruner=make_pruner(spec),
             load_if_exists=True,
         )
     if SPEC_ATTR not in study.user_attrs:
-        if study.trials or study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
+        if study.trials or study.directions != [optuna.study.StudyDirection[d.upper()] for d in directions(spec)]:
             raise KdsearchError(
                 f"a study named {spec.name!r} that kdsearch did not make already exists in this storage; "
                 "pick another name with --study NAME (or another --storage)"
@@ -162,12 +180,31 @@ def objective_name(spec: StudySpec) -> str:
     return f"val_{spec.search.objective}"
 
 
+def metric_names(spec: StudySpec) -> list[str]:
+    """The study's objectives as the dashboard names them: ``val_accuracy``, and the cost (e.g. ``onnx_latency_ms``)
+    in a multi-objective study, whose Pareto front the dashboard then draws."""
+    return [objective_name(spec), spec.final.cost] if spec.multi_objective else [objective_name(spec)]
+
+
 def name_objective(study: optuna.Study, spec: StudySpec) -> None:
-    """Name the study's objective (``study.set_metric_names``) so the dashboard does not call it "Objective 0"."""
-    if study.metric_names != [objective_name(spec)]:
+    """Name the study's objectives (``study.set_metric_names``) so the dashboard does not call them "Objective 0"."""
+    if study.metric_names != metric_names(spec):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([objective_name(spec)])
+            study.set_metric_names(metric_names(spec))
+
+
+def best_trial_of(study: optuna.Study) -> FrozenTrial | None:
+    """The completed trial with the best objective value (the lowest number among equals), in a single- or
+    multi-objective study; None before one completes."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if value_of(t) is not None]
+    return max(done, key=lambda t: (value_of(t), -t.number)) if done else None
+
+
+def value_of(frozen: FrozenTrial) -> float | None:
+    """A trial's objective value (the validation metric), in a single- or multi-objective study; None if it has
+    none (not complete)."""
+    return frozen.values[0] if frozen.values else None
 
 
 def settings_may_change(study: optuna.Study) -> bool:
@@ -291,6 +328,6 @@ def best_of_each_method(trials: Iterable[FrozenTrial]) -> dict[str, FrozenTrial]
     best: dict[str, FrozenTrial] = {}
     for t in sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number):
         m = t.params.get("method")
-        if m is not None and t.value is not None and (m not in best or t.value > best[m].value):
+        if m is not None and value_of(t) is not None and (m not in best or value_of(t) > value_of(best[m])):
             best[m] = t
     return best

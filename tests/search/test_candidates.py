@@ -15,7 +15,7 @@ from kdsearch.cli import app
 from kdsearch.config.load import spec_from_dict
 from kdsearch.errors import KdsearchError
 from kdsearch.report.content import final_stats, front_headline, front_rows
-from kdsearch.search.front import dominated_by, front, over_budget
+from kdsearch.search.front import dominated_by, front, hypervolume, over_budget
 from kdsearch.search.pruners import GroupMedianPruner, build_pruner
 from kdsearch.search.results import (
     CandidateRuns,
@@ -109,6 +109,62 @@ def test_front_keeps_what_no_cheaper_candidate_beats():
     assert by["c"] == "b" and by["g"] == "d" and by["f"] == "a"
     assert front(points) == ["a", "b", "e", "d"]
     assert front({"x": (1.0, 0.5)}) == ["x"]
+
+
+def test_hypervolume_is_the_area_the_front_dominates_up_to_the_reference():
+    ref = (10.0, 0.5)
+    assert hypervolume([], ref) == 0.0
+    assert hypervolume([(2.0, 0.9)], ref) == pytest.approx(8 * 0.4)
+    # a staircase: (2, 0.7) holds [2, 6) × 0.2, then (6, 0.9) holds [6, 10) × 0.4
+    assert hypervolume([(6.0, 0.9), (2.0, 0.7)], ref) == pytest.approx(4 * 0.2 + 4 * 0.4)
+    # a dominated point, one beyond the reference cost, one below its value and a NaN add nothing
+    noisy = [(6.0, 0.9), (2.0, 0.7), (7.0, 0.8), (11.0, 0.99), (1.0, 0.4), (1.0, float("nan"))]
+    assert hypervolume(noisy, ref) == pytest.approx(4 * 0.2 + 4 * 0.4)
+    # a better point never lowers it
+    assert hypervolume([(6.0, 0.9), (2.0, 0.7), (3.0, 0.85)], ref) > hypervolume([(6.0, 0.9), (2.0, 0.7)], ref)
+
+
+def _bench_front():
+    import importlib.util
+
+    from helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_front", REPO / "benchmarks" / "bench_front.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_front_benchmark_replays_each_strategy_on_a_table():
+    bench = _bench_front()
+    students = ["tiny", "mid", "big"]
+    points = {}
+    for student, method, ti, pi, params in bench.grid_points(students):
+        top = {"tiny": 0.70, "mid": 0.80, "big": 0.85}[student] - 0.01 * (ti + pi)
+        points[bench.point_key(student, method, ti, pi)] = {
+            "student": student,
+            "method": method,
+            "params": params,
+            "accuracy": [top - 0.2, top - 0.05, top],
+        }
+    costs = {"tiny": {"params": 1e4}, "mid": {"params": 1e5}, "big": {"params": 1e6}}
+    table = {"meta": {"students": students, "epochs": 3, "costs": costs}, "points": points}
+    reference = bench.reference_point(table, "params")
+    assert reference == (pytest.approx(math.log10(2e6)), pytest.approx(min(p["accuracy"][-1] for p in points.values())))
+    table_hv = bench.front_hypervolume(
+        [{"cost": costs[p["student"]]["params"], "value": p["accuracy"][-1]} for p in points.values()], reference
+    )
+    for kind in bench.STRATEGIES:
+        log = bench.replay(kind, 0, table, 15, "params")
+        assert len(log) == 15 and all(1 <= e["epochs"] <= 3 for e in log)
+        pruned = [e for e in log if e["value"] is None]
+        assert not pruned or kind in ("per_candidate", "tpe_student")  # only the searches with a pruner prune
+        assert all(e["epochs"] == 3 for e in log if e["value"] is not None)
+        if kind == "per_candidate":  # each trial takes the student with the fewest trials so far
+            counts = [sum(e["point"].startswith(s + "/") for e in log) for s in students]
+            assert counts == [5, 5, 5]
+        xs, ys = bench.trace(log, reference, table_hv)
+        assert xs == sorted(xs) and ys == sorted(ys) and 0 < ys[-1] <= 1 + 1e-9
 
 
 def test_over_budget_names_each_exceeded_cost():
@@ -228,6 +284,27 @@ def test_a_small_student_is_pruned_only_against_its_own_size(name):
     assert isinstance(plain, optuna.pruners.MedianPruner)
 
 
+def test_the_balanced_sampler_gives_each_student_its_turn_and_tpe_the_rest():
+    from kdsearch.search.samplers import BalancedStudentSampler
+
+    students = ["a", "b", "c"]
+    base = optuna.samplers.TPESampler(seed=0, multivariate=True, group=True, constant_liar=True, n_startup_trials=2)
+    study = optuna.create_study(direction="maximize", sampler=BalancedStudentSampler(base, students))
+    running = study.ask()  # a trial still running counts, so parallel workers share the turns
+    running.suggest_categorical("student", students)
+    picked = [running.params["student"]]
+    for _ in range(8):
+        trial = study.ask()
+        picked.append(trial.suggest_categorical("student", students))
+        t = trial.suggest_float("temperature", 0.5, 20.0, log=True)
+        study.tell(trial, {"a": 0.5, "b": 0.7, "c": 0.9}[picked[-1]] - abs(math.log(t / 4)) / 100)
+    assert picked == ["a", "b", "c"] * 3  # in turn, though c scores best: TPE would sample mostly c
+    temperatures = [t.params["temperature"] for t in study.trials if "temperature" in t.params]
+    assert len(set(temperatures)) == len(temperatures)  # the rest is sampled (by TPE), not fixed
+    with pytest.raises(ValueError):
+        BalancedStudentSampler(base, [])
+
+
 def test_cost_timing_is_the_median_of_repeats_after_warm_up():
     from kdsearch.ship.costs import median_seconds
 
@@ -250,11 +327,11 @@ def test_a_study_over_two_students_shows_their_front_and_ships_each(write_spec, 
     spec = write_spec("cands", epochs=1, extra=CANDIDATES.format(big=1))
     result = runner.invoke(app, ["run", "--spec", str(spec), "--trials", "4"])
     assert result.exit_code == 0, result.output
-    assert "students: each trial samples one of 2: small (13k params" in result.output
+    assert "students: each trial takes in turn one of 2: small (13k params" in result.output
     storage = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     study = optuna.load_study(study_name="cands", storage=storage)
-    sampled = {t.params["student"] for t in study.trials}
-    assert sampled <= {"small", "big"} and all("method" in t.params for t in study.trials)
+    sampled = sorted(t.params["student"] for t in study.trials)
+    assert sampled == ["big", "big", "small", "small"] and all("method" in t.params for t in study.trials)
     costs = StudentCosts.read(study)
     assert set(costs.students) == {"small", "big"} and costs.teacher is not None
     assert costs.students["small"].params < costs.students["big"].params
@@ -272,6 +349,7 @@ def test_a_study_over_two_students_shows_their_front_and_ships_each(write_spec, 
     report = (tmp_path / "run" / "report.html").read_text()
     assert 'id="front"' in report and "Choosing the student" in report and 'id="best-per-student"' in report
     assert "best trial of each candidate student on the validation front" in report
+    assert "validation front (best trial of each)" in report and "dominated trials" in report
     assert "smallest student within" in result.output or "no candidate student is within" in result.output
 
     # kdsearch export retrains a trial with its own candidate's architecture
@@ -350,3 +428,33 @@ def test_costs_are_measured_once_per_study_and_then_read_back(monkeypatch):
     assert StudentCosts.read(study) == first and said and "measuring 2 candidate students" in said[0]
     again = costs_module.study_costs(study, data, echo=said.append)  # a resume or another worker
     assert again == first and len(measured) == 3 and len(said) == 1  # read back: nothing measured, nothing said
+
+
+def test_a_multi_objective_study_trains_every_trial_to_the_end_and_finds_the_same_front(write_spec, tmp_path):
+    spec = write_spec("mo", epochs=2, extra=CANDIDATES.format(big=1))
+    text = spec.read_text().replace("[search]\n", '[search]\nobjectives = ["accuracy", "params"]\nstrategy = "motpe"\n')
+    spec.write_text(text)
+    result = runner.invoke(app, ["run", "--spec", str(spec), "--trials", "4"])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="mo", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    assert "search: multi-objective (motpe) on validation accuracy and params" in result.output
+    assert "students: each trial samples one of 2" in result.output
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_accuracy", "params"]  # the dashboard names both axes
+    costs = StudentCosts.read(study)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 4  # nothing is pruned: every trial ran both epochs
+    for t in done:
+        assert t.values[0] == t.user_attrs["accuracy"] and t.values[1] == costs.students[t.params["student"]].params
+        assert len(t.user_attrs["curve"]) == 2 and not t.intermediate_values
+    final = FinalComparison.read(study)
+    assert final.front_cost == "params" and final.front and set(final.front) | set(final.off_front) == {"small", "big"}
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "Choosing the student" in report and 'id="best-per-student"' in report
+    assert "parameters (minimized): a multi-objective study, no pruning" in report
+    # the objectives set search.objective and final.cost; a pruner asked for with a multi-objective study is refused
+    bad = spec.read_text().replace('strategy = "motpe"\n', 'strategy = "nsga2"\npruner = "median"\n', 1)
+    bad = bad.replace('pruner = "none"\n', "", 1)
+    spec.write_text(bad)
+    refused = runner.invoke(app, ["run", "--spec", str(spec), "--trials", "1"])
+    assert refused.exit_code == 2 and "cannot prune" in refused.output and "Traceback" not in refused.output
