@@ -82,22 +82,7 @@ def _swatch(method: str) -> str:
 
 def best_per_student_table(rows: Mapping[str, MethodBest], objective: str | None) -> str:
     """HTML table ``#best-per-student``: each candidate student's best trial (validation) and its trial counts."""
-    heads = {"accuracy": "val accuracy", "auc": "val AUC"}
-    if objective in heads:
-        heads[objective] += " ★"
-    head = (
-        "<tr><th>student</th><th>best trial</th><th>method</th><th>params</th>"
-        f"<th class=num>{heads['accuracy']}</th><th class=num>{heads['auc']}</th>"
-        "<th class=num>complete</th><th class=num>pruned</th></tr>"
-    )
-    body = "".join(
-        f"<tr><td>{html.escape(name)}</td><td>{'—' if r.trial is None else f'#{r.trial}'}</td>"
-        f"<td>{_swatch(r.method)}</td><td>{html.escape(format_params(r.params)) or '—'}</td>"
-        f"<td class=num>{_fmt(r.accuracy)}</td><td class=num>{_fmt(r.auc)}</td>"
-        f"<td class=num>{r.complete}</td><td class=num>{r.pruned}</td></tr>"
-        for name, r in rows.items()
-    )
-    return f'<table id="best-per-student" class="data">{head}{body}</table>'
+    return _best_table("best-per-student", list(rows.items()), objective)
 
 
 def trials_front_blocks(
@@ -129,22 +114,35 @@ def trials_front_blocks(
 
 def best_per_method_table(rows: Sequence[MethodBest], objective: str | None) -> str:
     """HTML table ``#best-per-method`` of ``best_per_method`` rows; the objective's column is marked."""
+    return _best_table("best-per-method", [(None, r) for r in rows], objective)
+
+
+def _best_table(table_id: str, rows: Sequence[tuple[str | None, MethodBest]], objective: str | None) -> str:
+    """The best-trial tables: a row per (student or None, best trial), the objective's column marked with ★; a
+    student column first when the rows name students."""
     heads = {"accuracy": "val accuracy", "auc": "val AUC"}
     if objective in heads:
         heads[objective] += " ★"
+    by_student = any(name is not None for name, _ in rows)
+    first = "<th>student</th><th>best trial</th><th>method</th>" if by_student else "<th>method</th><th>best trial</th>"
     head = (
-        "<tr><th>method</th><th>best trial</th><th>params</th>"
-        f"<th class=num>{heads['accuracy']}</th><th class=num>{heads['auc']}</th>"
+        f"<tr>{first}<th>params</th><th class=num>{heads['accuracy']}</th><th class=num>{heads['auc']}</th>"
         "<th class=num>complete</th><th class=num>pruned</th></tr>"
     )
-    body = "".join(
-        f"<tr><td>{_swatch(r.method)}</td><td>{'—' if r.trial is None else f'#{r.trial}'}</td>"
-        f"<td>{html.escape(format_params(r.params)) or '—'}</td>"
-        f"<td class=num>{_fmt(r.accuracy)}</td><td class=num>{_fmt(r.auc)}</td>"
-        f"<td class=num>{r.complete}</td><td class=num>{r.pruned}</td></tr>"
-        for r in rows
-    )
-    return f'<table id="best-per-method" class="data">{head}{body}</table>'
+    body = []
+    for name, r in rows:
+        trial = "—" if r.trial is None else f"#{r.trial}"
+        lead = (
+            f"<td>{html.escape(name or '')}</td><td>{trial}</td><td>{_swatch(r.method)}</td>"
+            if by_student
+            else f"<td>{_swatch(r.method)}</td><td>{trial}</td>"
+        )
+        body.append(
+            f"<tr>{lead}<td>{html.escape(format_params(r.params)) or '—'}</td>"
+            f"<td class=num>{_fmt(r.accuracy)}</td><td class=num>{_fmt(r.auc)}</td>"
+            f"<td class=num>{r.complete}</td><td class=num>{r.pruned}</td></tr>"
+        )
+    return f'<table id="{table_id}" class="data">{head}{"".join(body)}</table>'
 
 
 def _delta_cell(d: PairedDifference | None) -> str:

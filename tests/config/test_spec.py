@@ -157,7 +157,7 @@ def test_the_catalog_check_names_each_disagreement() -> None:
     assert "'c' is registered but not in the catalog" in message
     assert "'d' is in the catalog but not registered" in message
     assert "'b' is registered as 'b_layer' but the catalog says 'other'" in message
-    assert "'a'" not in message
+    assert "'a'" not in message and message.count("; ") == 2  # the three disagreements, one after the other
     assert message.endswith("Specs are validated against the catalog (torch-free), so change both")
 
 
