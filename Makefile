@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Both set everything up first.
 TRIALS ?= 50
 
-.PHONY: run test test-fast docs setup setup-test bench bench-search bench-front bench-trials-per-device bench-compile mutmut
+.PHONY: run test test-fast docs setup setup-test bench bench-search bench-front bench-trials-per-device bench-compile gpu-check mutmut
 
 setup:
 	@bash scripts/setup.sh
@@ -50,3 +50,7 @@ bench-trials-per-device: setup
 # Seconds per trial, eager vs runtime.compile (torch.compile, compile time included), 50 default-study trials
 bench-compile: setup
 	.venv/bin/python benchmarks/bench_compile.py --json benchmarks/compile/result.json
+
+# The prepared GPU check (benchmarks/README.md): on a CUDA machine, ≤ 8 min, one JSON per part and a summary
+gpu-check: setup
+	bash benchmarks/gpu_check.sh runs/gpu_check
