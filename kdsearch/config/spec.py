@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -31,7 +31,8 @@ from .model_spec import (
 )
 from .section import MAX_PARAM, MAX_SEED, Section, is_import_path
 
-COST_NAMES = ("params", "flops", "size_mb", "latency_ms", "onnx_latency_ms")  # results.COST_FIELDS, torch-free
+CostName = Literal["params", "flops", "size_mb", "latency_ms", "onnx_latency_ms"]  # a candidate's costs
+COST_NAMES: tuple[str, ...] = get_args(CostName)  # the same, as names (results.COST_FIELDS)
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_ROOT",
@@ -93,7 +94,7 @@ class SearchSpec(Section):
         "holds trials derives a fresh seed from it, the rank and the trial count",
     )
     trial_seed: int = Field(0, ge=0, le=MAX_SEED, description="trial n trains with seed trial_seed + n")
-    constraints: dict[Literal["params", "flops", "size_mb", "latency_ms", "onnx_latency_ms"], float] = Field(
+    constraints: dict[CostName, float] = Field(
         {},
         description="budgets for [[student.candidates]], e.g. { onnx_latency_ms = 0.5, params = 1e6 }: a candidate "
         "over any is never sampled (said at start); latencies are medians measured once per study on this CPU",
@@ -167,7 +168,7 @@ class FinalSpec(Section):
         description="with [[student.candidates]]: the headline names the smallest student whose mean test accuracy is "
         "within this many percentage points of the teacher's",
     )
-    cost: Literal["params", "flops", "size_mb", "latency_ms", "onnx_latency_ms"] = Field(
+    cost: CostName = Field(
         "params",
         description="with [[student.candidates]]: the cost the validation front and the headline's 'smallest' use "
         "(the report's figure can switch between all of them)",

@@ -330,10 +330,10 @@ def make_objective(
 
     students = list(data.students)
     multi = spec.multi_objective
-    if multi and (data.costs is None or any(data.costs.students[n].value(spec.final.cost) is None for n in students)):
-        missing = [n for n in students if data.costs is None or data.costs.students[n].value(spec.final.cost) is None]
+    unmeasured = [n for n in students if data.costs is None or data.costs.students[n].value(spec.final.cost) is None]
+    if multi and unmeasured:
         raise KdsearchError(
-            f"search.objectives minimize {spec.final.cost}, which was not measured for {', '.join(missing)}; "
+            f"search.objectives minimize {spec.final.cost}, which was not measured for {', '.join(unmeasured)}; "
             "pick another cost (params, flops, size_mb, latency_ms)"
         )
 

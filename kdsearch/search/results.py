@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional, TypeVar
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..config.spec import COST_NAMES
 from ..errors import KdsearchError, first_line
 from .study import COSTS_ATTR, FINAL_ATTR, RECORD_ATTR, TEACHER_ATTR
 
@@ -92,7 +93,7 @@ class Cost(Record):
     throughput: float
 
 
-COST_FIELDS = ("params", "flops", "size_mb", "latency_ms", "onnx_latency_ms")  # what a front's x axis may be
+COST_FIELDS = COST_NAMES  # what a front's x axis may be
 COST_LABELS = {
     "params": "parameters",
     "flops": "FLOPs per image",
