@@ -49,7 +49,6 @@ import json
 import math
 import platform
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -95,56 +94,43 @@ def grid_points(students: list[str]) -> list[tuple[str, str, int, int, dict[str,
 
 
 def run_grid(args: argparse.Namespace) -> None:
-    from kdsearch.prepare import prepare, study_data
-    from kdsearch.progress import Console
-    from kdsearch.runner import load_study_spec, with_runtime
+    from grid_table import grid_data, open_table, train_points
+
     from kdsearch.search.objective import train_student
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec, _ = load_study_spec(Path(args.spec), overrides=args.set)
-    spec = with_runtime(spec, threads=args.threads)
-    console = Console(bars=False)
-    prepared = prepare(spec, console)
-    data = study_data(prepared, console)  # measures the candidates' costs (not stored: no study)
+    spec, prepared, data = grid_data(args.spec, args.set, args.threads)
     students = list(data.students)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table = json.loads(out.read_text()) if out.is_file() else {}
-    table.setdefault("points", {})
-    table["meta"] = {
-        "spec": str(args.spec),
-        "overrides": args.set,
-        "epochs": spec.student.epochs,
-        "seed": GRID_SEED,
-        "students": students,
-        "costs": {n: data.costs.students[n].model_dump() for n in students},
-        "teacher_val_accuracy": prepared.teacher.metrics["val_accuracy"],
-        "temperatures": TEMPERATURES,
-        "grid": GRID,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "device": str(prepared.device),
-    }
+    table = open_table(
+        out,
+        {
+            "spec": str(args.spec),
+            "overrides": args.set,
+            "epochs": spec.student.epochs,
+            "seed": GRID_SEED,
+            "students": students,
+            "costs": {n: data.costs.students[n].model_dump() for n in students},
+            "teacher_val_accuracy": prepared.teacher.metrics["val_accuracy"],
+            "temperatures": TEMPERATURES,
+            "grid": GRID,
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "device": str(prepared.device),
+        },
+    )
     todo = [p for p in grid_points(students) if point_key(*p[:4]) not in table["points"]]
     print(f"grid: {len(grid_points(students))} points, {len(todo)} to train ({spec.student.epochs} epochs each)")
-    for n, (student, method, ti, pi, params) in enumerate(todo, 1):
-        start = time.perf_counter()
-        _, history = train_student(data.for_student(student), method, params, GRID_SEED)
-        table["points"][point_key(student, method, ti, pi)] = {
-            "student": student,
-            "method": method,
-            "params": params,
-            "accuracy": [r.accuracy for r in history],
-            "auc": [r.auc for r in history],
-            "seconds": time.perf_counter() - start,
-        }
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        tmp.replace(out)  # a killed run keeps every finished point
-        print(
-            f"[{n}/{len(todo)}] {student} {method} {params}: val accuracy {history[-1].accuracy:.4f} "
-            f"({time.perf_counter() - start:.1f} s)",
-            flush=True,
-        )
+    train_points(
+        table,
+        out,
+        [
+            (
+                point_key(student, method, ti, pi),
+                {"student": student, "method": method, "params": params},
+                lambda s=student, m=method, p=params: train_student(data.for_student(s), m, p, GRID_SEED)[1],
+            )
+            for student, method, ti, pi, params in todo
+        ],
+    )
 
 
 # --------------------------------------------------------------------------- simulate

@@ -39,7 +39,6 @@ import json
 import math
 import platform
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,53 +80,41 @@ def grid_points() -> list[tuple[str, int, int, dict[str, float]]]:
 
 
 def run_grid(args: argparse.Namespace) -> None:
-    from kdsearch.prepare import prepare, study_data
-    from kdsearch.progress import Console
-    from kdsearch.runner import load_study_spec, with_runtime
+    from grid_table import grid_data, open_table, train_points
+
     from kdsearch.search.objective import train_student
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec, _ = load_study_spec(Path(args.spec), overrides=args.set)
-    spec = with_runtime(spec, threads=args.threads)
-    console = Console(bars=False)
-    prepared = prepare(spec, console)
-    data = study_data(prepared, console)
+    spec, prepared, data = grid_data(args.spec, args.set, args.threads)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table = json.loads(out.read_text()) if out.is_file() else {}
-    table.setdefault("points", {})
-    table["meta"] = {
-        "spec": str(args.spec),
-        "overrides": args.set,
-        "epochs": spec.student.epochs,
-        "objective": spec.search.objective,
-        "seed": GRID_SEED,
-        "teacher_val_accuracy": prepared.teacher.metrics["val_accuracy"],
-        "temperatures": TEMPERATURES,
-        "grid": {m: {"param": p, "values": v, "fixed": f} for m, (p, v, f) in GRID.items()},
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "device": str(prepared.device),
-    }
+    table = open_table(
+        out,
+        {
+            "spec": str(args.spec),
+            "overrides": args.set,
+            "epochs": spec.student.epochs,
+            "objective": spec.search.objective,
+            "seed": GRID_SEED,
+            "teacher_val_accuracy": prepared.teacher.metrics["val_accuracy"],
+            "temperatures": TEMPERATURES,
+            "grid": {m: {"param": p, "values": v, "fixed": f} for m, (p, v, f) in GRID.items()},
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "device": str(prepared.device),
+        },
+    )
     todo = [p for p in grid_points() if point_key(*p[:3]) not in table["points"]]
     print(f"grid: {len(grid_points())} points, {len(todo)} to train ({spec.student.epochs} epochs each)", flush=True)
-    for n, (method, ti, pi, params) in enumerate(todo, 1):
-        start = time.perf_counter()
-        _, history = train_student(data, method, params, GRID_SEED)
-        table["points"][point_key(method, ti, pi)] = {
-            "method": method,
-            "params": params,
-            "accuracy": [r.accuracy for r in history],
-            "auc": [r.auc for r in history],
-            "seconds": time.perf_counter() - start,
-        }
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        tmp.replace(out)  # a killed run keeps every finished point
-        print(
-            f"[{n}/{len(todo)}] {method} {params}: val accuracy {history[-1].accuracy:.4f} "
-            f"({time.perf_counter() - start:.1f} s)",
-            flush=True,
-        )
+    train_points(
+        table,
+        out,
+        [
+            (
+                point_key(method, ti, pi),
+                {"method": method, "params": params},
+                lambda m=method, p=params: train_student(data, m, p, GRID_SEED)[1],
+            )
+            for method, ti, pi, params in todo
+        ],
+    )
 
 
 # --------------------------------------------------------------------------- simulate
