@@ -1,5 +1,5 @@
 """The ``kdsearch`` command line (Typer): argument parsing and friendly errors on top of ``runner`` (which the
-Python API calls too): run, worker, dashboard, teacher, report, export."""
+Python API calls too): run, worker, storage-proxy, dashboard, teacher, report, export."""
 
 from __future__ import annotations
 
@@ -240,6 +240,15 @@ def worker(
     data_root: Optional[Path] = DataRootOpt,
     trials_per_device: Optional[str] = TrialsPerDeviceOpt,
     overrides: Optional[list[str]] = SetOpt,
+    max_trials: Optional[int] = typer.Option(
+        None, "--max-trials", min=1, help="Run at most this many trials in this worker, then exit (code 0)."
+    ),
+    stop_when_done: bool = typer.Option(
+        False,
+        "--stop-when-done",
+        help="Exit (code 0) as soon as the study needs no more trials from this worker, instead of waiting while "
+        "other workers run the last ones (a trial of a worker that dies is then retried by the others).",
+    ),
     parent_pid: Optional[int] = typer.Option(
         None, "--parent-pid", hidden=True, help="Stop (as on Ctrl-C) when this process, the worker's parent, dies."
     ),
@@ -247,6 +256,8 @@ def worker(
     """Join a study (this or another machine) and run trials until it holds --trials finished ones.
 
     No final comparison or report: run `kdsearch report` when the study is done (or use `run --workers N`).
+    Exit codes, for job schedulers: 0 done, 130 interrupted (Ctrl-C, SIGTERM), 2 a problem with the study,
+    its files or the storage (one line says which).
     """
     overrides = with_trials_per_device(overrides, trials_per_device)
     with StopSignals() as stop:
@@ -265,6 +276,8 @@ def worker(
                 data_root=data_root,
                 overrides=overrides,
                 console=console(),
+                max_trials=max_trials,
+                stop_when_done=stop_when_done,
             )
         except KeyboardInterrupt:
             with stop.shielded():  # a repeated signal does not cut the message short
@@ -273,6 +286,54 @@ def worker(
                     err=True,
                 )
                 raise typer.Exit(130) from None
+
+
+@app.command("storage-proxy")
+@friendly
+def storage_proxy(
+    storage: str = typer.Option(
+        ...,
+        "--storage",
+        envvar=STORAGE_ENV,
+        help="The database the proxy stands for: postgresql://user:pass@host/db (or $KDSEARCH_STORAGE, which keeps "
+        "the password off the command line); sqlite:///file.db for a single machine.",
+    ),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 for workers on other machines (no TLS, no login)."
+    ),
+    port: int = typer.Option(13000, "--port", min=1, max=65535, help="Port to listen on."),
+    threads: int = typer.Option(
+        64, "--threads", min=1, help="Calls served at once (each holds a database connection while it runs)."
+    ),
+) -> None:
+    """Serve the study storage to hundreds of workers through Optuna's gRPC proxy: they connect with
+    --storage grpc://HOST:PORT and the database sees one connection pool, this process's."""
+    from .search.proxy import serve_proxy
+    from .search.storage import open_storage, shown_url
+
+    if (
+        storage.startswith(("grpc://", "journal:"))
+        or storage.startswith("sqlite:///:memory:")
+        or storage == "sqlite://"
+    ):
+        raise KdsearchError(
+            f"storage-proxy serves a database (postgresql://..., or sqlite:///file.db on one machine), not "
+            f"{shown_url(storage)!r}: Optuna's proxy does not support journal files"
+        )
+    quiet_optuna()
+    backend = open_storage(storage)
+
+    def started(address: str) -> None:
+        typer.echo(
+            f"storage-proxy: serving {shown_url(storage)} on {host}:{port} ({threads} threads); workers connect with "
+            f"--storage {address if host not in ('0.0.0.0', '::') else f'grpc://<this host>:{port}'}; Ctrl-C to stop"
+        )
+
+    try:
+        with StopSignals():  # Ctrl-C, or a scheduler's TERM
+            serve_proxy(backend, host, port, threads, started)
+    except KeyboardInterrupt:
+        typer.echo("storage-proxy stopped")
 
 
 @app.command()

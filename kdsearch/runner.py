@@ -8,6 +8,7 @@ Typer and a notebook with ``print``.
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,13 +347,18 @@ def work(
     data_root: Optional[Path],
     overrides: Optional[list[str]],
     console: Console,
+    max_trials: Optional[int] = None,
+    stop_when_done: bool = False,
 ) -> int:
-    """``kdsearch worker``: join (or create) a study and run trials until it holds ``trials`` finished ones;
-    no final comparison. Returns the number of trials this worker ran."""
+    """``kdsearch worker``: join (or create) a study and run trials until it holds ``trials`` finished ones (or this
+    worker ran ``max_trials``; with ``stop_when_done``, also when the last ones run in other workers); no final
+    comparison. Returns the number of trials this worker ran. ``parallel/simulate.py``'s environment variables
+    replace the training by a sleep (the soak harness)."""
     import optuna
 
+    from .parallel import simulate
     from .parallel.stacked_trials import resolve_trials_per_device, run_stacked_study
-    from .parallel.workers import work_on_study
+    from .parallel.workers import TrialBudget, work_on_study
     from .search.objective import make_objective
     from .search.storage import open_existing_storage, shown_url, spec_storage
     from .search.study import create_study, finished_count, join_study, load_study, value_of
@@ -377,6 +383,7 @@ def work(
         store = spec_storage(spec, url)
         study = join_study(found.study_name, store, spec, rank)
     name = study.study_name
+    stats = simulate.StorageStats(store) if os.environ.get(simulate.STATS_ENV) else None
     total = trials or spec.search.trials
     console.echo(
         f"worker {rank}: study {name!r} in {shown_url(url)}: {finished_count(study)} of {total} trials finished"
@@ -402,24 +409,40 @@ def work(
             )
         waiting.append(running)
 
-    k = resolve_trials_per_device(data, echo=console.echo)
-    if k > 1:
-        ran = run_stacked_study(
-            study, store, url, data, k, total, callbacks=(on_trial,), rank=rank, on_wait=on_wait, echo=console.echo
-        )
-    else:
-        ran = work_on_study(
-            study,
-            store,
-            url,
-            make_objective(data),
-            total,
-            max_retry=spec.runtime.max_retry,
-            rank=rank,
-            callbacks=(on_trial,),
-            poll_s=1.0,
-            on_wait=on_wait,
-        )
+    budget = TrialBudget(max_trials) if max_trials is not None else None
+    loop = dict(budget=budget, stop_when_done=stop_when_done, rank=rank, on_wait=on_wait, callbacks=(on_trial,))
+    bounds = simulate.epoch_seconds()
+    try:
+        if bounds is not None:  # the soak harness: training is a sleep, K trial threads without a stack
+            k = spec.runtime.trials_per_device if isinstance(spec.runtime.trials_per_device, int) else 1
+            console.echo(f"worker {rank}: simulated training ({simulate.EPOCH_ENV}), {k} trial threads")
+            objective = make_objective(data, train=simulate.simulated_training(bounds))
+            r = spec.runtime
+            ran = simulate.run_threads(
+                k,
+                lambda: work_on_study(
+                    study, store, url, objective, total, max_retry=r.max_retry, beat_s=r.heartbeat_interval,
+                    grace_s=r.grace_period, poll_s=0.5, **loop,
+                ),
+            )  # fmt: skip
+        elif (k := resolve_trials_per_device(data, echo=console.echo)) > 1:
+            ran = run_stacked_study(study, store, url, data, k, total, echo=console.echo, **loop)
+        else:
+            ran = work_on_study(
+                study,
+                store,
+                url,
+                make_objective(data),
+                total,
+                max_retry=spec.runtime.max_retry,
+                beat_s=spec.runtime.heartbeat_interval,
+                grace_s=spec.runtime.grace_period,
+                poll_s=1.0,
+                **loop,
+            )
+    finally:
+        if stats is not None:
+            stats.write(Path(os.environ[simulate.STATS_ENV]), rank)
     console.echo(
         f"worker {rank}: done, ran {ran} trials; the study holds {finished_count(study)} finished trials.\n"
         f"final comparison and report: kdsearch report --storage {shown_url(url)} --study {name}"

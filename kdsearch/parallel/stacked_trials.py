@@ -21,7 +21,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import optuna
 import torch
@@ -35,6 +35,9 @@ from ..search.objective import SeedTrainer, StudyData, fresh_student, make_objec
 from ..signals import interruptible, shielded
 
 JOIN_WAIT_S = 5.0  # the longest an epoch boundary waits for threads that are starting their next trial
+
+if TYPE_CHECKING:
+    from .workers import TrialBudget
 
 
 def empty_stack(data: StudyData, *, steps: int | None = None, val: Split | None = None) -> StudentStack:
@@ -310,9 +313,12 @@ def run_stacked_study(
     rank: int = 0,
     on_wait: Callable[[int], None] | None = None,
     echo: Callable[[str], None] = print,
+    budget: TrialBudget | None = None,
+    stop_when_done: bool = False,
 ) -> int:
     """Trials until the study holds ``total`` finished ones, K at a time in this process, trained stacked
-    (``run_stacked`` over ``workers.work_on_study``); how many this process ran."""
+    (``run_stacked`` over ``workers.work_on_study``; ``budget`` and ``stop_when_done`` as there); how many
+    this process ran."""
     from .workers import work_on_study
 
     echo(f"{k} trials at once on {data.device}, trained as one stacked model (runtime.trials_per_device)")
@@ -330,10 +336,14 @@ def run_stacked_study(
             objective,
             total,
             max_retry=data.spec.runtime.max_retry,
+            beat_s=data.spec.runtime.heartbeat_interval,
+            grace_s=data.spec.runtime.grace_period,
             rank=rank,
             callbacks=callbacks,
             poll_s=0.5,
             on_wait=waiting,
+            budget=budget,
+            stop_when_done=stop_when_done,
         )
 
     return run_stacked(data, k, work, echo=echo)

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -21,9 +22,10 @@ import optuna
 
 from ..config.spec import StudySpec
 from ..errors import KdsearchError
-from ..search.storage import STORAGE_ENV, StorageLock, has_heartbeat, retry_callback, shown_url
+from ..search.storage import STORAGE_ENV, StorageLock, has_heartbeat, retry_callback, shown_url, storage_file
 from ..search.study import FINISHED_STATES, finished_count
 from ..signals import StopSignals, StudyInterrupted, shielded, stop_requested
+from .beats import SilentTrials, TrialBeats
 
 # --- in each worker: trials on a study shared with other processes (or machines) ---------------------
 
@@ -140,11 +142,16 @@ def run_worker(
     callbacks: tuple = (),
     poll_s: float = 2.0,
     on_wait: Callable[[int], None] | None = None,
+    beats: TrialBeats | None = None,
+    grace_s: float = 30.0,
+    budget: TrialBudget | None = None,
+    stop_when_done: bool = False,
 ) -> int:
     """Run trials in this process until the study holds ``total`` finished (COMPLETE + PRUNED) trials.
 
-    Before each trial, under ``slot``: fail dead workers' trials (heartbeat check, or dead local
-    processes when the storage has no heartbeats), then start a trial only when a retry is
+    Before each trial, under ``slot``: fail dead workers' trials (Optuna's heartbeat check; or, when the
+    storage has none, dead local processes and, with ``beats``, trials whose beats in the study have stood
+    still for ``grace_s`` s: ``beats.py``), then start a trial only when a retry is
     waiting or finished + running < ``total``; otherwise wait for the running ones, since one may
     still die and come back as a retry. ``MaxTrialsCallback`` also stops after the last one.
     Under ``StopSignals`` (signals.py) trials run shielded: only what the objective marks
@@ -152,7 +159,9 @@ def run_worker(
     writes (create the trial, record its end) finish, and a Ctrl-C that lands there stops the
     worker right after them (a stop requested before the training starts FAILs the trial). The stop request is also checked between trials, so one whose
     KeyboardInterrupt Python swallowed (raised inside a finalizer) still stops the worker. On the way
-    out, a trial of this process still RUNNING is marked FAILED. Returns how many trials ran.
+    out, a trial of this process still RUNNING is marked FAILED. With ``budget``, stop once it is spent
+    (``--max-trials``, shared by a process's K threads); with ``stop_when_done``, stop instead of waiting
+    when the last trials run elsewhere. Returns how many trials ran.
     """
     me = worker_identity(rank)
     try:
@@ -167,6 +176,10 @@ def run_worker(
             callbacks=callbacks,
             poll_s=poll_s,
             on_wait=on_wait,
+            beats=beats,
+            grace_s=grace_s,
+            budget=budget,
+            stop_when_done=stop_when_done,
         )
     except BaseException:
         with shielded():
@@ -187,21 +200,43 @@ def fail_own_running_trials(study: optuna.Study, me: dict) -> list[int]:
     return failed
 
 
-def _run_trials(study, objective, total, slot, me, *, heartbeat, max_retry, callbacks, poll_s, on_wait) -> int:
+def _run_trials(
+    study,
+    objective,
+    total,
+    slot,
+    me,
+    *,
+    heartbeat,
+    max_retry,
+    callbacks,
+    poll_s,
+    on_wait,
+    beats,
+    grace_s,
+    budget,
+    stop_when_done,
+) -> int:
     """``run_worker``'s loop (see there)."""
     stop = optuna.study.MaxTrialsCallback(total, states=FINISHED_STATES)
+    silent = SilentTrials(grace_s) if beats is not None else None
 
     taken: list[int] = []  # the number of this worker's trial that another worker FAILED meanwhile
 
     def objective_(trial: optuna.Trial) -> float:
         taken.clear()
         trial.set_user_attr(WORKER_ATTR, me)
+        if beats is not None:
+            beats.add(trial._trial_id)
         slot.release()  # the trial exists and counts as RUNNING: the next worker may decide
         try:
             value = objective(trial)
         except optuna.exceptions.UpdateFinishedTrialError:  # a write of the running trial was refused
             taken.append(trial.number)
             raise
+        finally:
+            if beats is not None:
+                beats.remove(trial._trial_id)
         if not is_running(study, trial.number):  # failed elsewhere after the last write
             taken.append(trial.number)
         return value
@@ -218,6 +253,8 @@ def _run_trials(study, objective, total, slot, me, *, heartbeat, max_retry, call
                     optuna.storages.fail_stale_trials(study)
                 else:
                     fail_dead_local_trials(study, max_retry)
+                    if silent is not None:
+                        silent.fail_silent(study, beats.own(), max_retry, fail_trial)
             counts: dict = {}
             for t in study.get_trials(deepcopy=False):
                 counts[t.state] = counts.get(t.state, 0) + 1
@@ -225,6 +262,8 @@ def _run_trials(study, objective, total, slot, me, *, heartbeat, max_retry, call
             if finished >= total:
                 return ran
             if counts.get(state.WAITING, 0) or finished + counts.get(state.RUNNING, 0) < total:
+                if budget is not None and not budget.take():
+                    return ran
                 try:
                     with shielded():
                         study.optimize(objective_, n_trials=1, callbacks=[stop, *callbacks])
@@ -239,6 +278,8 @@ def _run_trials(study, objective, total, slot, me, *, heartbeat, max_retry, call
                     )
                 ran += 1
                 continue
+        if stop_when_done:
+            return ran
         if on_wait is not None:
             on_wait(counts.get(state.RUNNING, 0))
         time.sleep(poll_s)
@@ -256,13 +297,22 @@ def work_on_study(
     callbacks: tuple = (),
     poll_s: float = 2.0,
     on_wait: Callable[[int], None] | None = None,
+    beat_s: float = 10.0,
+    grace_s: float = 30.0,
+    budget: TrialBudget | None = None,
+    stop_when_done: bool = False,
 ) -> int:
     """``run_worker`` with the trial slot and the dead-trial check that the storage at ``url`` supports.
 
     ``storage`` is the one the study was opened with (``open_storage``/``spec_storage``): Optuna wraps
-    an RDB storage, so the study alone does not tell whether it records heartbeats. The other
-    arguments are ``run_worker``'s. Returns how many trials this process ran.
+    an RDB storage, so the study alone does not tell whether it records heartbeats. A server storage
+    without Optuna's heartbeats (the gRPC proxy) gets kdsearch's own, every ``beat_s`` s (``beats.py``;
+    0: none). The other arguments are ``run_worker``'s. Returns how many trials this process ran.
     """
+    heartbeat = has_heartbeat(storage)
+    beats = None
+    if not heartbeat and beat_s and storage_file(url) is None:
+        beats = process_beats(storage, beat_s)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return run_worker(
@@ -270,13 +320,41 @@ def work_on_study(
             objective,
             total,
             TrialSlot(url, storage, study.study_name),
-            heartbeat=has_heartbeat(storage),
+            heartbeat=heartbeat,
             max_retry=max_retry,
             rank=rank,
             callbacks=callbacks,
             poll_s=poll_s,
             on_wait=on_wait,
+            beats=beats,
+            grace_s=grace_s,
+            budget=budget,
+            stop_when_done=stop_when_done,
         )
+
+
+class TrialBudget:
+    """How many more trials this process may start (``kdsearch worker --max-trials``), shared by its threads."""
+
+    def __init__(self, trials: int) -> None:
+        self._left = trials
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Spend one trial; False once none is left."""
+        with self._lock:
+            if self._left <= 0:
+                return False
+            self._left -= 1
+            return True
+
+
+_process_beats: dict[int, TrialBeats] = {}
+
+
+def process_beats(storage: optuna.storages.BaseStorage, interval_s: float) -> TrialBeats:
+    """The one ``TrialBeats`` of this process for ``storage`` (shared by its K trial threads)."""
+    return _process_beats.setdefault(id(storage), TrialBeats(storage, interval_s))
 
 
 # --- local worker processes: `kdsearch run --workers N` ---------------------------------------------

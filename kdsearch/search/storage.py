@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -19,6 +20,11 @@ ARTIFACT_DIR = (
     "artifacts"  # the default artifact store: <output_dir>/artifacts (teacher weights, report); the dashboard serves it
 )
 
+
+# a process's connections to a database server, whatever its K trial threads: a few, reused (the soak test found
+# one per thread otherwise, and PostgreSQL's default limit is 100); checked before use, so a restarted server is
+# reconnected to instead of failing the next call; a thread waits up to pool_timeout s for a free one
+SERVER_POOL = {"pool_size": 2, "max_overflow": 2, "pool_timeout": 600, "pool_pre_ping": True}
 
 STORAGE_ENV = "KDSEARCH_STORAGE"  # --storage's value when the option is not given: keeps a password out of argv
 
@@ -70,15 +76,20 @@ def storage_contents() -> Iterator[None]:
 def open_storage(
     url: str, *, heartbeat_interval: int = 0, grace_period: int = 30, max_retry: int = 2
 ) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``: ``journal:///file`` or any RDB URL.
+    """An Optuna storage for ``url``: ``journal:///file``, ``grpc://host:port`` (``kdsearch storage-proxy``) or any
+    RDB URL.
 
     SQLite gets WAL mode and a 60 s busy timeout (several worker processes on one file);
-    ``postgresql://`` uses psycopg2. With ``heartbeat_interval`` > 0 an RDB storage records a
+    ``postgresql://`` uses psycopg2, at most 4 connections per process (``SERVER_POOL``). With ``heartbeat_interval`` > 0 an RDB storage records a
     heartbeat per running trial; one silent for ``grace_period`` s is FAILED by the next worker
     that checks, and re-queued with the same params up to ``max_retry`` times. Optuna's journal
     storage has no heartbeats: there, workers detect dead processes on their own host instead
     (``workers.fail_dead_local_trials``).
     """
+    if url.startswith("grpc://"):
+        from .proxy import open_grpc
+
+        return open_grpc(url)
     try:
         file = storage_file(url)
         if url.startswith("journal:///") and file is not None:
@@ -95,6 +106,8 @@ def open_storage(
         if url.startswith(("postgresql://", "postgres://")):
             # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; kdsearch ships psycopg2-binary
             rdb_url = "postgresql+psycopg2://" + url.split("://", 1)[1]
+        if not sqlite_file and "://" in url and not url.startswith("sqlite"):
+            engine_kwargs = dict(SERVER_POOL)
         heartbeat = _heartbeat_kwargs(heartbeat_interval, grace_period, max_retry) if heartbeat_interval else {}
         storage = _new_rdb_storage(rdb_url, engine_kwargs, heartbeat, file if sqlite_file else None)
         if sqlite_file:
@@ -109,7 +122,7 @@ def open_storage(
     except (SQLAlchemyError, OSError, ValueError, optuna.exceptions.StorageInternalError) as err:
         # bad URLs, unreachable servers, unwritable files; anything else is a bug and keeps its traceback
         raise KdsearchError(
-            f"cannot open storage {shown_url(url)!r}: {first_line(err)}; check the URL (sqlite:///path.db, journal:///path.log, "
+            f"cannot open storage {shown_url(url)!r}: {first_line(err)}; check the URL (sqlite:///path.db, journal:///path.log, grpc://host:13000, "
             "postgresql://user:pass@host/db) and that the server is reachable"
         ) from None
 
@@ -196,17 +209,30 @@ def has_heartbeat(storage: optuna.storages.BaseStorage) -> bool:
     return isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
 
 
+_process_locks: dict[str, threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+
+
+def _process_lock(key: str) -> threading.Lock:
+    with _process_locks_guard:
+        return _process_locks.setdefault(key, threading.Lock())
+
+
 class StorageLock:
     """A cross-process lock that lives with a storage: a lock file ``<file><suffix>`` beside a SQLite or journal
-    file (one machine), a PostgreSQL advisory lock keyed by ``name`` (any number of machines), nothing for
-    other storages (``acquire`` then always succeeds). A killed holder releases it: the OS drops its file
-    lock, the server its session. ``where`` says which, for messages."""
+    file (one machine), a PostgreSQL advisory lock keyed by ``name`` (any number of machines), and for other
+    storages (the gRPC proxy) a lock kept in the storage itself (``study_lock.StudyLock``). A killed holder
+    releases it: the OS drops its file lock, the server its session, a study lock expires after its lease.
+    ``where`` says which, for messages."""
 
     def __init__(self, url: str, storage: optuna.storages.BaseStorage | None, name: str, suffix: str) -> None:
         self.where = ""
         self._file = None
         self._engine = None
         self._conn = None
+        self._study_lock = None
+        self._local = _process_lock(f"{url}|{name}|{suffix}")  # one waiter per process holds a file or connection
+        self._holding = False
         file = storage_file(url)
         if file is not None:
             from filelock import FileLock
@@ -219,9 +245,31 @@ class StorageLock:
             self._engine = storage.engine
             self._key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") >> 1
             self.where = "a PostgreSQL advisory lock"
+        elif file is None and storage is not None:
+            from .study_lock import LOCK_PREFIX, StudyLock
+
+            self._study_lock = StudyLock(storage, name)
+            self.where = f"the lock study {LOCK_PREFIX}{name}:* in the storage"
 
     def acquire(self, timeout: float | None = None) -> bool:
         """Take the lock, waiting up to ``timeout`` s (None: as long as it takes); whether it is held."""
+        if self._study_lock is not None:
+            return self._study_lock.acquire(timeout)
+        if not self._local.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
+            held = self._acquire_shared(timeout)
+        except BaseException:
+            self._local.release()
+            raise
+        if held:
+            self._holding = True
+        else:
+            self._local.release()
+        return held
+
+    def _acquire_shared(self, timeout: float | None) -> bool:
+        """The file or advisory lock, once this process's lock is held."""
         if self._file is not None:
             from filelock import Timeout
 
@@ -253,6 +301,18 @@ class StorageLock:
         return bool(got)
 
     def release(self) -> None:
+        if self._study_lock is not None:
+            self._study_lock.release()
+            return
+        if not self._holding:
+            return
+        try:
+            self._release_shared()
+        finally:
+            self._holding = False
+            self._local.release()
+
+    def _release_shared(self) -> None:
         if self._file is not None:
             if self._file.is_locked:
                 self._file.release()

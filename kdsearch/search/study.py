@@ -20,6 +20,7 @@ from ..errors import KdsearchError
 from .pruners import build_pruner
 from .samplers import BalancedStudentSampler
 from .storage import shown_url, storage_contents
+from .study_lock import is_lock_study
 
 SPEC_ATTR = "spec"  # study user attr: the spec the study was created with (``model_dump(mode="json")``)
 FINAL_ATTR = "final_comparison"  # study user attr: the last final comparison (``results.FinalComparison``)
@@ -280,7 +281,11 @@ def check_same_code(study: optuna.Study, spec: StudySpec, code: Mapping[str, Map
 def load_study(name: str | None, storage: optuna.storages.BaseStorage) -> optuna.Study:
     """Load a study by name (or the only one in the storage), with a clear error when absent."""
     with storage_contents():
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        names = [
+            s.study_name
+            for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+            if not is_lock_study(s.study_name)
+        ]
     if name is None:
         if len(names) != 1:
             listing = ", ".join(names) or "none"

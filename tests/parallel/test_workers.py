@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 from helpers import started
+from local_servers import pg_bindir, private_postgres
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -262,99 +259,17 @@ def test_workers_stop_when_run_is_killed_with_sigkill(write_spec, tmp_path):
 # --- PostgreSQL: a private server in a temp dir --------------------------------------------------
 
 
-def _pg_bindir() -> Path | None:
-    found = shutil.which("pg_ctl")  # Debian keeps the server tools out of PATH, in /usr/lib/postgresql/<ver>/bin
-    if found and (Path(found).resolve().parent / "initdb").is_file():
-        return Path(found).resolve().parent
-    versions = [p for p in Path("/usr/lib/postgresql").glob("*/bin/pg_ctl") if p.parts[-3].isdigit()]
-    return max(versions, key=lambda p: int(p.parts[-3])).parent if versions else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postgres_url():
-    """A throw-away PostgreSQL server (initdb, its own port and socket dir), stopped afterwards.
-
-    initdb refuses to run as root, so as root the server runs as the `postgres` user (created by
-    Debian's package) or `nobody`, in a fresh directory under /tmp that it owns.
-    """
-    bindir = _pg_bindir()
-    if bindir is None:
+    """A throw-away PostgreSQL server (benchmarks/local_servers.py: initdb, its own port and socket dir), stopped
+    afterwards; missing server tools fail the test in CI and as root, and skip it elsewhere."""
+    if pg_bindir() is None:
         hint = "PostgreSQL server binaries (initdb, pg_ctl) not found; `scripts/setup.sh --test` installs Debian's postgresql"
         if os.geteuid() == 0 or os.environ.get("CI"):
             pytest.fail(hint)
         pytest.skip(hint + " (needs root, so skipped here)")
-    base = Path(tempfile.mkdtemp(prefix="kdsearch-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        name = next((u for u in ("postgres", "nobody") if _user_exists(u)), None)
-        assert name, "no unprivileged user (postgres or nobody) to run the PostgreSQL server as"
-        entry = pwd.getpwnam(name)
-        os.chown(base, entry.pw_uid, entry.pw_gid)
-        as_user = ["runuser", "-u", name, "--"]
-    data = base / "data"
-    run = dict(cwd=base, capture_output=True, text=True, timeout=120)
-    init = subprocess.run(
-        [
-            *as_user,
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "kdsearch",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        **run,
-    )
-    assert init.returncode == 0, init.stdout + init.stderr
-    for _ in range(3):  # a free port may be taken before the server binds it: try another
-        port = _free_port()
-        options = f"-k {base} -p {port} -h 127.0.0.1 -c fsync=off -c max_connections=40"
-        start = subprocess.run(
-            [
-                *as_user,
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(base / "server.log"),
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                options,
-                "start",
-            ],
-            **run,
-        )
-        if start.returncode == 0:
-            break
-    assert start.returncode == 0, start.stdout + start.stderr + (base / "server.log").read_text(errors="replace")
-    try:
-        made = subprocess.run(
-            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "kdsearch", "kdsearch_test"], **run
-        )
-        assert made.returncode == 0, made.stderr
-        yield f"postgresql://kdsearch@127.0.0.1:{port}/kdsearch_test"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], **run)
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
+    with private_postgres(max_connections=40) as server:
+        yield server.url
 
 
 @pytest.mark.slow

@@ -1,0 +1,114 @@
+"""Heartbeats of running trials kept in the study itself, for storages without Optuna's heartbeat table (the gRPC
+proxy): a worker on any machine can then tell a dead worker's trial from a slow one.
+
+Each process beats its running trials from one thread: a counter in the trial's system attr ``kdsearch:beat``
+every ``interval_s`` s. A checker FAILs a RUNNING trial whose counter it has seen unchanged for ``grace_s`` s on
+its own clock (clocks need not agree), and queues it again with the same params (``retry_callback``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from typing import Callable
+
+import optuna
+
+from ..search.storage import retry_callback
+
+BEAT_ATTR = "kdsearch:beat"
+
+
+class TrialBeats:
+    """This process's running trials and the one thread that beats them (started with the first ``add``)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, interval_s: float) -> None:
+        self._storage = storage
+        self._interval_s = interval_s
+        self._trials: dict[int, int] = {}  # trial id → its count
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, trial_id: int) -> None:
+        """Beat ``trial_id`` from now on (once at once, so a fresh trial is never silent)."""
+        with self._lock:
+            self._trials[trial_id] = 0
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="kdsearch-trial-beats", daemon=True)
+                self._thread.start()
+        self._beat(trial_id)
+
+    def own(self) -> set[int]:
+        """The trials this process beats now."""
+        with self._lock:
+            return set(self._trials)
+
+    def remove(self, trial_id: int) -> None:
+        with self._lock:
+            self._trials.pop(trial_id, None)
+
+    def _beat(self, trial_id: int) -> None:
+        with self._lock:
+            if trial_id not in self._trials:
+                return
+            self._trials[trial_id] += 1
+            count = self._trials[trial_id]
+        try:
+            self._storage.set_trial_system_attr(trial_id, BEAT_ATTR, count)
+        except (optuna.exceptions.UpdateFinishedTrialError, KeyError, RuntimeError):  # finished meanwhile
+            self.remove(trial_id)
+        except Exception:  # the storage is briefly unreachable: the next beat tries again
+            pass
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._interval_s)
+            with self._lock:
+                ids = list(self._trials)
+            for trial_id in ids:
+                self._beat(trial_id)
+
+
+class SilentTrials:
+    """What this process has seen of other trials' beats: ``fail_silent`` FAILs and requeues the silent ones."""
+
+    def __init__(self, grace_s: float) -> None:
+        self._grace_s = grace_s
+        self._seen: dict[int, tuple[object, float]] = {}  # trial id → (its count, when first seen at that count)
+
+    def silent(self, study: optuna.Study, own: set[int]) -> list[optuna.trial.FrozenTrial]:
+        """RUNNING trials, not in ``own``, whose counter has stood still for ``grace_s`` s as seen from here."""
+        now = time.monotonic()
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        seen: dict[int, tuple[object, float]] = {}
+        found = []
+        for t in running:
+            count = t.system_attrs.get(BEAT_ATTR)
+            before = self._seen.get(t._trial_id)
+            seen[t._trial_id] = before if before is not None and before[0] == count else (count, now)
+            if t._trial_id not in own and now - seen[t._trial_id][1] >= self._grace_s:
+                found.append(t)
+        self._seen = seen
+        return found
+
+    def fail_silent(
+        self,
+        study: optuna.Study,
+        own: set[int],
+        max_retry: int,
+        fail_trial: Callable[[optuna.Study, int], optuna.trial.FrozenTrial | None],
+    ) -> list[int]:
+        """FAIL the silent trials (``silent``) with ``fail_trial`` (``workers.fail_trial``: the trial as stored,
+        or None when it finished or another process failed it first) and queue each again; their numbers."""
+        failed = []
+        for t in self.silent(study, own):
+            frozen = fail_trial(study, t.number)
+            if frozen is None:  # finished, or another worker got there first: it queues the retry
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                retry_callback(max_retry)(study, frozen)
+            failed.append(t.number)
+        return failed
