@@ -249,8 +249,8 @@ def _publish(study: optuna.Study, teacher: Teacher, key: str, location: str | No
                 )
             except Exception as err:  # OSError, botocore's errors
                 raise KdsearchError(
-                    f"cannot upload the study's teacher to {location}: {first_line(err)}; set runtime.artifact_store "
-                    "to a writable folder or s3://bucket/prefix"
+                    f"cannot upload the study's teacher to {location}: {first_line(err)}; "
+                    f"{_store_fix(err, 'set runtime.artifact_store to a writable folder or s3://bucket/prefix')}"
                 ) from None
         echo(f"teacher: shared with the study's other workers in {location} (sha256 {teacher.digest[:12]})")
     TeacherRecord(
@@ -290,10 +290,10 @@ def _download(
         try:
             download_artifact(artifact_store=store, file_path=str(file), artifact_id=artifact)
         except Exception as err:  # ArtifactNotFound, OSError, botocore's errors
+            fix = f"set runtime.artifact_store to the folder or s3://bucket/prefix it was uploaded to ({record.store})"
             raise KdsearchError(
                 f"cannot download the teacher of study {study.study_name!r} (artifact {artifact}) from {location}: "
-                f"{first_line(err)}; set runtime.artifact_store to the folder or s3://bucket/prefix it was uploaded "
-                f"to ({record.store})"
+                f"{first_line(err)}; {_store_fix(err, fix)}"
             ) from None
         got = file_sha256(file)
         model, digest = None, None
@@ -312,6 +312,21 @@ def _download(
                 "it from a backup of that store, or start a new study with --study NEW_NAME"
             )
     return cache_teacher(model, record.metrics.to_attr(), splits, device, path, digest=digest, from_cache=True)
+
+
+def _store_fix(err: BaseException, otherwise: str) -> str:
+    """What to do about an artifact store's error: S3 credentials, bucket or endpoint when it is botocore's."""
+    name = type(err).__name__
+    if name in ("NoCredentialsError", "PartialCredentialsError") or "InvalidAccessKeyId" in str(err):
+        return (
+            "give this machine S3 credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials; "
+            "AWS_ENDPOINT_URL for an S3-compatible server)"
+        )
+    if "NoSuchBucket" in str(err):
+        return "create the bucket, or set runtime.artifact_store to an existing s3://bucket/prefix"
+    if name in ("EndpointConnectionError", "ConnectTimeoutError"):
+        return "check AWS_ENDPOINT_URL and that the S3 server is reachable"
+    return otherwise
 
 
 def _check_same(study: optuna.Study, teacher: Teacher, record: TeacherRecord) -> None:
