@@ -184,7 +184,9 @@ def soak(args: argparse.Namespace) -> dict:
         raise SystemExit("--faults kill-proxy needs --storage grpc")
     if "restart-postgres" in faults and args.storage not in ("postgresql", "grpc"):
         raise SystemExit("--faults restart-postgres needs --storage postgresql or grpc")
-    grace = 12 if "kill-workers" in faults else 60
+    # kdsearch's defaults (a heartbeat every 10 s, FAILED after 30 s of silence); killed workers' trials come back
+    # sooner with a short grace period, which costs a beat write per running trial every 2 s
+    beat, grace = (2, 12) if "kill-workers" in faults else (10, 30)
     spec = work / "soak.toml"
     spec.write_text(
         SPEC.format(
@@ -193,7 +195,7 @@ def soak(args: argparse.Namespace) -> dict:
             epochs=args.epochs,
             trials=args.trials,
             cache=args.cache,
-            beat=2,
+            beat=beat,
             grace=grace,
         )
     )
@@ -286,6 +288,10 @@ def soak(args: argparse.Namespace) -> dict:
                 kills["postgres"] += 1
             next_fault = now + rng.uniform(8, 15)
         timed_out = any(p.poll() is None for p in procs.values())
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGUSR1)  # each thread's stack into the worker's log: where it was stuck
+        time.sleep(1 if timed_out else 0)
         for p in procs.values():
             if p.poll() is None:
                 p.kill()

@@ -227,7 +227,7 @@ def run(
     import optuna
 
     from .parallel.stacked_trials import resolve_trials_per_device, run_stacked_study
-    from .parallel.workers import worker_count
+    from .parallel.workers import claiming, worker_count
     from .search.objective import make_objective
     from .search.storage import shown_url, spec_storage
     from .search.study import best_trial_of, create_study, finished_count, value_of
@@ -290,7 +290,7 @@ def run(
                     total = finished_count(study) + n
                     run_stacked_study(study, store, url, data, k, total, callbacks=(on_trial,), echo=echo)
                 else:
-                    study.optimize(make_objective(data), n_trials=n, callbacks=[on_trial, stop_if_requested])
+                    study.optimize(claiming(make_objective(data)), n_trials=n, callbacks=[on_trial, stop_if_requested])
             bar.close()
             comparison, students = final_and_report(study, data, prepared.teacher, report_path, console, k=k)
     except KeyboardInterrupt:
@@ -412,6 +412,8 @@ def work(
     budget = TrialBudget(max_trials) if max_trials is not None else None
     loop = dict(budget=budget, stop_when_done=stop_when_done, rank=rank, on_wait=on_wait, callbacks=(on_trial,))
     bounds = simulate.epoch_seconds()
+    if bounds is not None:
+        simulate.dump_stacks_on_usr1()
     try:
         if bounds is not None:  # the soak harness: training is a sleep, K trial threads without a stack
             k = spec.runtime.trials_per_device if isinstance(spec.runtime.trials_per_device, int) else 1

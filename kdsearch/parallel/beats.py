@@ -112,3 +112,27 @@ class SilentTrials:
                 retry_callback(max_retry)(study, frozen)
             failed.append(t.number)
         return failed
+
+
+class UnclaimedTrials:
+    """RUNNING trials that no worker has claimed (no ``claim_attr`` user attr) for ``grace_s`` s as seen from here:
+    created twice by a retried call whose first answer was lost, or by a process that died at once. Nobody runs
+    them, so ``fail_unclaimed`` FAILs them (without a retry: they never had a trial's params)."""
+
+    def __init__(self, grace_s: float, claim_attr: str) -> None:
+        self._grace_s = grace_s
+        self._claim_attr = claim_attr
+        self._seen: dict[int, float] = {}
+
+    def fail_unclaimed(
+        self, study: optuna.Study, fail_trial: Callable[[optuna.Study, int], optuna.trial.FrozenTrial | None]
+    ) -> list[int]:
+        now = time.monotonic()
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        seen = {t._trial_id: self._seen.get(t._trial_id, now) for t in running if self._claim_attr not in t.user_attrs}
+        self._seen = seen
+        failed = []
+        for t in running:
+            if t._trial_id in seen and now - seen[t._trial_id] >= self._grace_s and fail_trial(study, t.number):
+                failed.append(t.number)
+        return failed

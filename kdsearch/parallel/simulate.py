@@ -50,6 +50,14 @@ def epoch_seconds() -> tuple[float, float] | None:
     return bounds
 
 
+def dump_stacks_on_usr1() -> None:
+    """SIGUSR1 prints every thread's stack to stderr (the worker's log): what the harness sends a stuck worker."""
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def simulated_accuracy(params: dict, epoch: int, epochs: int, seed: int) -> float:
     """A learning curve that depends on T and alpha (best near T = 4, alpha = 0.3), so sampler and pruner act."""
     t, alpha = float(params.get("temperature", 4.0)), float(params.get("alpha", 0.3))

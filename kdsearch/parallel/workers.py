@@ -7,6 +7,7 @@ worker gets (``worker_plan``), starting the ``kdsearch worker`` processes and st
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -25,7 +26,7 @@ from ..errors import KdsearchError
 from ..search.storage import STORAGE_ENV, StorageLock, has_heartbeat, retry_callback, shown_url, storage_file
 from ..search.study import FINISHED_STATES, finished_count
 from ..signals import StopSignals, StudyInterrupted, shielded, stop_requested
-from .beats import SilentTrials, TrialBeats
+from .beats import SilentTrials, TrialBeats, UnclaimedTrials
 
 # --- in each worker: trials on a study shared with other processes (or machines) ---------------------
 
@@ -159,11 +160,12 @@ def run_worker(
     writes (create the trial, record its end) finish, and a Ctrl-C that lands there stops the
     worker right after them (a stop requested before the training starts FAILs the trial). The stop request is also checked between trials, so one whose
     KeyboardInterrupt Python swallowed (raised inside a finalizer) still stops the worker. On the way
-    out, a trial of this process still RUNNING is marked FAILED. With ``budget``, stop once it is spent
+    out, this thread's trial, if still RUNNING, is marked FAILED (the process's other trial threads may go on). With ``budget``, stop once it is spent
     (``--max-trials``, shared by a process's K threads); with ``stop_when_done``, stop instead of waiting
     when the last trials run elsewhere. Returns how many trials ran.
     """
     me = worker_identity(rank)
+    current: list[int] = []  # the number of the trial this thread runs now
     try:
         return _run_trials(
             study,
@@ -171,6 +173,7 @@ def run_worker(
             total,
             slot,
             me,
+            current,
             heartbeat=heartbeat,
             max_retry=max_retry,
             callbacks=callbacks,
@@ -183,21 +186,40 @@ def run_worker(
         )
     except BaseException:
         with shielded():
-            try:
-                fail_own_running_trials(study, me)
+            try:  # this thread's trial only: the process's other trial threads may go on
+                if current and is_running(study, current[0]):
+                    fail_trial(study, current[0])
             except Exception:  # the storage itself failed: the heartbeat check of a living worker will FAIL it
                 pass
         raise
 
 
-def fail_own_running_trials(study: optuna.Study, me: dict) -> list[int]:
-    """FAIL the trials that this process (``me``, ``worker_identity``) left RUNNING; their numbers."""
-    failed = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if t.user_attrs.get(WORKER_ATTR) == me:
-            if fail_trial(study, t.number) is not None:
-                failed.append(t.number)
-    return failed
+_checked_at: dict[str, float] = {}
+_checked_guard = threading.Lock()
+
+
+def _check_due(study_name: str, every_s: float) -> bool:
+    """Whether this process should look for dead workers' trials of ``study_name`` now: once per ``every_s`` s for
+    all its trial threads together (each look reads every running trial; with K threads, K times as often
+    would load the storage for nothing)."""
+    now = time.monotonic()
+    with _checked_guard:
+        if now - _checked_at.get(study_name, -math.inf) < every_s:
+            return False
+        _checked_at[study_name] = now
+        return True
+
+
+def claiming(objective: Callable[[optuna.Trial], float], rank: int = 0) -> Callable[[optuna.Trial], float]:
+    """``objective`` that first records this process as the trial's worker (``WORKER_ATTR``), for a study run
+    in-process: other workers then know the trial is claimed (``UnclaimedTrials``) and whose it is."""
+    me = worker_identity(rank)
+
+    def run(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, me)
+        return objective(trial)
+
+    return run
 
 
 def _run_trials(
@@ -206,6 +228,7 @@ def _run_trials(
     total,
     slot,
     me,
+    current,
     *,
     heartbeat,
     max_retry,
@@ -220,15 +243,17 @@ def _run_trials(
     """``run_worker``'s loop (see there)."""
     stop = optuna.study.MaxTrialsCallback(total, states=FINISHED_STATES)
     silent = SilentTrials(grace_s) if beats is not None else None
+    unclaimed = UnclaimedTrials(grace_s, WORKER_ATTR)
 
     taken: list[int] = []  # the number of this worker's trial that another worker FAILED meanwhile
 
     def objective_(trial: optuna.Trial) -> float:
         taken.clear()
+        current[:] = [trial.number]
         trial.set_user_attr(WORKER_ATTR, me)
+        slot.release()  # the trial exists and counts as RUNNING: the next worker may decide
         if beats is not None:
             beats.add(trial._trial_id)
-        slot.release()  # the trial exists and counts as RUNNING: the next worker may decide
         try:
             value = objective(trial)
         except optuna.exceptions.UpdateFinishedTrialError:  # a write of the running trial was refused
@@ -249,12 +274,16 @@ def _run_trials(
         with slot:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                if heartbeat:
+                if not _check_due(study.study_name, min(5.0, grace_s / 4)):
+                    pass  # another thread of this process looked a moment ago
+                elif heartbeat:
                     optuna.storages.fail_stale_trials(study)
+                    unclaimed.fail_unclaimed(study, fail_trial)
                 else:
                     fail_dead_local_trials(study, max_retry)
                     if silent is not None:
                         silent.fail_silent(study, beats.own(), max_retry, fail_trial)
+                    unclaimed.fail_unclaimed(study, fail_trial)
             counts: dict = {}
             for t in study.get_trials(deepcopy=False):
                 counts[t.state] = counts.get(t.state, 0) + 1

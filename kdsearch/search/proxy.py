@@ -9,8 +9,6 @@ ride out a proxy restart; the proxy itself reconnects to the database on its nex
 from __future__ import annotations
 
 import functools
-import logging
-import random
 import re
 import time
 import warnings
@@ -20,10 +18,9 @@ from typing import Any, Callable
 import optuna
 
 from ..errors import KdsearchError
+from .retrying import retrying_class
 
 DEFAULT_PORT = 13000
-RETRY_S = 300.0  # how long a client keeps retrying a call while the proxy is unreachable
-_log = logging.getLogger("kdsearch.storage")
 _URL = re.compile(r"^grpc://(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<port>\d+))?/?$")
 
 
@@ -47,31 +44,9 @@ def _unavailable(err: BaseException) -> bool:
     )
 
 
-def _retrying(method: Callable, retry_s: Callable[[], float]) -> Callable:
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        deadline = time.monotonic() + retry_s()
-        pause = 0.2
-        said = False
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except Exception as err:
-                if not _unavailable(err) or time.monotonic() >= deadline:
-                    raise
-                if not said:
-                    _log.warning(
-                        "storage proxy %s:%s unreachable; retrying for up to %.0f s", self._host, self._port, retry_s()
-                    )
-                    said = True
-                time.sleep(pause * (0.5 + random.random()))
-                pause = min(pause * 2, 5.0)
-
-    return call
-
-
-def _client_class() -> type:
-    """``GrpcStorageProxy`` whose every storage call is retried while the proxy is unreachable (``RETRY_S``)."""
+@functools.cache
+def client_class() -> type:
+    """``GrpcStorageProxy`` whose every storage call is retried while the proxy is unreachable (``retrying.py``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         from optuna.storages import GrpcStorageProxy
@@ -81,13 +56,7 @@ def _client_class() -> type:
         for n, v in vars(GrpcStorageProxy).items()
         if callable(v) and not n.startswith("_") and n not in ("wait_server_ready", "close")
     ]
-    methods = {n: _retrying(getattr(GrpcStorageProxy, n), lambda: RETRY_S) for n in names}
-    return type("RetryingGrpcStorage", (GrpcStorageProxy,), methods)
-
-
-@functools.cache
-def client_class() -> type:
-    return _client_class()
+    return retrying_class(GrpcStorageProxy, names, _unavailable, lambda s: f"proxy {s._host}:{s._port}")
 
 
 def open_grpc(url: str, *, wait_s: float = 30.0) -> optuna.storages.BaseStorage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -156,7 +157,8 @@ def _new_rdb_storage(
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 warnings.simplefilter("ignore", FutureWarning)
                 if sqlite_path is None:
-                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **extra)
+                    cls = retrying_rdb() if not url.startswith("sqlite") else optuna.storages.RDBStorage
+                    return cls(url, engine_kwargs=engine_kwargs, **extra)
                 from filelock import FileLock
 
                 with FileLock(f"{sqlite_path}.lock"):
@@ -167,6 +169,26 @@ def _new_rdb_storage(
                 raise
             time.sleep(0.2 + random.random())
     raise AssertionError("unreachable")
+
+
+RDB_CALLS = [  # the storage calls of Optuna's RDBStorage (and the private ones its cached wrapper makes)
+    *("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name"),
+    *("get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs"),
+    *("get_all_studies", "create_new_trial", "_create_new_trial", "set_trial_param", "_set_trial_param"),
+    *("get_trial_param", "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr"),
+    *("set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials"),
+    *("_get_trials", "get_best_trial", "_get_best_trial_id", "record_heartbeat", "_get_stale_trial_ids"),
+]
+
+
+@functools.cache
+def retrying_rdb() -> type:
+    """``RDBStorage`` whose calls ride out a database server's restart (``retrying.py``); not for SQLite, whose
+    OperationalErrors are about the file (a lock held too long, another application's tables), not a server."""
+    from .retrying import rdb_transient, retrying_class
+
+    base = optuna.storages.RDBStorage
+    return retrying_class(base, [n for n in RDB_CALLS if hasattr(base, n)], rdb_transient, lambda s: "database")
 
 
 def _sqlite_wal(path: Path) -> None:
@@ -280,20 +302,37 @@ class StorageLock:
             return True
         if self._engine is None:
             return True
+        from .retrying import rdb_transient
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.2
+        while True:
+            try:
+                return self._advisory(deadline)
+            except Exception as err:  # the server restarting: its sessions, and their locks, are gone anyway
+                if not rdb_transient(err) or (deadline is not None and time.monotonic() >= deadline):
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    def _advisory(self, deadline: float | None) -> bool:
         import sqlalchemy
 
         conn = self._engine.connect()
-        if timeout is None:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
-            got = True
-        else:
-            deadline = time.monotonic() + timeout
-            while True:
-                got = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
-                if got or time.monotonic() >= deadline:
-                    break
-                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-        conn.commit()
+        try:
+            if deadline is None:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+                got = True
+            else:
+                while True:
+                    got = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
+                    if got or time.monotonic() >= deadline:
+                        break
+                    time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
         if got:
             self._conn = conn
         else:
@@ -319,9 +358,14 @@ class StorageLock:
         elif self._conn is not None:
             import sqlalchemy
 
+            from .retrying import rdb_transient
+
             try:
                 self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
                 self._conn.commit()
+            except Exception as err:  # the server restarted while the lock was held: it ended with the session
+                if not rdb_transient(err):
+                    raise
             finally:
                 self._conn.close()
                 self._conn = None

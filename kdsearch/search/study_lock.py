@@ -86,8 +86,7 @@ class StudyLock:
                 except optuna.exceptions.DuplicatedStudyError:  # another process was faster
                     pass
                 else:
-                    self._storage.set_study_user_attr(self._study_id, OWNER_ATTR, _owner())
-                    self._storage.set_study_user_attr(self._study_id, BEAT_ATTR, 0)
+                    self._storage.set_study_user_attr(self._study_id, OWNER_ATTR, _owner())  # for people
                     for study in generations.values():  # taken over from a dead holder: clear its study
                         self._delete(study._study_id)
                     self._start_beating()
