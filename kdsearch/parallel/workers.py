@@ -194,19 +194,20 @@ def run_worker(
         raise
 
 
-_checked_at: dict[str, float] = {}
+_checked_at: dict[tuple[int, str], float] = {}
 _checked_guard = threading.Lock()
 
 
-def _check_due(study_name: str, every_s: float) -> bool:
-    """Whether this process should look for dead workers' trials of ``study_name`` now: once per ``every_s`` s for
-    all its trial threads together (each look reads every running trial; with K threads, K times as often
-    would load the storage for nothing)."""
+def _check_due(study: optuna.Study, every_s: float) -> bool:
+    """Whether this process should look for dead workers' trials of ``study`` now: once per ``every_s`` s for all
+    the trial threads that share this study object (each look reads every running trial; with K threads, K
+    times as often would load the storage for nothing)."""
+    key = (id(study), study.study_name)
     now = time.monotonic()
     with _checked_guard:
-        if now - _checked_at.get(study_name, -math.inf) < every_s:
+        if now - _checked_at.get(key, -math.inf) < every_s:
             return False
-        _checked_at[study_name] = now
+        _checked_at[key] = now
         return True
 
 
@@ -247,8 +248,11 @@ def _run_trials(
 
     taken: list[int] = []  # the number of this worker's trial that another worker FAILED meanwhile
 
+    returned: list[int] = []  # the trial whose objective returned a value
+
     def objective_(trial: optuna.Trial) -> float:
         taken.clear()
+        returned.clear()
         current[:] = [trial.number]
         trial.set_user_attr(WORKER_ATTR, me)
         slot.release()  # the trial exists and counts as RUNNING: the next worker may decide
@@ -264,6 +268,7 @@ def _run_trials(
                 beats.remove(trial._trial_id)
         if not is_running(study, trial.number):  # failed elsewhere after the last write
             taken.append(trial.number)
+        returned[:] = [trial.number]  # the objective ended well: a refused end is a takeover, not its error
         return value
 
     state = optuna.trial.TrialState
@@ -274,7 +279,7 @@ def _run_trials(
         with slot:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                if not _check_due(study.study_name, min(5.0, grace_s / 4)):
+                if not _check_due(study, min(5.0, grace_s / 4)):
                     pass  # another thread of this process looked a moment ago
                 elif heartbeat:
                     optuna.storages.fail_stale_trials(study)
@@ -297,6 +302,8 @@ def _run_trials(
                     with shielded():
                         study.optimize(objective_, n_trials=1, callbacks=[stop, *callbacks])
                 except Exception:  # Optuna then refuses to record the end (ValueError, or its own assertion)
+                    if not taken and returned and not is_running(study, returned[0]):
+                        taken.append(returned[0])  # failed elsewhere between our last look and the end's write
                     if not taken:
                         raise
                     print(
