@@ -321,6 +321,8 @@ def soak(args: argparse.Namespace) -> dict:
             for name, v in times.items()
         }
         result["storage_errors"] = errors
+        # the serial trial slot's share of the wall time: near 1, trial starts queue on it (it bounds the start rate)
+        result["slot_busy"] = sum(times.get("slot_hold", [])) / result["wall_s"] if result["wall_s"] else 0.0
         tracebacks = sum((logs / f).read_text(errors="replace").count("Traceback") for f in os.listdir(logs))
         result["tracebacks"] = tracebacks
         result["ok"] = bool(result["exact"] and not timed_out and result["exit_codes"] == [0] and not tracebacks)
@@ -402,6 +404,13 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(row(result))
+    if "slot_hold" in result["latency_ms"]:
+        hold, wait = result["latency_ms"]["slot_hold"], result["latency_ms"].get("slot_wait", {})
+        print(
+            f"trial slot: held {100 * result['slot_busy']:.0f}% of the wall time; hold p50/p99 {hold['p50']:.0f} / "
+            f"{hold['p99']:.0f} ms over {hold['calls']} holds; wait p50/p99 {wait.get('p50', float('nan')):.0f} / "
+            f"{wait.get('p99', float('nan')):.0f} ms"
+        )
     print(f"soak: {'ok' if result['ok'] else 'FAILED'}; {out}; logs in {result['logs']}")
     sys.exit(0 if result["ok"] else 1)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -226,8 +226,9 @@ def run(
     """
     import optuna
 
+    from .parallel.local_workers import worker_count
     from .parallel.stacked_trials import resolve_trials_per_device, run_stacked_study
-    from .parallel.workers import claiming, worker_count
+    from .parallel.workers import WorkerLoop, claiming
     from .search.objective import make_objective
     from .search.storage import shown_url, spec_storage
     from .search.study import best_trial_of, create_study, finished_count, value_of
@@ -288,7 +289,8 @@ def run(
             with shielded():  # Optuna's storage writes finish; a Ctrl-C interrupts the training (signals.py)
                 if k > 1:
                     total = finished_count(study) + n
-                    run_stacked_study(study, store, url, data, k, total, callbacks=(on_trial,), echo=echo)
+                    loop = WorkerLoop.of_runtime(data.spec.runtime, callbacks=(on_trial,))
+                    run_stacked_study(study, store, url, data, k, total, loop=loop, echo=echo)
                 else:
                     study.optimize(claiming(make_objective(data)), n_trials=n, callbacks=[on_trial, stop_if_requested])
             bar.close()
@@ -319,9 +321,9 @@ def _run_workers(
     console: Console,
     debug: bool,
 ) -> StudyResult:
-    """``run --workers N``: the worker processes (``workers.run_worker_processes``), then the final comparison
+    """``run --workers N``: the worker processes (``local_workers.run_worker_processes``), then the final comparison
     and report here."""
-    from .parallel.workers import run_worker_processes
+    from .parallel.local_workers import run_worker_processes
     from .search.storage import shown_url
 
     finished = run_worker_processes(
@@ -358,7 +360,7 @@ def work(
 
     from .parallel import simulate
     from .parallel.stacked_trials import resolve_trials_per_device, run_stacked_study
-    from .parallel.workers import TrialBudget, work_on_study
+    from .parallel.workers import TrialBudget, TrialSlot, WorkerLoop, work_on_study
     from .search.objective import make_objective
     from .search.storage import open_existing_storage, shown_url, spec_storage
     from .search.study import create_study, finished_count, join_study, load_study, value_of
@@ -384,6 +386,8 @@ def work(
         study = join_study(found.study_name, store, spec, rank)
     name = study.study_name
     stats = simulate.StorageStats(store) if os.environ.get(simulate.STATS_ENV) else None
+    if stats is not None:
+        stats.time_slot(TrialSlot)
     total = trials or spec.search.trials
     console.echo(
         f"worker {rank}: study {name!r} in {shown_url(url)}: {finished_count(study)} of {total} trials finished"
@@ -410,7 +414,9 @@ def work(
         waiting.append(running)
 
     budget = TrialBudget(max_trials) if max_trials is not None else None
-    loop = dict(budget=budget, stop_when_done=stop_when_done, rank=rank, on_wait=on_wait, callbacks=(on_trial,))
+    loop = WorkerLoop.of_runtime(
+        spec.runtime, budget=budget, stop_when_done=stop_when_done, rank=rank, on_wait=on_wait, callbacks=(on_trial,)
+    )
     bounds = simulate.epoch_seconds()
     if bounds is not None:
         simulate.dump_stacks_on_usr1()
@@ -419,29 +425,12 @@ def work(
             k = spec.runtime.trials_per_device if isinstance(spec.runtime.trials_per_device, int) else 1
             console.echo(f"worker {rank}: simulated training ({simulate.EPOCH_ENV}), {k} trial threads")
             objective = make_objective(data, train=simulate.simulated_training(bounds))
-            r = spec.runtime
-            ran = simulate.run_threads(
-                k,
-                lambda: work_on_study(
-                    study, store, url, objective, total, max_retry=r.max_retry, beat_s=r.heartbeat_interval,
-                    grace_s=r.grace_period, poll_s=0.5, **loop,
-                ),
-            )  # fmt: skip
+            fast = replace(loop, poll_s=0.5)
+            ran = simulate.run_threads(k, lambda: work_on_study(study, store, url, objective, total, fast))
         elif (k := resolve_trials_per_device(data, echo=console.echo)) > 1:
-            ran = run_stacked_study(study, store, url, data, k, total, echo=console.echo, **loop)
+            ran = run_stacked_study(study, store, url, data, k, total, loop=loop, echo=console.echo)
         else:
-            ran = work_on_study(
-                study,
-                store,
-                url,
-                make_objective(data),
-                total,
-                max_retry=spec.runtime.max_retry,
-                beat_s=spec.runtime.heartbeat_interval,
-                grace_s=spec.runtime.grace_period,
-                poll_s=1.0,
-                **loop,
-            )
+            ran = work_on_study(study, store, url, make_objective(data), total, replace(loop, poll_s=1.0))
     finally:
         if stats is not None:
             stats.write(Path(os.environ[simulate.STATS_ENV]), rank)

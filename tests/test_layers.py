@@ -21,7 +21,7 @@ from kdsearch.config.catalog import METHOD_CATALOG, MODEL_CATALOG, MethodInfo, P
 from kdsearch.config.load import spec_from_dict
 from kdsearch.distill.methods import KD, METHODS
 from kdsearch.errors import KdsearchError
-from kdsearch.nets.models import MODELS, light_nn
+from kdsearch.nets.builtin import MODELS, light_nn
 from kdsearch.registry import Registry
 
 ROOT = REPO
@@ -64,7 +64,7 @@ def test_help_and_a_spec_error_import_no_torch():
 
 # Modules that import torch only inside functions (the forbidden contract cannot tell a lazy import from an eager
 # one): importing them stays light, checked here at run time.
-LAZY_TORCH = ["kdsearch.cli", "kdsearch.runner", "kdsearch.parallel.workers"]
+LAZY_TORCH = ["kdsearch.cli", "kdsearch.runner", "kdsearch.parallel.workers", "kdsearch.parallel.local_workers"]
 
 
 def torch_free_contract() -> dict:

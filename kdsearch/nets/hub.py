@@ -227,7 +227,7 @@ def _build_hf(
         ) from None
     channels = getattr(model.config, "num_channels", in_channels)
     if channels == 3 and in_channels == 1:
-        from .models import _repeat_gray
+        from .builtin import _repeat_gray
 
         model.register_forward_pre_hook(_repeat_gray)
     model._kdsearch_head = ("classifier.",)

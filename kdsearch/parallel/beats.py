@@ -3,19 +3,16 @@ proxy): a worker on any machine can then tell a dead worker's trial from a slow 
 
 Each process beats its running trials from one thread: a counter in the trial's system attr ``kdsearch:beat``
 every ``interval_s`` s. A checker FAILs a RUNNING trial whose counter it has seen unchanged for ``grace_s`` s on
-its own clock (clocks need not agree), and queues it again with the same params (``retry_callback``).
+its own clock (clocks need not agree), and queues it again with the same params (``workers.fail_and_requeue``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import warnings
 from typing import Callable
 
 import optuna
-
-from ..search.storage import retry_callback
 
 BEAT_ATTR = "kdsearch:beat"
 
@@ -93,25 +90,11 @@ class SilentTrials:
         return found
 
     def fail_silent(
-        self,
-        study: optuna.Study,
-        own: set[int],
-        max_retry: int,
-        fail_trial: Callable[[optuna.Study, int], optuna.trial.FrozenTrial | None],
+        self, study: optuna.Study, own: set[int], fail_and_requeue: Callable[[optuna.Study, int], bool]
     ) -> list[int]:
-        """FAIL the silent trials (``silent``) with ``fail_trial`` (``workers.fail_trial``: the trial as stored,
-        or None when it finished or another process failed it first) and queue each again; their numbers."""
-        failed = []
-        for t in self.silent(study, own):
-            frozen = fail_trial(study, t.number)
-            if frozen is None:  # finished, or another worker got there first: it queues the retry
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                warnings.simplefilter("ignore", FutureWarning)
-                retry_callback(max_retry)(study, frozen)
-            failed.append(t.number)
-        return failed
+        """FAIL and queue again the silent trials (``silent``) with ``fail_and_requeue`` (``workers.fail_and_requeue``:
+        False when the trial finished or another process failed it first); the numbers of those it failed."""
+        return [t.number for t in self.silent(study, own) if fail_and_requeue(study, t.number)]
 
 
 class UnclaimedTrials:

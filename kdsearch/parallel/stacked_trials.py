@@ -37,7 +37,7 @@ from ..signals import interruptible, shielded
 JOIN_WAIT_S = 5.0  # the longest an epoch boundary waits for threads that are starting their next trial
 
 if TYPE_CHECKING:
-    from .workers import TrialBudget
+    from .workers import WorkerLoop
 
 
 def empty_stack(data: StudyData, *, steps: int | None = None, val: Split | None = None) -> StudentStack:
@@ -309,16 +309,11 @@ def run_stacked_study(
     k: int,
     total: int,
     *,
-    callbacks: tuple = (),
-    rank: int = 0,
-    on_wait: Callable[[int], None] | None = None,
+    loop: WorkerLoop,
     echo: Callable[[str], None] = print,
-    budget: TrialBudget | None = None,
-    stop_when_done: bool = False,
 ) -> int:
     """Trials until the study holds ``total`` finished ones, K at a time in this process, trained stacked
-    (``run_stacked`` over ``workers.work_on_study``; ``budget`` and ``stop_when_done`` as there); how many
-    this process ran."""
+    (``run_stacked`` over ``workers.work_on_study``, with ``loop``'s settings); how many this process ran."""
     from .workers import work_on_study
 
     echo(f"{k} trials at once on {data.device}, trained as one stacked model (runtime.trials_per_device)")
@@ -326,25 +321,10 @@ def run_stacked_study(
     def work(objective: Callable[[optuna.Trial], float], idle: Callable[[int], None]) -> int:
         def waiting(running: int) -> None:
             idle(running)
-            if on_wait is not None:
-                on_wait(running)
+            if loop.on_wait is not None:
+                loop.on_wait(running)
 
-        return work_on_study(
-            study,
-            store,
-            url,
-            objective,
-            total,
-            max_retry=data.spec.runtime.max_retry,
-            beat_s=data.spec.runtime.heartbeat_interval,
-            grace_s=data.spec.runtime.grace_period,
-            rank=rank,
-            callbacks=callbacks,
-            poll_s=0.5,
-            on_wait=waiting,
-            budget=budget,
-            stop_when_done=stop_when_done,
-        )
+        return work_on_study(study, store, url, objective, total, replace(loop, poll_s=0.5, on_wait=waiting))
 
     return run_stacked(data, k, work, echo=echo)
 

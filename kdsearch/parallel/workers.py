@@ -1,31 +1,27 @@
-"""Several worker processes (or machines) on one study.
-
-In each worker: the trial loop under a cross-process lock (``TrialSlot``, ``run_worker``) and the
-detection of trials whose worker died. For ``run --workers N``: which device and threads each local
-worker gets (``worker_plan``), starting the ``kdsearch worker`` processes and stopping them.
+"""Several worker processes (or machines) on one study: in each worker, the trial loop under a cross-process
+lock (``TrialSlot``, ``run_worker``) and the detection of trials whose worker died. The local worker processes
+of ``run --workers N`` are started and stopped by ``local_workers.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable
 
 import optuna
 
-from ..config.spec import StudySpec
-from ..errors import KdsearchError
-from ..search.storage import STORAGE_ENV, StorageLock, has_heartbeat, retry_callback, shown_url, storage_file
-from ..search.study import FINISHED_STATES, finished_count
-from ..signals import StopSignals, StudyInterrupted, shielded, stop_requested
+from ..search.storage import StorageLock, has_heartbeat, retry_callback, storage_file
+from ..search.study import FINISHED_STATES
+from ..signals import shielded, stop_requested
 from .beats import SilentTrials, TrialBeats, UnclaimedTrials
 
 # --- in each worker: trials on a study shared with other processes (or machines) ---------------------
@@ -109,26 +105,56 @@ def fail_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial | N
         return None
 
 
+def fail_and_requeue(study: optuna.Study, number: int, max_retry: int) -> bool:
+    """FAIL RUNNING trial ``number`` and queue it again with the same params (Optuna's retry callback, up to
+    ``max_retry`` times); False when it had already finished or another process failed it first (that one queues)."""
+    frozen = fail_trial(study, number)
+    if frozen is None:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        retry_callback(max_retry)(study, frozen)  # the FAILed trial as the storage now holds it
+    return True
+
+
 def fail_dead_local_trials(study: optuna.Study, max_retry: int) -> list[int]:
     """For storages without heartbeats (journal): FAIL the running trials whose worker process on
     this host is gone, and queue each again with the same params (up to ``max_retry`` times).
 
     Trials of workers on other hosts cannot be checked this way; use an RDB storage with heartbeats there.
     """
-    failed = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        info = t.user_attrs.get(WORKER_ATTR)
-        if not isinstance(info, dict) or not _process_gone(info):
-            continue
-        frozen = fail_trial(study, t.number)
-        if frozen is None:  # another worker got there first: it queues the retry
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            retry_callback(max_retry)(study, frozen)  # the FAILed trial as the storage now holds it
-        failed.append(t.number)
-    return failed
+    return [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if isinstance(info := t.user_attrs.get(WORKER_ATTR), dict)
+        and _process_gone(info)
+        and fail_and_requeue(study, t.number, max_retry)
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerLoop:
+    """How a worker's trial loop behaves (``run_worker``): retries, its rank, callbacks after each trial, how
+    often it polls while the last trials run elsewhere (``on_wait`` then hears how many), the beats' interval and
+    grace period, a ``--max-trials`` budget shared by a process's threads, and ``--stop-when-done``."""
+
+    max_retry: int = 2
+    rank: int = 0
+    callbacks: tuple = ()
+    poll_s: float = 2.0
+    on_wait: Callable[[int], None] | None = None
+    beat_s: float = 10.0
+    grace_s: float = 30.0
+    budget: TrialBudget | None = None
+    stop_when_done: bool = False
+
+    @classmethod
+    def of_runtime(cls, runtime, **settings) -> "WorkerLoop":
+        """The loop for a spec's ``runtime`` section (retries, heartbeat interval, grace period) and ``settings``."""
+        return cls(
+            max_retry=runtime.max_retry, beat_s=runtime.heartbeat_interval, grace_s=runtime.grace_period, **settings
+        )
 
 
 def run_worker(
@@ -138,21 +164,14 @@ def run_worker(
     slot: TrialSlot,
     *,
     heartbeat: bool,
-    max_retry: int = 2,
-    rank: int = 0,
-    callbacks: tuple = (),
-    poll_s: float = 2.0,
-    on_wait: Callable[[int], None] | None = None,
+    loop: WorkerLoop = WorkerLoop(),
     beats: TrialBeats | None = None,
-    grace_s: float = 30.0,
-    budget: TrialBudget | None = None,
-    stop_when_done: bool = False,
 ) -> int:
     """Run trials in this process until the study holds ``total`` finished (COMPLETE + PRUNED) trials.
 
     Before each trial, under ``slot``: fail dead workers' trials (Optuna's heartbeat check; or, when the
     storage has none, dead local processes and, with ``beats``, trials whose beats in the study have stood
-    still for ``grace_s`` s: ``beats.py``), then start a trial only when a retry is
+    still for ``loop.grace_s`` s: ``beats.py``), then start a trial only when a retry is
     waiting or finished + running < ``total``; otherwise wait for the running ones, since one may
     still die and come back as a retry. ``MaxTrialsCallback`` also stops after the last one.
     Under ``StopSignals`` (signals.py) trials run shielded: only what the objective marks
@@ -160,30 +179,14 @@ def run_worker(
     writes (create the trial, record its end) finish, and a Ctrl-C that lands there stops the
     worker right after them (a stop requested before the training starts FAILs the trial). The stop request is also checked between trials, so one whose
     KeyboardInterrupt Python swallowed (raised inside a finalizer) still stops the worker. On the way
-    out, this thread's trial, if still RUNNING, is marked FAILED (the process's other trial threads may go on). With ``budget``, stop once it is spent
-    (``--max-trials``, shared by a process's K threads); with ``stop_when_done``, stop instead of waiting
+    out, this thread's trial, if still RUNNING, is marked FAILED (the process's other trial threads may go on). With ``loop.budget``, stop once it is spent
+    (``--max-trials``, shared by a process's K threads); with ``loop.stop_when_done``, stop instead of waiting
     when the last trials run elsewhere. Returns how many trials ran.
     """
-    me = worker_identity(rank)
+    me = worker_identity(loop.rank)
     current: list[int] = []  # the number of the trial this thread runs now
     try:
-        return _run_trials(
-            study,
-            objective,
-            total,
-            slot,
-            me,
-            current,
-            heartbeat=heartbeat,
-            max_retry=max_retry,
-            callbacks=callbacks,
-            poll_s=poll_s,
-            on_wait=on_wait,
-            beats=beats,
-            grace_s=grace_s,
-            budget=budget,
-            stop_when_done=stop_when_done,
-        )
+        return _run_trials(study, objective, total, slot, me, current, heartbeat=heartbeat, loop=loop, beats=beats)
     except BaseException:
         with shielded():
             try:  # this thread's trial only: the process's other trial threads may go on
@@ -223,28 +226,12 @@ def claiming(objective: Callable[[optuna.Trial], float], rank: int = 0) -> Calla
     return run
 
 
-def _run_trials(
-    study,
-    objective,
-    total,
-    slot,
-    me,
-    current,
-    *,
-    heartbeat,
-    max_retry,
-    callbacks,
-    poll_s,
-    on_wait,
-    beats,
-    grace_s,
-    budget,
-    stop_when_done,
-) -> int:
+def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, beats) -> int:
     """``run_worker``'s loop (see there)."""
     stop = optuna.study.MaxTrialsCallback(total, states=FINISHED_STATES)
-    silent = SilentTrials(grace_s) if beats is not None else None
-    unclaimed = UnclaimedTrials(grace_s, WORKER_ATTR)
+    silent = SilentTrials(loop.grace_s) if beats is not None else None
+    unclaimed = UnclaimedTrials(loop.grace_s, WORKER_ATTR)
+    max_retry = loop.max_retry
 
     taken: list[int] = []  # the number of this worker's trial that another worker FAILED meanwhile
 
@@ -279,7 +266,7 @@ def _run_trials(
         with slot:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                if not _check_due(study, min(5.0, grace_s / 4)):
+                if not _check_due(study, min(5.0, loop.grace_s / 4)):
                     pass  # another thread of this process looked a moment ago
                 elif heartbeat:
                     optuna.storages.fail_stale_trials(study)
@@ -287,7 +274,7 @@ def _run_trials(
                 else:
                     fail_dead_local_trials(study, max_retry)
                     if silent is not None:
-                        silent.fail_silent(study, beats.own(), max_retry, fail_trial)
+                        silent.fail_silent(study, beats.own(), functools.partial(fail_and_requeue, max_retry=max_retry))
                     unclaimed.fail_unclaimed(study, fail_trial)
             counts: dict = {}
             for t in study.get_trials(deepcopy=False):
@@ -296,11 +283,11 @@ def _run_trials(
             if finished >= total:
                 return ran
             if counts.get(state.WAITING, 0) or finished + counts.get(state.RUNNING, 0) < total:
-                if budget is not None and not budget.take():
+                if loop.budget is not None and not loop.budget.take():
                     return ran
                 try:
                     with shielded():
-                        study.optimize(objective_, n_trials=1, callbacks=[stop, *callbacks])
+                        study.optimize(objective_, n_trials=1, callbacks=[stop, *loop.callbacks])
                 except Exception:  # Optuna then refuses to record the end (ValueError, or its own assertion)
                     if not taken and returned and not is_running(study, returned[0]):
                         taken.append(returned[0])  # failed elsewhere between our last look and the end's write
@@ -314,11 +301,11 @@ def _run_trials(
                     )
                 ran += 1
                 continue
-        if stop_when_done:
+        if loop.stop_when_done:
             return ran
-        if on_wait is not None:
-            on_wait(counts.get(state.RUNNING, 0))
-        time.sleep(poll_s)
+        if loop.on_wait is not None:
+            loop.on_wait(counts.get(state.RUNNING, 0))
+        time.sleep(loop.poll_s)
 
 
 def work_on_study(
@@ -327,28 +314,19 @@ def work_on_study(
     url: str,
     objective: Callable[[optuna.Trial], float],
     total: int,
-    *,
-    max_retry: int = 2,
-    rank: int = 0,
-    callbacks: tuple = (),
-    poll_s: float = 2.0,
-    on_wait: Callable[[int], None] | None = None,
-    beat_s: float = 10.0,
-    grace_s: float = 30.0,
-    budget: TrialBudget | None = None,
-    stop_when_done: bool = False,
+    loop: WorkerLoop = WorkerLoop(),
 ) -> int:
     """``run_worker`` with the trial slot and the dead-trial check that the storage at ``url`` supports.
 
     ``storage`` is the one the study was opened with (``open_storage``/``spec_storage``): Optuna wraps
     an RDB storage, so the study alone does not tell whether it records heartbeats. A server storage
-    without Optuna's heartbeats (the gRPC proxy) gets kdsearch's own, every ``beat_s`` s (``beats.py``;
-    0: none). The other arguments are ``run_worker``'s. Returns how many trials this process ran.
+    without Optuna's heartbeats (the gRPC proxy) gets kdsearch's own, every ``loop.beat_s`` s (``beats.py``;
+    0: none). Returns how many trials this process ran.
     """
     heartbeat = has_heartbeat(storage)
     beats = None
-    if not heartbeat and beat_s and storage_file(url) is None:
-        beats = process_beats(storage, beat_s)
+    if not heartbeat and loop.beat_s and storage_file(url) is None:
+        beats = process_beats(storage, loop.beat_s)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return run_worker(
@@ -357,15 +335,8 @@ def work_on_study(
             total,
             TrialSlot(url, storage, study.study_name),
             heartbeat=heartbeat,
-            max_retry=max_retry,
-            rank=rank,
-            callbacks=callbacks,
-            poll_s=poll_s,
-            on_wait=on_wait,
+            loop=loop,
             beats=beats,
-            grace_s=grace_s,
-            budget=budget,
-            stop_when_done=stop_when_done,
         )
 
 
@@ -391,216 +362,3 @@ _process_beats: dict[int, TrialBeats] = {}
 def process_beats(storage: optuna.storages.BaseStorage, interval_s: float) -> TrialBeats:
     """The one ``TrialBeats`` of this process for ``storage`` (shared by its K trial threads)."""
     return _process_beats.setdefault(id(storage), TrialBeats(storage, interval_s))
-
-
-# --- local worker processes: `kdsearch run --workers N` ---------------------------------------------
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
-    import torch
-
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [d.strip() for d in env.split(",") if d.strip()]
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def worker_count(workers: int, device) -> int:
-    """``--workers``: as given; 0 means one per visible GPU (1 on a CPU-only machine)."""
-    if workers:
-        return workers
-    return max(1, len(visible_gpus())) if device.type == "cuda" else 1
-
-
-def worker_plan(spec, device, workers: int, threads: Optional[int] = None) -> list[tuple[dict[str, str], str, int]]:
-    """(environment overrides, --device, --threads) of each local worker.
-
-    ``cuda``/``auto`` on a GPU machine: worker i sees only GPU i (round robin when there are more
-    workers than GPUs); ``cuda:N``: all on GPU N; CPU: the cores split evenly, at least 1 thread each.
-    """
-    per = threads or spec.runtime.threads or max(1, len(os.sched_getaffinity(0)) // workers)
-    if device.type == "cuda" and device.index is None:
-        gpus = visible_gpus()
-        return [({"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]}, "cuda", per) for i in range(workers)]
-    return [({}, str(device), per) for _ in range(workers)]
-
-
-def worker_env(env: dict[str, str], url: str) -> dict[str, str]:
-    """The environment of a local worker process: this one's, its device settings ``env``, and the storage URL in
-    ``KDSEARCH_STORAGE`` (the ``--storage`` default), so that a password never appears in a command line."""
-    return {**os.environ, **env, STORAGE_ENV: url, "PYTHONUNBUFFERED": "1"}
-
-
-def worker_command(
-    spec: StudySpec,
-    path: Path,
-    device: str,
-    threads: int,
-    total: int,
-    rank: int,
-    overrides: Sequence[str] = (),
-    *,
-    debug: bool = False,
-) -> list[str]:
-    """The ``kdsearch worker`` command line of local worker ``rank``: join ``spec.name`` in the study's storage
-    (or create it from the spec file at ``path``) and run trials until it holds ``total`` finished ones,
-    stopping like on Ctrl-C if this process dies (``--parent-pid``). The URL is not on it (``ps`` shows command
-    lines to every user): the worker reads it from ``KDSEARCH_STORAGE`` (``worker_env``)."""
-    return [
-        sys.executable,
-        "-m",
-        "kdsearch.cli",
-        *(["--debug"] if debug else []),
-        "worker",
-        "--spec",
-        str(path),
-        "--study",
-        spec.name,
-        "--data-root",
-        str(spec.data.root),
-        "--device",
-        device,
-        "--threads",
-        str(threads),
-        "--trials",
-        str(total),
-        "--rank",
-        str(rank),
-        "--parent-pid",
-        str(os.getpid()),
-        *(arg for o in overrides for arg in ("--set", o)),
-    ]
-
-
-def start_workers(
-    spec: StudySpec,
-    path: Path,
-    url: str,
-    plan: list[tuple[dict[str, str], str, int]],
-    *,
-    total: int,
-    logs: Path,
-    overrides: Sequence[str] = (),
-    debug: bool = False,
-) -> list[tuple[int, subprocess.Popen, Path]]:
-    """Start one ``kdsearch worker`` process per entry of ``plan`` (``worker_plan``); (rank, process, log) of each.
-
-    Worker ``rank`` writes stdout and stderr to ``logs/worker-<rank>.log``. Each runs in its own
-    session, so a Ctrl-C in the terminal reaches the workers only once, forwarded by ``stop_workers``.
-    """
-    logs.mkdir(parents=True, exist_ok=True)
-    procs: list[tuple[int, subprocess.Popen, Path]] = []
-    for rank, (env, device, n_threads) in enumerate(plan):
-        cmd = worker_command(spec, path, device, n_threads, total, rank, overrides, debug=debug)
-        log = logs / f"worker-{rank}.log"
-        with open(log, "w") as out:  # own session: Ctrl-C reaches the workers once, forwarded by us
-            proc = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=worker_env(env, url),
-            )
-        procs.append((rank, proc, log))
-    return procs
-
-
-def wait_for_workers(
-    procs: list[tuple[int, subprocess.Popen, Path]],
-    stop_requested: Callable[[], bool],
-    on_poll: Callable[[], None],
-    poll_s: float = 1.0,
-) -> None:
-    """Return when every worker process has exited; raise KeyboardInterrupt once ``stop_requested()``.
-
-    Checks every ``poll_s`` s and calls ``on_poll`` after each pause (e.g. to advance a progress bar).
-    """
-    while any(p.poll() is None for _, p, _ in procs):
-        if stop_requested():
-            raise KeyboardInterrupt
-        time.sleep(poll_s)
-        on_poll()
-
-
-def failed_workers(procs: list[tuple[int, subprocess.Popen, Path]]) -> list[tuple[int, int, Path]]:
-    """(rank, exit code, log) of each worker process that exited with a non-zero code."""
-    return [(rank, p.returncode, log) for rank, p, log in procs if p.returncode != 0]
-
-
-def stop_workers(procs: list, patience_s: float = 60.0, resend_s: float = 15.0) -> None:
-    """SIGINT to each running worker, again every ``resend_s`` (in case one swallowed it), SIGKILL after ``patience_s``."""
-    deadline = time.time() + patience_s
-    try:
-        while time.time() < deadline:
-            alive = [p for p in procs if p.poll() is None]
-            if not alive:
-                return
-            for p in alive:
-                p.send_signal(signal.SIGINT)
-            resend = min(deadline, time.time() + resend_s)
-            for p in alive:
-                try:
-                    p.wait(timeout=max(0.1, resend - time.time()))
-                except subprocess.TimeoutExpired:
-                    pass
-    except KeyboardInterrupt:  # a second Ctrl-C: no more patience
-        pass
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
-def run_worker_processes(
-    spec, path, url, study, dev, workers: int, trials: int, threads, overrides, resume: str, console, debug: bool
-) -> bool:
-    """``run --workers N``: start N ``kdsearch worker`` processes, show one progress bar until the study holds
-    ``trials`` more finished trials, stop them on Ctrl-C (``StudyInterrupted``), report each failed worker's log.
-
-    Returns False when a worker failed and the study holds fewer trials than asked; a KdsearchError when every
-    worker failed before any trial completed."""
-    echo = console.echo
-    base = finished_count(study)
-    total = base + trials
-    logs = spec.resolved_output_dir() / "workers"
-    plan = worker_plan(spec, dev, workers, threads)
-    procs = start_workers(spec, path, url, plan, total=total, logs=logs, overrides=overrides, debug=debug)
-    where = ", ".join(f"{d}{' (GPU ' + e['CUDA_VISIBLE_DEVICES'] + ')' if e else ''}" for e, d, _ in plan)
-    echo(
-        f"started {workers} workers ({where}; {plan[0][2]} thread{'s' * (plan[0][2] != 1)} each) until the study "
-        f"holds {total} finished trials; logs in {logs}"
-    )
-    bar = console.progress(trials, f"trials ({workers} workers)", "trial")
-
-    def advance() -> None:
-        bar.update(max(0, min(finished_count(study) - base, trials) - bar.n))
-
-    with StopSignals() as stop:  # Ctrl-C, or a scheduler's TERM: stop the workers
-        try:
-            wait_for_workers(procs, lambda: stop.requested, advance)
-        except KeyboardInterrupt:
-            bar.close()
-            echo("\ninterrupted: stopping the workers (each marks its running trial FAILED)...", err=True)
-            stop_workers([p for _, p, _ in procs])
-            raise StudyInterrupted(
-                f"{finished_count(study)} finished trials are kept in {shown_url(url)}.\nresume with: {resume}"
-            ) from None
-    advance()
-    bar.close()
-    failed = failed_workers(procs)
-    for rank, rc, log in failed:
-        tail = "\n  ".join(log.read_text(errors="replace").strip().splitlines()[-4:])
-        echo(f"worker {rank} exited with code {rc}; the end of {log}:\n  {tail}", err=True)
-    done = finished_count(study)
-    if (
-        failed
-        and len(failed) == len(procs)
-        and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    ):
-        raise KdsearchError(
-            f"every worker failed before a trial completed (see above); the study holds {done} finished trials"
-        )
-    if done < total:
-        echo(f"warning: the study holds {done} of {total} finished trials", err=True)
-    return not (failed and done < total)

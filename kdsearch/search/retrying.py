@@ -13,11 +13,34 @@ import logging
 import random
 import threading
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 RETRY_S = 300.0  # how long a call keeps retrying while the server is unreachable
 _log = logging.getLogger("kdsearch.storage")
+T = TypeVar("T")
 _depth = threading.local()  # a retried call that calls another one: only the outer one retries
+
+
+def call_retrying(
+    call: Callable[[], T],
+    transient: Callable[[BaseException], bool],
+    where: Callable[[], str],
+    retry_s: float = RETRY_S,
+) -> T:
+    """``call()``, called again with backoff while ``transient(error)``, for up to ``retry_s`` s (then the error)."""
+    deadline = time.monotonic() + retry_s
+    pause, said = 0.2, False
+    while True:
+        try:
+            return call()
+        except Exception as err:
+            if not transient(err) or time.monotonic() >= deadline:
+                raise
+            if not said:
+                _log.warning("storage %s unreachable; retrying for up to %.0f s", where(), retry_s)
+                said = True
+        time.sleep(min(pause * (0.5 + random.random()), max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 5.0)
 
 
 def retrying(method: Callable, transient: Callable[[BaseException], bool], where: Callable[[object], str]) -> Callable:
@@ -27,22 +50,11 @@ def retrying(method: Callable, transient: Callable[[BaseException], bool], where
     def call(self, *args, **kwargs):
         if getattr(_depth, "n", 0):
             return method(self, *args, **kwargs)
-        deadline = time.monotonic() + RETRY_S
-        pause, said = 0.2, False
-        while True:
-            _depth.n = 1
-            try:
-                return method(self, *args, **kwargs)
-            except Exception as err:
-                if not transient(err) or time.monotonic() >= deadline:
-                    raise
-                if not said:
-                    _log.warning("storage %s unreachable; retrying for up to %.0f s", where(self), RETRY_S)
-                    said = True
-            finally:
-                _depth.n = 0
-            time.sleep(pause * (0.5 + random.random()))
-            pause = min(pause * 2, 5.0)
+        _depth.n = 1
+        try:
+            return call_retrying(lambda: method(self, *args, **kwargs), transient, lambda: where(self))
+        finally:
+            _depth.n = 0
 
     return call
 

@@ -303,18 +303,12 @@ class StorageLock:
             return True
         if self._engine is None:
             return True
-        from .retrying import rdb_transient
+        from .retrying import RETRY_S, call_retrying, rdb_transient
 
+        # the server restarting: its sessions, and their locks, are gone anyway, so ask again once it is back
         deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.2
-        while True:
-            try:
-                return self._advisory(deadline)
-            except Exception as err:  # the server restarting: its sessions, and their locks, are gone anyway
-                if not rdb_transient(err) or (deadline is not None and time.monotonic() >= deadline):
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, 5.0)
+        retry_s = RETRY_S if deadline is None else max(0.0, deadline - time.monotonic())
+        return call_retrying(lambda: self._advisory(deadline), rdb_transient, lambda: "PostgreSQL", retry_s)
 
     def _advisory(self, deadline: float | None) -> bool:
         import sqlalchemy

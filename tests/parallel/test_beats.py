@@ -10,7 +10,7 @@ import sqlalchemy
 import kdsearch.parallel.beats as beats
 import kdsearch.search.retrying as retrying
 from kdsearch.parallel.beats import BEAT_ATTR, SilentTrials, TrialBeats, UnclaimedTrials
-from kdsearch.parallel.workers import WORKER_ATTR, fail_trial, process_beats
+from kdsearch.parallel.workers import WORKER_ATTR, fail_and_requeue, fail_trial, process_beats
 
 
 class Clock:
@@ -28,6 +28,10 @@ def clock(monkeypatch) -> Clock:
     return c
 
 
+def requeue(study: optuna.Study, number: int) -> bool:
+    return fail_and_requeue(study, number, max_retry=2)
+
+
 def _study() -> optuna.Study:
     return optuna.create_study(storage=optuna.storages.InMemoryStorage())
 
@@ -39,12 +43,12 @@ def test_a_trial_whose_beats_stand_still_is_failed_and_queued_again(clock):
         t.suggest_float("x", 0, 1)
         study._storage.set_trial_system_attr(t._trial_id, BEAT_ATTR, 1)
     checker = SilentTrials(grace_s=30)
-    assert checker.fail_silent(study, set(), 2, fail_trial) == []  # first sight: nothing is silent yet
+    assert checker.fail_silent(study, set(), requeue) == []  # first sight: nothing is silent yet
     clock.now += 20
     study._storage.set_trial_system_attr(alive._trial_id, BEAT_ATTR, 2)  # this one beats
-    assert checker.fail_silent(study, set(), 2, fail_trial) == []
+    assert checker.fail_silent(study, set(), requeue) == []
     clock.now += 15  # 35 s unchanged for `dead`, 15 s for `alive`
-    assert checker.fail_silent(study, set(), 2, fail_trial) == [dead.number]
+    assert checker.fail_silent(study, set(), requeue) == [dead.number]
     states = {t.number: t.state for t in study.trials}
     assert (
         states[dead.number] == optuna.trial.TrialState.FAIL and states[alive.number] == optuna.trial.TrialState.RUNNING
@@ -57,9 +61,9 @@ def test_a_process_never_fails_its_own_trials(clock):
     study = _study()
     mine = study.ask()
     checker = SilentTrials(grace_s=1)
-    checker.fail_silent(study, {mine._trial_id}, 2, fail_trial)
+    checker.fail_silent(study, {mine._trial_id}, requeue)
     clock.now += 60
-    assert checker.fail_silent(study, {mine._trial_id}, 2, fail_trial) == []
+    assert checker.fail_silent(study, {mine._trial_id}, requeue) == []
 
 
 def test_trial_beats_count_up_from_one_thread_per_process():
@@ -110,3 +114,20 @@ def test_retried_calls_ride_out_an_unreachable_server_and_nothing_else(monkeypat
     with pytest.raises(sqlalchemy.exc.IntegrityError):  # a constraint is not a restart: raised at once
         cls().read(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert len(calls) == 1
+
+
+def test_a_retried_call_gives_up_once_its_time_is_spent(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(retrying.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(retrying.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    down = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("could not connect to server"))
+    calls = []
+
+    def call():
+        calls.append(now[0])
+        raise down
+
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        retrying.call_retrying(call, retrying.rdb_transient, lambda: "db", retry_s=10.0)
+    assert len(calls) > 3 and calls[-1] == pytest.approx(10.0)  # backed off, last try at the deadline, then raised
+    assert all(b - a <= 5.0 * 1.5 for a, b in zip(calls, calls[1:]))  # pauses capped

@@ -154,7 +154,7 @@ def test_on_a_two_gpu_box_each_worker_gets_its_gpu_and_the_trials_per_device(wri
     """`run --workers 0 -k 8` on two GPUs: one worker per GPU (CUDA_VISIBLE_DEVICES), each told K = 8."""
     import torch
 
-    from kdsearch.parallel import workers
+    from kdsearch.parallel import local_workers as workers
 
     monkeypatch.setattr(workers, "visible_gpus", lambda: ["0", "1"])
     spec = load_spec(write_spec())

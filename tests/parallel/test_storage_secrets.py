@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from kdsearch import cli
 from kdsearch.cli import app
 from kdsearch.config.load import spec_from_dict
-from kdsearch.parallel import workers
+from kdsearch.parallel import local_workers as workers
 from kdsearch.runner import resume_command
 from kdsearch.search.storage import STORAGE_ENV, shown_url
 from kdsearch.search.study import SPEC_ATTR, create_study

@@ -14,8 +14,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from kdsearch.parallel.workers import TrialSlot, run_worker
+from kdsearch.parallel.workers import TrialSlot, WorkerLoop, run_worker
 from kdsearch.signals import StopSignals, interruptible, raise_if_stop_requested, shielded, stop_requested
+
+FAST = WorkerLoop(poll_s=0.01)
 
 
 def ctrl_c() -> None:
@@ -95,7 +97,7 @@ def test_ctrl_c_at_any_moment_of_a_trial_leaves_nothing_running(when):
     study = optuna.create_study(storage=storage, study_name="s")
     with StopSignals():
         with pytest.raises(KeyboardInterrupt):
-            run_worker(study, objective_sending(when), 5, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01)
+            run_worker(study, objective_sending(when), 5, TrialSlot("", storage, "s"), heartbeat=False, loop=FAST)
     states = [t.state for t in study.trials]
     assert len(states) == 1 and TrialState.RUNNING not in states
     # interrupted while training (or just created): FAILED; interrupted while recording the end: kept
@@ -106,7 +108,7 @@ def test_without_a_stop_request_the_worker_runs_every_trial():
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, study_name="s")
     with StopSignals() as stop:
-        ran = run_worker(study, objective_sending(""), 4, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01)
+        ran = run_worker(study, objective_sending(""), 4, TrialSlot("", storage, "s"), heartbeat=False, loop=FAST)
     assert ran == 4 and not stop.requested
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
 
@@ -129,7 +131,7 @@ def test_a_trial_failed_by_another_worker_meanwhile_does_not_stop_this_worker(ca
             trial.report(x, 1)  # raises UpdateFinishedTrialError, as the real on_epoch would
         return x
 
-    ran = run_worker(study, objective, 3, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01)
+    ran = run_worker(study, objective, 3, TrialSlot("", storage, "s"), heartbeat=False, loop=FAST)
     assert ran == 4
     assert [t.state for t in study.trials] == [
         TrialState.COMPLETE,
@@ -150,7 +152,7 @@ def test_a_trial_failed_by_another_worker_after_its_last_write_does_not_stop_thi
             another_worker(storage).tell(trial.number, state=TrialState.FAIL)  # between the last epoch and the end
         return x
 
-    assert run_worker(study, objective, 2, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01) == 3
+    assert run_worker(study, objective, 2, TrialSlot("", storage, "s"), heartbeat=False, loop=FAST) == 3
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert "trial 0 was marked FAILED by another worker" in capsys.readouterr().err
 
@@ -164,5 +166,5 @@ def test_an_error_of_the_trial_itself_stops_the_worker():
         raise ValueError("only one class present in y_true")
 
     with pytest.raises(ValueError, match="only one class"):
-        run_worker(study, objective, 3, TrialSlot("", storage, "s"), heartbeat=False, poll_s=0.01)
+        run_worker(study, objective, 3, TrialSlot("", storage, "s"), heartbeat=False, loop=FAST)
     assert [t.state for t in study.trials] == [TrialState.FAIL]
