@@ -236,6 +236,12 @@ class RuntimeSpec(Section):
         "heartbeat_interval)",
     )
     max_retry: int = Field(2, ge=0, description="how often a trial whose worker died is re-run with the same params")
+    max_in_flight: int = Field(
+        0,
+        ge=0,
+        description="trials running at once across all workers, at most (0: what the storage holds: 256 on a SQLite "
+        "file, as measured; no bound on a journal file, PostgreSQL or the proxy)",
+    )
     python_path: list[Path] = Field(
         [],
         description="folders searched for import-path models and data factories, besides the study file's folder "

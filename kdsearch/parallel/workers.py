@@ -19,7 +19,7 @@ from typing import Callable
 
 import optuna
 
-from ..search.storage import StorageLock, has_heartbeat, retry_callback, storage_file
+from ..search.storage import StorageLock, has_heartbeat, in_flight_bound, retry_callback, storage_file
 from ..search.study import FINISHED_STATES
 from ..signals import shielded, stop_requested
 from .beats import SilentTrials, TrialBeats, UnclaimedTrials
@@ -148,12 +148,17 @@ class WorkerLoop:
     grace_s: float = 30.0
     budget: TrialBudget | None = None
     stop_when_done: bool = False
+    max_in_flight: int = 0  # start no trial while the study has this many running (0: none; runtime.max_in_flight)
 
     @classmethod
     def of_runtime(cls, runtime, **settings) -> "WorkerLoop":
         """The loop for a spec's ``runtime`` section (retries, heartbeat interval, grace period) and ``settings``."""
         return cls(
-            max_retry=runtime.max_retry, beat_s=runtime.heartbeat_interval, grace_s=runtime.grace_period, **settings
+            max_retry=runtime.max_retry,
+            beat_s=runtime.heartbeat_interval,
+            grace_s=runtime.grace_period,
+            max_in_flight=runtime.max_in_flight,
+            **settings,
         )
 
 
@@ -197,6 +202,13 @@ def run_worker(
         raise
 
 
+def _refused_end(err: Exception) -> bool:
+    """Whether ``err`` is Optuna refusing to record a trial's end because the trial had already finished."""
+    return isinstance(err, optuna.exceptions.UpdateFinishedTrialError) or (
+        isinstance(err, ValueError) and str(err).startswith("Cannot tell a ")
+    )
+
+
 _checked_at: dict[tuple[int, str], float] = {}
 _checked_guard = threading.Lock()
 
@@ -235,11 +247,8 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
 
     taken: list[int] = []  # the number of this worker's trial that another worker FAILED meanwhile
 
-    returned: list[int] = []  # the trial whose objective returned a value
-
     def objective_(trial: optuna.Trial) -> float:
         taken.clear()
-        returned.clear()
         current[:] = [trial.number]
         trial.set_user_attr(WORKER_ATTR, me)
         slot.release()  # the trial exists and counts as RUNNING: the next worker may decide
@@ -250,12 +259,15 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
         except optuna.exceptions.UpdateFinishedTrialError:  # a write of the running trial was refused
             taken.append(trial.number)
             raise
+        except Exception:  # pruned (or failed) after another worker FAILed it: Optuna will refuse to record the end
+            if not is_running(study, trial.number):
+                taken.append(trial.number)
+            raise
         finally:
             if beats is not None:
                 beats.remove(trial._trial_id)
         if not is_running(study, trial.number):  # failed elsewhere after the last write
             taken.append(trial.number)
-        returned[:] = [trial.number]  # the objective ended well: a refused end is a takeover, not its error
         return value
 
     state = optuna.trial.TrialState
@@ -282,15 +294,17 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
             finished = counts.get(state.COMPLETE, 0) + counts.get(state.PRUNED, 0)
             if finished >= total:
                 return ran
-            if counts.get(state.WAITING, 0) or finished + counts.get(state.RUNNING, 0) < total:
+            running = counts.get(state.RUNNING, 0)
+            full = 0 < loop.max_in_flight <= running
+            if not full and (counts.get(state.WAITING, 0) or finished + running < total):
                 if loop.budget is not None and not loop.budget.take():
                     return ran
                 try:
                     with shielded():
                         study.optimize(objective_, n_trials=1, callbacks=[stop, *loop.callbacks])
-                except Exception:  # Optuna then refuses to record the end (ValueError, or its own assertion)
-                    if not taken and returned and not is_running(study, returned[0]):
-                        taken.append(returned[0])  # failed elsewhere between our last look and the end's write
+                except Exception as err:  # Optuna then refuses to record the end (ValueError, or its own assertion)
+                    if not taken and _refused_end(err) and current and not is_running(study, current[0]):
+                        taken.append(current[0])  # failed elsewhere between our last look and the end's write
                     if not taken:
                         raise
                     print(
@@ -301,11 +315,34 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
                     )
                 ran += 1
                 continue
+        if full:  # trials are left to start, but the storage holds no more at once: wait for a free place
+            _say_full_once(study, loop.max_in_flight)
+            # seldom: hundreds of waiting threads each reading the study twice a second would starve the heartbeats
+            time.sleep(max(loop.poll_s, min(5.0, loop.grace_s / 6)))
+            continue
         if loop.stop_when_done:
             return ran
         if loop.on_wait is not None:
-            loop.on_wait(counts.get(state.RUNNING, 0))
+            loop.on_wait(running)
         time.sleep(loop.poll_s)
+
+
+_said_full: set[tuple[int, str]] = set()
+
+
+def _say_full_once(study: optuna.Study, limit: int) -> None:
+    """One line per process and study: trial threads wait because the storage's in-flight bound is reached."""
+    key = (id(study), study.study_name)
+    with _checked_guard:
+        if key in _said_full:
+            return
+        _said_full.add(key)
+    print(
+        f"note: {limit} trials are in flight, the most this study runs at once (runtime.max_in_flight; on a SQLite "
+        "file, what it holds); the other trial threads wait for a free place. For more, use a journal file or "
+        "PostgreSQL (README: Scaling out)",
+        file=sys.stderr,
+    )
 
 
 def work_on_study(
@@ -324,6 +361,7 @@ def work_on_study(
     0: none). Returns how many trials this process ran.
     """
     heartbeat = has_heartbeat(storage)
+    loop = dataclasses.replace(loop, max_in_flight=in_flight_bound(url, loop.max_in_flight) or 0)  # SQLite's bound
     beats = None
     if not heartbeat and loop.beat_s and storage_file(url) is None:
         beats = process_beats(storage, loop.beat_s)

@@ -49,6 +49,18 @@ def storage_file(url: str) -> Path | None:
     return None
 
 
+SQLITE_MAX_IN_FLIGHT = 256  # trials a SQLite file holds running at once (benchmarks/RESULTS.md §12, the soak)
+
+
+def in_flight_bound(url: str, asked: int = 0) -> int | None:
+    """How many trials may run at once on the storage at ``url``: ``asked`` (``runtime.max_in_flight``) when set,
+    else SQLite's measured bound (beyond it, heartbeats queue behind the writes and live trials look dead); None:
+    no bound."""
+    if asked:
+        return asked
+    return SQLITE_MAX_IN_FLIGHT if url.startswith("sqlite:") else None
+
+
 def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
     """``open_storage`` for commands that read a study (report, a worker without a spec; not the dashboard,
     which may be opened before the first run): a
@@ -116,6 +128,7 @@ def open_storage(
             import sqlalchemy
 
             sqlalchemy.event.listen(storage.engine, "connect", _sqlite_on_connect)
+            sqlalchemy.event.listen(storage.engine, "begin", _sqlite_on_begin)
         return storage
     except (ImportError, ModuleNotFoundError) as err:
         raise KdsearchError(
@@ -164,7 +177,7 @@ def _new_rdb_storage(
 
                 with FileLock(f"{sqlite_path}.lock"):
                     _sqlite_wal(sqlite_path)
-                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **extra)
+                    return SqliteStorage(url, engine_kwargs=engine_kwargs, **extra)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):  # e.g. "relation already exists"
             if sqlite_path is not None or attempt == 4:
                 raise
@@ -201,6 +214,31 @@ def _sqlite_wal(path: Path) -> None:
         con.execute("PRAGMA journal_mode=WAL")
     finally:
         con.close()
+
+
+_immediate = threading.local()  # set while this thread writes a trial's state: its transaction takes the write lock
+
+
+class SqliteStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage on a SQLite file whose trial-state writes are atomic across processes.
+
+    pysqlite runs a SELECT outside any transaction and begins one only at the first write, so Optuna's "is the
+    trial still running? then end it" was two steps: a worker failing a trial it took for dead and the trial's
+    own worker ending it could both succeed (the trial and its retry then both counted), and two workers could
+    both take one waiting trial. Here that call runs in ``BEGIN IMMEDIATE`` (the write lock first, waiting up to
+    the busy timeout), so the second writer reads the first's end and is refused."""
+
+    def set_trial_state_values(self, trial_id, state, values=None) -> bool:
+        _immediate.on = True
+        try:
+            return super().set_trial_state_values(trial_id, state, values)
+        finally:
+            _immediate.on = False
+
+
+def _sqlite_on_begin(connection) -> None:
+    if getattr(_immediate, "on", False):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_on_connect(dbapi_connection, _record) -> None:

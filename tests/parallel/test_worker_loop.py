@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from kdsearch.parallel.workers import TrialSlot, WorkerLoop, run_worker
+from kdsearch.parallel.workers import WORKER_ATTR, TrialSlot, WorkerLoop, run_worker, worker_identity
 from kdsearch.signals import StopSignals, interruptible, raise_if_stop_requested, shielded, stop_requested
 
 FAST = WorkerLoop(poll_s=0.01)
@@ -157,6 +157,58 @@ def test_a_trial_failed_by_another_worker_after_its_last_write_does_not_stop_thi
     assert "trial 0 was marked FAILED by another worker" in capsys.readouterr().err
 
 
+def test_a_trial_pruned_after_another_worker_failed_it_does_not_stop_this_worker(capsys):
+    """Seen at 512 in flight on SQLite: the trial was FAILed elsewhere, then its own pruning raised TrialPruned and
+    Optuna refused to record PRUNED ("Cannot tell a FAIL trial"); the worker goes on."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number == 1:
+            another_worker(storage).tell(trial.number, state=TrialState.FAIL)
+            raise optuna.TrialPruned("pruned after epoch 2")
+        return x
+
+    assert run_worker(study, objective, 2, TrialSlot("", storage, "s"), heartbeat=False, loop=FAST) == 3
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert "trial 1 was marked FAILED by another worker" in capsys.readouterr().err
+
+
+def test_a_trial_failed_elsewhere_between_its_pruning_and_its_end_does_not_stop_this_worker(capsys, monkeypatch):
+    """Seen again at 512 in flight: still running when its pruning was raised, FAILed by another worker before
+    Optuna recorded PRUNED ("Cannot tell a FAIL trial"); the worker goes on."""
+    import kdsearch.parallel.workers as workers
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+    real = workers.is_running
+    looked: list[int] = []
+
+    def is_running(study, number):
+        running = real(study, number)
+        if number == 1 and not looked:  # the look right after the pruning: running; then the takeover lands
+            looked.append(number)
+            another_worker(storage).tell(number, state=TrialState.FAIL)
+        return running
+
+    monkeypatch.setattr(workers, "is_running", is_running)
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number == 1:
+            raise optuna.TrialPruned("pruned after epoch 2")
+        return x
+
+    assert run_worker(study, objective, 2, TrialSlot("", storage, "s"), heartbeat=False, loop=FAST) == 3
+    assert looked == [1] and [t.state for t in study.trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+    ]
+    assert "trial 1 was marked FAILED by another worker" in capsys.readouterr().err
+
+
 def test_an_error_of_the_trial_itself_stops_the_worker():
     """Only a takeover is passed over: the objective's own ValueError fails its trial and ends the worker."""
     storage = optuna.storages.InMemoryStorage()
@@ -168,3 +220,33 @@ def test_an_error_of_the_trial_itself_stops_the_worker():
     with pytest.raises(ValueError, match="only one class"):
         run_worker(study, objective, 3, TrialSlot("", storage, "s"), heartbeat=False, loop=FAST)
     assert [t.state for t in study.trials] == [TrialState.FAIL]
+
+
+def test_no_trial_starts_while_the_study_has_its_most_in_flight(capsys):
+    """runtime.max_in_flight (on SQLite, the bound the soak measured): a worker waits for a free place, says so
+    once, and starts its trial when one frees up; the bound is checked under the trial slot, so it holds exactly."""
+    import threading
+    import time
+
+    from kdsearch.search.storage import SQLITE_MAX_IN_FLIGHT, in_flight_bound
+
+    assert in_flight_bound("sqlite:///s.db") == SQLITE_MAX_IN_FLIGHT and in_flight_bound("sqlite:///s.db", 8) == 8
+    assert in_flight_bound("postgresql://u@h/db") is None and in_flight_bound("journal:////tmp/j.log") is None
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+    elsewhere = another_worker(storage).ask()  # another worker's trial fills the one place
+    elsewhere.set_user_attr(WORKER_ATTR, worker_identity())  # claimed by a live process: not failed as unclaimed
+    ran: list[int] = []
+    loop = WorkerLoop(poll_s=0.01, grace_s=0.06, max_in_flight=1)  # waits of max(poll_s, grace_s / 6) while full
+    thread = threading.Thread(
+        target=lambda: ran.append(
+            run_worker(study, lambda t: 1.0, 2, TrialSlot("", storage, "s"), heartbeat=False, loop=loop)
+        )
+    )
+    thread.start()
+    time.sleep(0.3)
+    assert len(study.trials) == 1  # full: nothing started
+    another_worker(storage).tell(elsewhere.number, 0.5)
+    thread.join(10)
+    assert ran == [1] and [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert capsys.readouterr().err.count("1 trials are in flight, the most this study runs at once") == 1
