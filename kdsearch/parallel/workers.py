@@ -202,11 +202,18 @@ def run_worker(
         raise
 
 
-def _refused_end(err: Exception) -> bool:
-    """Whether ``err`` is Optuna refusing to record a trial's end because the trial had already finished."""
-    return isinstance(err, optuna.exceptions.UpdateFinishedTrialError) or (
-        isinstance(err, ValueError) and str(err).startswith("Cannot tell a ")
-    )
+def _refused_end(err: BaseException | None) -> bool:
+    """Whether ``err`` is Optuna refusing to record a trial's end because the trial had already finished, or the
+    error its own clean-up raised while handling that refusal (``AssertionError: Should not reach.``)."""
+    for _ in range(3):
+        if err is None:
+            return False
+        if isinstance(err, optuna.exceptions.UpdateFinishedTrialError) or (
+            isinstance(err, ValueError) and str(err).startswith("Cannot tell a ")
+        ):
+            return True
+        err = err.__context__
+    return False
 
 
 _checked_at: dict[tuple[int, str], float] = {}
@@ -275,7 +282,12 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
     while True:
         if stop_requested():
             raise KeyboardInterrupt
+        if (left := _full_for(study)) > 0:  # a thread of this process found the study full: wait, asking nobody
+            time.sleep(min(left, 1.0))
+            continue
         with slot:
+            if _full_for(study) > 0:  # found full while this thread waited for the slot
+                continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 if not _check_due(study, min(5.0, loop.grace_s / 4)):
@@ -317,8 +329,9 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
                 continue
         if full:  # trials are left to start, but the storage holds no more at once: wait for a free place
             _say_full_once(study, loop.max_in_flight)
-            # seldom: hundreds of waiting threads each reading the study twice a second would starve the heartbeats
-            time.sleep(max(loop.poll_s, min(5.0, loop.grace_s / 6)))
+            # one look per process every few seconds: hundreds of waiting threads each reading the study twice a
+            # second would starve the heartbeats
+            _mark_full(study, max(loop.poll_s, min(5.0, loop.grace_s / 6)))
             continue
         if loop.stop_when_done:
             return ran
@@ -328,6 +341,18 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
 
 
 _said_full: set[tuple[int, str]] = set()
+_full_until: dict[tuple[int, str], float] = {}  # per study object: until when this process takes the study as full
+
+
+def _mark_full(study: optuna.Study, wait_s: float) -> None:
+    with _checked_guard:
+        _full_until[(id(study), study.study_name)] = time.monotonic() + wait_s
+
+
+def _full_for(study: optuna.Study) -> float:
+    """Seconds this process still takes ``study`` as full (``max_in_flight`` trials running); 0 when it should look."""
+    with _checked_guard:
+        return max(0.0, _full_until.get((id(study), study.study_name), 0.0) - time.monotonic())
 
 
 def _say_full_once(study: optuna.Study, limit: int) -> None:
