@@ -354,3 +354,61 @@ def test_nckd_ignores_the_target_class_even_for_huge_logits():
     bumped[torch.arange(4), target] += 5000
     assert torch.isfinite(base)
     assert torch.allclose(nckd_term(student, bumped, target, temperature=0.5), base, rtol=1e-4, atol=1e-4)
+
+
+def test_warmup_factor_ramps_linearly_to_one_for_floats_and_stacked_tensors():
+    """Each case by hand; the tensor branch is the one stacked students take under vmap (one value per student)."""
+    from kdsearch.distill.methods import warmup_factor
+
+    for progress, warmup, want in [
+        (0.5, 2.0, 0.25),
+        (2.0, 2.0, 1.0),
+        (3.0, 2.0, 1.0),
+        (0.5, 0.0, 1.0),
+        (0.5, -1.0, 1.0),
+    ]:
+        assert warmup_factor(progress, warmup) == pytest.approx(want, abs=0)
+        assert isinstance(warmup_factor(progress, warmup), float)
+    got = warmup_factor(torch.tensor([0.25, 0.5, 3.0, 1.0, 1.0]), torch.tensor([0.5, 2.0, 2.0, 0.0, -1.0]))
+    assert isinstance(got, torch.Tensor)
+    assert torch.equal(got, torch.tensor([0.5, 0.25, 1.0, 1.0, 1.0]))
+    mixed = warmup_factor(torch.tensor(0.5), 2.0)  # a tensor and a float: a tensor
+    assert isinstance(mixed, torch.Tensor) and mixed.item() == 0.25
+    assert warmup_factor(0.5, torch.tensor(2.0)).item() == 0.25
+
+
+def test_standardize_logits_is_a_per_row_z_score_with_the_unbiased_std_and_a_tiny_eps():
+    from kdsearch.distill.methods import standardize_logits
+
+    z = standardize_logits(torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0]], dtype=torch.float64))
+    std = math.sqrt(5 / 3)  # unbiased: sum of squares 5 over n - 1 = 3
+    want = torch.tensor([[-1.5, -0.5, 0.5, 1.5]], dtype=torch.float64) / (std + 1e-7)
+    assert torch.allclose(z[0:1], want, rtol=0, atol=1e-15)
+    assert torch.equal(z[1], torch.zeros(4, dtype=torch.float64))  # a constant row: zeros, not NaN
+    tiny = standardize_logits(torch.tensor([[0.0, 1e-7]], dtype=torch.float64))  # std comparable to eps = 1e-7
+    s = 1e-7 / math.sqrt(2)
+    assert tiny[0, 0].item() == pytest.approx(-0.5e-7 / (s + 1e-7), rel=1e-12)
+
+
+def test_lskd_loss_is_its_formula_term_by_term():
+    """alpha * CE on the labeled rows of the raw student logits + (1 - alpha) * T² * KL(z(t)/T || z(s)/T), by hand."""
+    from kdsearch.distill.methods import lskd_loss
+
+    g = torch.Generator().manual_seed(3)
+    s, t = (
+        torch.randn(6, 5, generator=g, dtype=torch.float64),
+        3 * torch.randn(6, 5, generator=g, dtype=torch.float64) + 1,
+    )
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    labeled = torch.tensor([True, True, False, True, False, True])
+    T, alpha = 2.5, 0.3
+
+    def z(x):
+        return (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-7)
+
+    hard = F.cross_entropy(s[labeled], labels[labeled])
+    p_t = F.softmax(z(t) / T, -1)
+    kl = (p_t * (F.log_softmax(z(t) / T, -1) - F.log_softmax(z(s) / T, -1))).sum(-1).mean()
+    want = alpha * hard + (1 - alpha) * T**2 * kl
+    got = lskd_loss(s, t, labels, labeled, T, alpha)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
