@@ -46,29 +46,39 @@ class ConvClassifier(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+def scaled(channels: int, width: float) -> int:
+    """``channels`` times the channel multiplier ``width`` (``arch_args = { width = 0.5 }``), rounded, at least 1."""
+    if not width > 0:
+        raise KdsearchError(f"arch_args width = {width!r}: the channel multiplier must be a number > 0")
+    return max(1, round(channels * width))
+
+
 def conv_classifier(
+    shape: tuple[int, int, int],
     layers: Sequence[int | str],
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
     *,
     hidden: int,
     dropout: float,
+    width: float = 1.0,
     batch_norm: bool = False,
 ) -> ConvClassifier:
-    """A VGG-style net: each int of ``layers`` a 3x3 conv of that width (then BatchNorm when ``batch_norm``) and
-    ReLU, each ``"M"`` a 2x2 max-pool; then FC ``hidden`` with ReLU and dropout, and the logits."""
+    """A VGG-style net for ``shape`` = (num_classes, in_channels, image_size): each int of ``layers`` a 3x3 conv
+    of that many channels (then BatchNorm when ``batch_norm``) and ReLU, each ``"M"`` a 2x2 max-pool; then FC
+    ``hidden`` with ReLU and dropout, and the logits; every width times the multiplier ``width``."""
+    num_classes, in_channels, image_size = shape
+    hidden = scaled(hidden, width)
     modules: list[nn.Module] = []
-    width = in_channels
+    channels = in_channels
     for layer in layers:
         if layer == "M":
             modules.append(nn.MaxPool2d(2))
             continue
-        modules.append(nn.Conv2d(width, int(layer), 3, padding=1))
+        out = scaled(int(layer), width)
+        modules.append(nn.Conv2d(channels, out, 3, padding=1))
         if batch_norm:
-            modules.append(nn.BatchNorm2d(int(layer)))
+            modules.append(nn.BatchNorm2d(out))
         modules.append(nn.ReLU(inplace=True))
-        width = int(layer)
+        channels = out
     features = nn.Sequential(*modules)
     flat = _flat_features(features, in_channels, image_size)
     classifier = nn.Sequential(
@@ -77,42 +87,18 @@ def conv_classifier(
     return ConvClassifier(features, classifier)
 
 
-def scaled(channels: int, width: float) -> int:
-    """``channels`` times the channel multiplier ``width`` (``arch_args = { width = 0.5 }``), rounded, at least 1."""
-    if not width > 0:
-        raise KdsearchError(f"arch_args width = {width!r}: the channel multiplier must be a number > 0")
-    return max(1, round(channels * width))
-
-
-def _widths(layers: Sequence[int | str], width: float) -> list[int | str]:
-    return [layer if layer == "M" else scaled(int(layer), width) for layer in layers]
-
-
 @MODELS.register("bn_cnn", feature_layer="features")
 def bn_cnn(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
     """A 422k-parameter teacher on 28x28: conv32-BN-pool, conv64-BN-pool, FC128 (every width times ``width``)."""
-    return conv_classifier(
-        _widths([32, "M", 64, "M"], width),
-        num_classes,
-        in_channels,
-        image_size,
-        hidden=scaled(128, width),
-        dropout=0.2,
-        batch_norm=True,
-    )
+    shape = (num_classes, in_channels, image_size)
+    return conv_classifier(shape, [32, "M", 64, "M"], hidden=128, dropout=0.2, width=width, batch_norm=True)
 
 
 @MODELS.register("deep_nn", feature_layer="features")
 def deep_nn(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
     """Seed 004's teacher (DeepNN): four 3x3 convs (128, 64, 64, 32), two pools, FC512 (times ``width``)."""
-    return conv_classifier(
-        _widths([128, 64, "M", 64, 32, "M"], width),
-        num_classes,
-        in_channels,
-        image_size,
-        hidden=scaled(512, width),
-        dropout=0.1,
-    )
+    shape = (num_classes, in_channels, image_size)
+    return conv_classifier(shape, [128, 64, "M", 64, 32, "M"], hidden=512, dropout=0.1, width=width)
 
 
 @MODELS.register("light_nn", feature_layer="features")
@@ -120,12 +106,7 @@ def light_nn(num_classes: int, in_channels: int, image_size: int, width: float =
     """Seed 004's student (LightNN): two 3x3 convs of 16 filters, two pools, FC256 (206k params on 28x28x1);
     ``width`` scales every width (0.25: 13k params, 2: 810k)."""
     return conv_classifier(
-        _widths([16, "M", 16, "M"], width),
-        num_classes,
-        in_channels,
-        image_size,
-        hidden=scaled(256, width),
-        dropout=0.1,
+        (num_classes, in_channels, image_size), [16, "M", 16, "M"], hidden=256, dropout=0.1, width=width
     )
 
 

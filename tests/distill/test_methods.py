@@ -412,3 +412,47 @@ def test_lskd_loss_is_its_formula_term_by_term():
     want = alpha * hard + (1 - alpha) * T**2 * kl
     got = lskd_loss(s, t, labels, labeled, T, alpha)
     assert got.item() == pytest.approx(want.item(), rel=1e-12)
+
+
+def test_dkd_loss_weights_each_term_as_written_and_warms_up_only_when_asked():
+    g = torch.Generator().manual_seed(5)
+    s, t = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    labeled = torch.tensor([True, False, True, True, False, True])
+    target = dkd_targets(t, labels, labeled)
+    hard = masked_cross_entropy(s, labels, labeled)
+    tckd, nckd = tckd_term(s, t, target, 3.0), nckd_term(s, t, target, 3.0)
+    got = dkd_loss(s, t, labels, labeled, 3.0, alpha_tckd=0.7, beta=2.5, warmup=0.4)
+    assert got.item() == pytest.approx((hard + 0.4 * (0.7 * tckd + 2.5 * nckd)).item(), rel=1e-12)
+    params = {"temperature": 3.0, "alpha_tckd": 0.7, "beta": 2.5}  # no warmup_epochs: full strength at once
+    batch = DistillBatch(s, labels, labeled, teacher_logits=t, progress=0.5)
+    full = dkd_loss(s, t, labels, labeled, 3.0, alpha_tckd=0.7, beta=2.5)
+    assert build_method("dkd").loss(batch, params).item() == pytest.approx(full.item(), rel=1e-12)
+    ramped = build_method("dkd").loss(batch, {**params, "warmup_epochs": 2.0})  # a quarter of the way
+    assert ramped.item() == pytest.approx((hard + 0.25 * (0.7 * tckd + 2.5 * nckd)).item(), rel=1e-12)
+    with pytest.raises(ValueError, match=r"method 'dkd' needs DistillBatch\.teacher_logits"):
+        build_method("dkd").loss(DistillBatch(s, labels, labeled), params)
+
+
+def test_hint_says_which_shapes_disagree_and_mixes_precisions_at_the_wider_one():
+    with pytest.raises(ValueError, match=r"maps student features \(2, 4, 3, 3\) to \(2, 4, 3, 3\), but the teacher "):
+        hint_feature_loss(torch.zeros(2, 4, 3, 3), torch.zeros(2, 6, 3, 3), nn.Identity())
+    with pytest.raises(ValueError, match="build it with make_regressor"):
+        hint_feature_loss(torch.zeros(2, 4, 3, 3), torch.zeros(2, 6, 3, 3), nn.Identity())
+    s = torch.full((2, 3), 1.5, dtype=torch.bfloat16)
+    t = torch.full((2, 3), 1.0, dtype=torch.float32)
+    for a, b in ((s, t), (t, s)):  # a bf16 student against an fp32 teacher and the other way round
+        loss = hint_feature_loss(a, b, nn.Identity())
+        assert loss.dtype == torch.float32 and loss.item() == 0.25
+
+
+def test_hint_regressor_shapes_padding_and_refusals_name_the_side():
+    r = HintRegressor((8, 6, 4), (16, 3, 2), kernel_size=3)  # non-square maps: H and W each their own
+    assert r(torch.zeros(5, 8, 6, 4)).shape == (5, 16, 3, 2)
+    same = HintRegressor((8, 5, 7), (16, 5, 7), kernel_size=3)  # size-preserving 3x3: padding 1
+    assert same(torch.zeros(2, 8, 5, 7)).shape == (2, 16, 5, 7) and same.conv.padding == (1, 1)
+    for which, shapes in (("student", ((8, 6), (16, 3, 2))), ("teacher", ((8, 6, 4), (16, 3)))):
+        with pytest.raises(ValueError, match=rf"the {which} shape is .*\(pass the shape without the batch dimension\)"):
+            HintRegressor(*shapes)
+    with pytest.raises(ValueError, match="kernel_size must be 1 or 3, not 4"):
+        HintRegressor((8, 6, 4), (16, 3, 2), kernel_size=4)
