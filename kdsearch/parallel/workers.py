@@ -216,20 +216,35 @@ def _refused_end(err: BaseException | None) -> bool:
     return False
 
 
-_checked_at: dict[tuple[int, str], float] = {}
-_checked_guard = threading.Lock()
+@dataclasses.dataclass
+class _SharedLooks:
+    """What the trial threads of this process share about one study object: when one last looked for dead
+    workers' trials, until when they take the study as full (``max_in_flight``), whether that was said."""
+
+    checked_at: float = -math.inf
+    full_until: float = 0.0
+    said_full: bool = False
+
+
+_shared_looks: dict[tuple[int, str], _SharedLooks] = {}
+_shared_guard = threading.Lock()
+
+
+def _looks(study: optuna.Study) -> _SharedLooks:
+    """This process's ``_SharedLooks`` of ``study``; call it holding ``_shared_guard``."""
+    return _shared_looks.setdefault((id(study), study.study_name), _SharedLooks())
 
 
 def _check_due(study: optuna.Study, every_s: float) -> bool:
     """Whether this process should look for dead workers' trials of ``study`` now: once per ``every_s`` s for all
     the trial threads that share this study object (each look reads every running trial; with K threads, K
     times as often would load the storage for nothing)."""
-    key = (id(study), study.study_name)
     now = time.monotonic()
-    with _checked_guard:
-        if now - _checked_at.get(key, -math.inf) < every_s:
+    with _shared_guard:
+        looks = _looks(study)
+        if now - looks.checked_at < every_s:
             return False
-        _checked_at[key] = now
+        looks.checked_at = now
         return True
 
 
@@ -250,32 +265,18 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
     stop = optuna.study.MaxTrialsCallback(total, states=FINISHED_STATES)
     silent = SilentTrials(loop.grace_s) if beats is not None else None
     unclaimed = UnclaimedTrials(loop.grace_s, WORKER_ATTR)
-    max_retry = loop.max_retry
-
-    taken: list[int] = []  # the number of this worker's trial that another worker FAILED meanwhile
 
     def objective_(trial: optuna.Trial) -> float:
-        taken.clear()
         current[:] = [trial.number]
         trial.set_user_attr(WORKER_ATTR, me)
         slot.release()  # the trial exists and counts as RUNNING: the next worker may decide
         if beats is not None:
             beats.add(trial._trial_id)
         try:
-            value = objective(trial)
-        except optuna.exceptions.UpdateFinishedTrialError:  # a write of the running trial was refused
-            taken.append(trial.number)
-            raise
-        except Exception:  # pruned (or failed) after another worker FAILed it: Optuna will refuse to record the end
-            if not is_running(study, trial.number):
-                taken.append(trial.number)
-            raise
+            return objective(trial)
         finally:
             if beats is not None:
                 beats.remove(trial._trial_id)
-        if not is_running(study, trial.number):  # failed elsewhere after the last write
-            taken.append(trial.number)
-        return value
 
     state = optuna.trial.TrialState
     ran = 0
@@ -296,9 +297,11 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
                     optuna.storages.fail_stale_trials(study)
                     unclaimed.fail_unclaimed(study, fail_trial)
                 else:
-                    fail_dead_local_trials(study, max_retry)
+                    fail_dead_local_trials(study, loop.max_retry)
                     if silent is not None:
-                        silent.fail_silent(study, beats.own(), functools.partial(fail_and_requeue, max_retry=max_retry))
+                        silent.fail_silent(
+                            study, beats.own(), functools.partial(fail_and_requeue, max_retry=loop.max_retry)
+                        )
                     unclaimed.fail_unclaimed(study, fail_trial)
             counts: dict = {}
             for t in study.get_trials(deepcopy=False):
@@ -311,16 +314,17 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
             if not full and (counts.get(state.WAITING, 0) or finished + running < total):
                 if loop.budget is not None and not loop.budget.take():
                     return ran
+                current.clear()  # set once the trial exists (objective_)
                 try:
                     with shielded():
                         study.optimize(objective_, n_trials=1, callbacks=[stop, *loop.callbacks])
-                except Exception as err:  # Optuna then refuses to record the end (ValueError, or its own assertion)
-                    if not taken and _refused_end(err) and current and not is_running(study, current[0]):
-                        taken.append(current[0])  # failed elsewhere between our last look and the end's write
-                    if not taken:
+                except Exception as err:
+                    # another worker FAILed this trial while it ran (a write refused, then Optuna refuses to record
+                    # its end: ValueError, or its own assertion) or after its last write: a takeover, not its error
+                    if not (_refused_end(err) and current and not is_running(study, current[0])):
                         raise
                     print(
-                        f"warning: trial {taken[0]} was marked FAILED by another worker while it ran here (no "
+                        f"warning: trial {current[0]} was marked FAILED by another worker while it ran here (no "
                         "heartbeat within runtime.grace_period: was this process paused?); it may be retried "
                         "with the same params; going on",
                         file=sys.stderr,
@@ -340,28 +344,24 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
         time.sleep(loop.poll_s)
 
 
-_said_full: set[tuple[int, str]] = set()
-_full_until: dict[tuple[int, str], float] = {}  # per study object: until when this process takes the study as full
-
-
 def _mark_full(study: optuna.Study, wait_s: float) -> None:
-    with _checked_guard:
-        _full_until[(id(study), study.study_name)] = time.monotonic() + wait_s
+    with _shared_guard:
+        _looks(study).full_until = time.monotonic() + wait_s
 
 
 def _full_for(study: optuna.Study) -> float:
     """Seconds this process still takes ``study`` as full (``max_in_flight`` trials running); 0 when it should look."""
-    with _checked_guard:
-        return max(0.0, _full_until.get((id(study), study.study_name), 0.0) - time.monotonic())
+    with _shared_guard:
+        return max(0.0, _looks(study).full_until - time.monotonic())
 
 
 def _say_full_once(study: optuna.Study, limit: int) -> None:
     """One line per process and study: trial threads wait because the storage's in-flight bound is reached."""
-    key = (id(study), study.study_name)
-    with _checked_guard:
-        if key in _said_full:
+    with _shared_guard:
+        looks = _looks(study)
+        if looks.said_full:
             return
-        _said_full.add(key)
+        looks.said_full = True
     print(
         f"note: {limit} trials are in flight, the most this study runs at once (runtime.max_in_flight; on a SQLite "
         "file, what it holds); the other trial threads wait for a free place. For more, use a journal file or "

@@ -123,13 +123,7 @@ def open_storage(
         if not sqlite_file and "://" in url and not url.startswith("sqlite"):
             engine_kwargs = dict(SERVER_POOL)
         heartbeat = _heartbeat_kwargs(heartbeat_interval, grace_period, max_retry) if heartbeat_interval else {}
-        storage = _new_rdb_storage(rdb_url, engine_kwargs, heartbeat, file if sqlite_file else None)
-        if sqlite_file:
-            import sqlalchemy
-
-            sqlalchemy.event.listen(storage.engine, "connect", _sqlite_on_connect)
-            sqlalchemy.event.listen(storage.engine, "begin", _sqlite_on_begin)
-        return storage
+        return _new_rdb_storage(rdb_url, engine_kwargs, heartbeat, file if sqlite_file else None)
     except (ImportError, ModuleNotFoundError) as err:
         raise KdsearchError(
             f"storage {shown_url(url)!r} needs a driver that is not installed ({err}); install it with pip"
@@ -226,7 +220,15 @@ class SqliteStorage(optuna.storages.RDBStorage):
     trial still running? then end it" was two steps: a worker failing a trial it took for dead and the trial's
     own worker ending it could both succeed (the trial and its retry then both counted), and two workers could
     both take one waiting trial. Here that call runs in ``BEGIN IMMEDIATE`` (the write lock first, waiting up to
-    the busy timeout), so the second writer reads the first's end and is refused."""
+    the busy timeout), so the second writer reads the first's end and is refused. Its connections also get WAL
+    and the busy timeout (``_sqlite_on_connect``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        import sqlalchemy
+
+        super().__init__(*args, **kwargs)
+        sqlalchemy.event.listen(self.engine, "connect", _sqlite_on_connect)
+        sqlalchemy.event.listen(self.engine, "begin", _sqlite_on_begin)
 
     def set_trial_state_values(self, trial_id, state, values=None) -> bool:
         _immediate.on = True

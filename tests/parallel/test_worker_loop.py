@@ -182,26 +182,28 @@ def test_a_trial_failed_elsewhere_between_its_last_look_and_its_end_does_not_sto
     """Seen at 512 in flight on SQLite: still running when its pruning was raised (or its value returned), FAILed by
     another worker before Optuna recorded the end ("Cannot tell a FAIL trial", or Optuna's own "Should not
     reach." raised while handling it); the worker goes on."""
-    import kdsearch.parallel.workers as workers
-
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, study_name="s")
-    real = workers.is_running
+    real = storage.get_trial
+    ended: list[int] = []  # the trial whose objective has just ended here
     looked: list[int] = []
 
-    def is_running(study, number):
-        running = real(study, number)
-        if number == 1 and not looked:  # the look right after the pruning: running; then the takeover lands
-            looked.append(number)
-            another_worker(storage).tell(number, state=TrialState.FAIL)
-        return running
+    def get_trial(trial_id):  # Optuna reads the trial before recording its end: the takeover lands just before
+        trial = real(trial_id)
+        if ended and not looked and trial.number == ended[0] and trial.state == TrialState.RUNNING:
+            looked.append(trial.number)
+            another_worker(storage).tell(trial.number, state=TrialState.FAIL)
+            return real(trial_id)
+        return trial
 
-    monkeypatch.setattr(workers, "is_running", is_running)
+    monkeypatch.setattr(storage, "get_trial", get_trial)
 
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", 0, 1)
-        if trial.number == 1 and ends == "pruned":
-            raise optuna.TrialPruned("pruned after epoch 2")
+        if trial.number == 1:
+            ended.append(trial.number)  # still RUNNING here: pruned, or its value returned
+            if ends == "pruned":
+                raise optuna.TrialPruned("pruned after epoch 2")
         return x
 
     assert run_worker(study, objective, 2, TrialSlot("", storage, "s"), heartbeat=False, loop=FAST) == 3
