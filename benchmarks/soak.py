@@ -14,7 +14,8 @@ like PostgreSQL's default), ``grpc`` (``kdsearch storage-proxy`` in front of tha
 and start of the database). Bounded: ``--time-limit`` s, then every process is killed and the run fails.
 
 Checked at the end, and the run fails otherwise: exactly ``--trials`` finished trials, each with all its
-intermediate values (a pruned one: every epoch up to its last), none RUNNING or WAITING, every worker exit 0.
+intermediate values (a pruned one: every epoch up to its last), no failed trial's retry finished twice, none
+RUNNING or WAITING, every worker exit 0.
 Writes ``--out`` (JSON) and prints one Markdown row of the table in benchmarks/RESULTS.md.
 """
 
@@ -160,6 +161,11 @@ def check_study(url: str, total: int, epochs: int) -> dict:
             if not steps or steps != list(range(1, steps[-1] + 1)):
                 lost.append(t.number)
     finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    retries: dict[tuple, list[int]] = {}  # a FAILed trial's retry (Optuna's retry_history), by what it retries
+    for t in finished:
+        if "retry_history" in t.system_attrs:
+            retries.setdefault(tuple(t.system_attrs["retry_history"]), []).append(t.number)
+    twice = sorted(n for numbers in retries.values() if len(numbers) > 1 for n in numbers)
     starts = [t.datetime_start for t in finished if t.datetime_start]
     ends = [t.datetime_complete for t in finished if t.datetime_complete]
     span = (max(ends) - min(starts)).total_seconds() if starts and ends else float("nan")
@@ -167,7 +173,12 @@ def check_study(url: str, total: int, epochs: int) -> dict:
         "states": states,
         "finished": len(finished),
         "lost": lost,
-        "exact": len(finished) == total and not lost and not states.get("RUNNING") and not states.get("WAITING"),
+        "retried_twice": twice,
+        "exact": len(finished) == total
+        and not lost
+        and not twice
+        and not states.get("RUNNING")
+        and not states.get("WAITING"),
         "span_s": span,
         "rate": len(finished) / span if span and span > 0 else float("nan"),
     }
@@ -368,6 +379,8 @@ def why(r: dict) -> list[str]:
         out.append(f"{r['finished']} finished")
     if r["lost"]:
         out.append(f"{len(r['lost'])} trials lost values")
+    if r.get("retried_twice"):
+        out.append(f"one retry finished twice: trials {r['retried_twice']}")
     for state in ("RUNNING", "WAITING"):
         if r["states"].get(state):
             out.append(f"{r['states'][state]} {state}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import os
 import socket
@@ -27,6 +28,22 @@ from .beats import SilentTrials, TrialBeats, UnclaimedTrials
 # --- in each worker: trials on a study shared with other processes (or machines) ---------------------
 
 WORKER_ATTR = "worker"  # user attr: host, pid, process start time and rank of the process that ran the trial
+SURPLUS_ATTR = "surplus"  # user attr of a trial given up before it trained: one more than the study's total
+
+
+class SurplusTrial(Exception):
+    """This worker's new trial would make the study run more than its total: the trial slot was lost while the
+    trial was made (a database restart), and another worker filled the same place meanwhile."""
+
+
+class _QuietSurplus(logging.Filter):
+    """Optuna logs a trial whose objective raised with its traceback; a ``SurplusTrial`` gets one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], SurplusTrial))
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_QuietSurplus())
 
 
 class TrialSlot:
@@ -52,6 +69,12 @@ class TrialSlot:
         if self._held:
             self._held = False
             self._lock.release()
+
+    def kept(self) -> bool:
+        """Whether the slot has been this process's all along since ``acquire`` (not lost to a restart of the
+        PostgreSQL server, or taken over from a silent holder): when not, another worker may have counted the
+        same free place meanwhile."""
+        return self._held and self._lock.held()
 
     def __enter__(self) -> "TrialSlot":
         self.acquire()
@@ -269,6 +292,8 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
     def objective_(trial: optuna.Trial) -> float:
         current[:] = [trial.number]
         trial.set_user_attr(WORKER_ATTR, me)
+        if not slot.kept():  # lost while the trial was made: another worker may have counted the same place
+            _give_up_if_surplus(study, slot, trial, total)
         slot.release()  # the trial exists and counts as RUNNING: the next worker may decide
         if beats is not None:
             beats.add(trial._trial_id)
@@ -318,6 +343,9 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
                 try:
                     with shielded():
                         study.optimize(objective_, n_trials=1, callbacks=[stop, *loop.callbacks])
+                except SurplusTrial as err:
+                    print(f"warning: {err}; going on", file=sys.stderr)
+                    continue
                 except Exception as err:
                     # another worker FAILed this trial while it ran (a write refused, then Optuna refuses to record
                     # its end: ValueError, or its own assertion) or after its last write: a takeover, not its error
@@ -342,6 +370,26 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
         if loop.on_wait is not None:
             loop.on_wait(running)
         time.sleep(loop.poll_s)
+
+
+def _give_up_if_surplus(study: optuna.Study, slot: TrialSlot, trial: optuna.Trial, total: int) -> None:
+    """Count again under a fresh hold of ``slot``: when the study now has more than ``total`` trials finished or
+    running, ``trial`` (this worker's, not trained yet) is the one too many: raise ``SurplusTrial`` (Optuna
+    then records it FAILED, which counts for nothing)."""
+    slot.release()
+    slot.acquire()
+    state = optuna.trial.TrialState
+    counted = sum(
+        1 for t in study.get_trials(deepcopy=False) if t.state in (state.COMPLETE, state.PRUNED, state.RUNNING)
+    )
+    if counted > total:
+        why = (
+            f"trial {trial.number} was given up before it trained: the trial slot was lost while it was made (was "
+            f"the database restarted?) and another worker started a trial for the same place ({counted} finished or "
+            f"running of {total})"
+        )
+        trial.set_user_attr(SURPLUS_ATTR, why)
+        raise SurplusTrial(why)
 
 
 def _mark_full(study: optuna.Study, wait_s: float) -> None:

@@ -2,23 +2,30 @@
 backoff, while the error says the server is unreachable (``transient``), for up to ``RETRY_S`` seconds.
 
 A write whose failure leaves it undone (the transaction rolled back, the proxy never reached) is simply done
-again; a trial created twice (the server committed, then the answer was lost) is a RUNNING trial that nobody
-claims, which the workers fail once it has been unclaimed for the grace period (``parallel/beats.py``).
+again. A trial created from a template (a queued retry, an added trial) carries a one-off token, and a retried
+creation first looks for a trial with that token: when the server committed and only the answer was lost, that
+trial is the answer (created twice, a queued retry would run twice, one finished trial too many). A plain new
+trial created twice is a RUNNING trial that nobody claims, which the workers fail once it has been unclaimed for
+the grace period (``parallel/beats.py``).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import random
 import threading
 import time
+import uuid
 from typing import Callable, TypeVar
 
 RETRY_S = 300.0  # how long a call keeps retrying while the server is unreachable
 _log = logging.getLogger("kdsearch.storage")
 T = TypeVar("T")
 _depth = threading.local()  # a retried call that calls another one: only the outer one retries
+CREATE_TOKEN_ATTR = "kdsearch:create_token"  # system attr: which creation made a trial from a template
+CREATE_CALLS = ("create_new_trial", "_create_new_trial")  # (study_id, template_trial) -> trial id / FrozenTrial
 
 
 def call_retrying(
@@ -59,11 +66,53 @@ def retrying(method: Callable, transient: Callable[[BaseException], bool], where
     return call
 
 
+def retrying_create(
+    method: Callable, transient: Callable[[BaseException], bool], where: Callable[[object], str]
+) -> Callable:
+    """``create_new_trial`` / ``_create_new_trial`` of a storage class, retried like ``retrying`` and done at most
+    once for a template trial: the template carries a new ``CREATE_TOKEN_ATTR``, and a retry first returns the
+    trial that already holds that token (what the first try made when only its answer was lost)."""
+    plain = retrying(method, transient, where)
+    frozen = method.__name__.startswith("_")  # _create_new_trial answers the FrozenTrial, the other its id
+
+    @functools.wraps(method)
+    def call(self, study_id, template_trial=None):
+        if template_trial is None or getattr(_depth, "n", 0):
+            return plain(self, study_id, template_trial)
+        tagged = copy.copy(template_trial)
+        token = uuid.uuid4().hex
+        tagged.system_attrs = {**template_trial.system_attrs, CREATE_TOKEN_ATTR: token}
+        tries = [0]
+
+        def once():
+            tries[0] += 1
+            if tries[0] > 1:
+                made = [
+                    t
+                    for t in self.get_all_trials(study_id, deepcopy=False)
+                    if t.system_attrs.get(CREATE_TOKEN_ATTR) == token
+                ]
+                if made:
+                    return made[0] if frozen else made[0]._trial_id
+            return method(self, study_id, tagged)
+
+        _depth.n = 1
+        try:
+            return call_retrying(once, transient, lambda: where(self))
+        finally:
+            _depth.n = 0
+
+    return call
+
+
 def retrying_class(
     base: type, names: list[str], transient: Callable[[BaseException], bool], where: Callable[[object], str]
 ) -> type:
-    """A subclass of the storage class ``base`` whose methods ``names`` are ``retrying``."""
-    methods = {n: retrying(getattr(base, n), transient, where) for n in names}
+    """A subclass of the storage class ``base`` whose methods ``names`` are ``retrying`` (``retrying_create`` for
+    the trial creations)."""
+    methods = {
+        n: (retrying_create if n in CREATE_CALLS else retrying)(getattr(base, n), transient, where) for n in names
+    }
     return type(f"Retrying{base.__name__}", (base,), methods)
 
 

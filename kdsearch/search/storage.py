@@ -296,6 +296,7 @@ class StorageLock:
         self._study_lock = None
         self._local = _process_lock(f"{url}|{name}|{suffix}")  # one waiter per process holds a file or connection
         self._holding = False
+        self._lost = False  # the advisory lock's session ended while held (``held``)
         file = storage_file(url)
         if file is not None:
             from filelock import FileLock
@@ -326,7 +327,7 @@ class StorageLock:
             self._local.release()
             raise
         if held:
-            self._holding = True
+            self._holding, self._lost = True, False
         else:
             self._local.release()
         return held
@@ -373,6 +374,35 @@ class StorageLock:
         else:
             conn.close()
         return bool(got)
+
+    def held(self) -> bool:
+        """Whether the lock taken by ``acquire`` is still this process's: False when it was lost meanwhile (a
+        PostgreSQL restart ends the session that held the advisory lock; a silent holder's study lock is taken
+        over), so what was decided under it may have been decided by another process too."""
+        if self._study_lock is not None:
+            return self._study_lock.held()
+        if self._conn is None:
+            return self._holding and not self._lost
+        import sqlalchemy
+
+        try:
+            mine = self._conn.execute(
+                sqlalchemy.text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted"
+                    " AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = :k"
+                ),
+                {"k": self._key},
+            ).scalar()
+            self._conn.commit()
+        except sqlalchemy.exc.SQLAlchemyError:  # the session is gone, and its lock with it: nothing to unlock
+            self._lost = True
+            try:
+                self._conn.close()
+            except sqlalchemy.exc.SQLAlchemyError:
+                pass
+            self._conn = None
+            return False
+        return bool(mine)
 
     def release(self) -> None:
         if self._study_lock is not None:

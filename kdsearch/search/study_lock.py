@@ -134,6 +134,18 @@ class StudyLock:
         self._beater = threading.Thread(target=beat, name="kdsearch-lock-beat", daemon=True)
         self._beater.start()
 
+    def held(self) -> bool:
+        """Whether this process still holds the lock: its generation is still the newest (not taken over since
+        ``acquire``); False too when the storage cannot tell now."""
+        if self._study_id is None or self.lost:
+            return False
+        try:
+            generations = self._generations()
+        except Exception:  # unreachable: take it as lost, so the caller decides again under a fresh hold
+            return False
+        top = max(generations, default=-1)
+        return top >= 0 and generations[top]._study_id == self._study_id
+
     def release(self) -> None:
         if self._study_id is None:
             return

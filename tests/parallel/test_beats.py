@@ -116,6 +116,45 @@ def test_retried_calls_ride_out_an_unreachable_server_and_nothing_else(monkeypat
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("name", retrying.CREATE_CALLS)
+def test_a_queued_trial_whose_creation_answer_was_lost_is_made_once(monkeypatch, tmp_path, name):
+    """The server commits a template's creation, then the answer is lost: the retry returns that trial instead of
+    making a second (a queued retry made twice ran twice: 161 finished of 160 with PostgreSQL restarted)."""
+    monkeypatch.setattr(retrying.time, "sleep", lambda s: None)
+    lost = [0]
+
+    class LosesAnswers(optuna.storages.RDBStorage):
+        pass
+
+    def create(self, study_id, template_trial=None):
+        made = getattr(optuna.storages.RDBStorage, name)(self, study_id, template_trial)
+        if lost[0]:
+            lost[0] -= 1
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+        return made
+
+    setattr(LosesAnswers, name, create)
+    cls = retrying.retrying_class(LosesAnswers, [name], retrying.rdb_transient, lambda s: "db")
+    storage = cls(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(storage=storage)
+    study_id = study._study_id
+    lost[0] = 1
+    template = optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params={}, distributions={})
+    answer = getattr(storage, name)(study_id, template)
+    trials = storage.get_all_trials(study_id)
+    assert len(trials) == 1 and trials[0].state == optuna.trial.TrialState.WAITING
+    assert (answer if isinstance(answer, int) else answer._trial_id) == trials[0]._trial_id
+    assert lost == [0]  # the first try was lost and retried
+    lost[0] = 2  # two lost answers in a row, another template: still one trial more
+    getattr(storage, name)(study_id, template)
+    assert len(storage.get_all_trials(study_id)) == 2
+    tokens = {t.system_attrs[retrying.CREATE_TOKEN_ATTR] for t in storage.get_all_trials(study_id)}
+    assert len(tokens) == 2 and not template.system_attrs  # one token per creation; the caller's template untouched
+    lost[0] = 1  # a plain new trial has no template to carry a token: made twice, the unclaimed one is failed later
+    getattr(storage, name)(study_id)
+    assert len(storage.get_all_trials(study_id)) == 4
+
+
 def test_a_retried_call_gives_up_once_its_time_is_spent(monkeypatch):
     now = [0.0]
     monkeypatch.setattr(retrying.time, "monotonic", lambda: now[0])

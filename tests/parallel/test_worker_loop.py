@@ -292,3 +292,50 @@ def test_threads_waiting_for_a_free_place_look_once_per_process_not_each():
     assert not any(t.is_alive() for t in threads)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
     assert during <= 8 * 3  # one thread's looks (each look reads the study a few times), not four threads'
+
+
+def test_a_trial_made_while_the_slot_was_lost_is_given_up_when_another_took_its_place(capsys):
+    """A PostgreSQL restart ends the session holding the advisory lock while a worker makes its trial; another
+    worker takes the lock, counts the same free place and starts a trial too (161 finished of 160). The first
+    worker finds its slot lost, counts again and gives its untrained trial up: the study ends with its total."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.tell(study.ask(), 0.1)
+    taken: list[int] = []
+
+    class LostOnce(TrialSlot):
+        def kept(self) -> bool:
+            if taken:
+                return super().kept()
+            other = another_worker(storage).ask()  # the other worker, in the gap: same count, same place
+            other.set_user_attr(WORKER_ATTR, worker_identity())
+            taken.append(other.number)
+            return False
+
+    trained: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        trained.append(trial.number)
+        return 0.5
+
+    loop = WorkerLoop(poll_s=0.01, stop_when_done=True)
+    ran = run_worker(study, objective, 2, LostOnce("", storage, "s"), heartbeat=False, loop=loop)
+    states = {t.number: t.state for t in study.trials}
+    assert ran == 0 and not trained  # nothing trained for the surplus trial, and nothing else to start
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.FAIL, 2: TrialState.RUNNING} and taken == [2]
+    assert "given up before it trained" in study.trials[1].user_attrs["surplus"]
+    err = capsys.readouterr().err
+    assert err.count("trial 1 was given up before it trained") == 1 and "Traceback" not in err
+
+
+def test_a_trial_made_while_the_slot_was_lost_runs_when_its_place_is_still_free():
+    """The slot was lost, but nobody else started a trial meanwhile: the trial is not surplus and trains."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+
+    class AlwaysLost(TrialSlot):
+        def kept(self) -> bool:
+            return False
+
+    ran = run_worker(study, lambda t: 0.5, 3, AlwaysLost("", storage, "s"), heartbeat=False, loop=FAST)
+    assert ran == 3 and [t.state for t in study.trials] == [TrialState.COMPLETE] * 3

@@ -272,6 +272,39 @@ def postgres_url():
         yield server.url
 
 
+@pytest.fixture
+def postgres_server():
+    """Like ``postgres_url``, the server itself (to restart it)."""
+    if pg_bindir() is None:
+        hint = "PostgreSQL server binaries (initdb, pg_ctl) not found; `scripts/setup.sh --test` installs Debian's postgresql"
+        if os.geteuid() == 0 or os.environ.get("CI"):
+            pytest.fail(hint)
+        pytest.skip(hint + " (needs root, so skipped here)")
+    with private_postgres(max_connections=40) as server:
+        yield server
+
+
+@pytest.mark.slow
+def test_the_advisory_lock_knows_it_was_lost_when_the_server_restarted(postgres_server):
+    """The trial slot on PostgreSQL is a session's advisory lock; a restart ends the session and frees the lock
+    for another worker, so the holder must be able to tell (then it counts again: ``_give_up_if_surplus``)."""
+    from kdsearch.search.storage import StorageLock
+
+    storage = open_storage(postgres_server.url)
+    mine = StorageLock(postgres_server.url, storage, "kdsearch:s", ".trials.lock")
+    theirs = StorageLock(postgres_server.url, open_storage(postgres_server.url), "kdsearch:s", ".trials.lock")
+    assert mine.acquire() and mine.held()
+    assert not theirs._acquire_shared(timeout=0.2)  # held: another session cannot take it
+    postgres_server.restart()
+    assert not mine.held()  # its session, and the lock, ended with the server
+    assert theirs._acquire_shared(timeout=30)  # free for another worker now
+    theirs._release_shared()
+    mine.release()  # releasing a lost lock says nothing
+    assert mine.acquire(timeout=30) and mine.held()
+    mine.release()
+    assert not mine.held()
+
+
 @pytest.mark.slow
 def test_2_workers_on_a_private_postgresql_server(write_spec, tmp_path, postgres_url):
     """Two workers at once: one with the spec, one joining the study by name and storage only
