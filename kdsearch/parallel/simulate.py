@@ -139,25 +139,10 @@ class StorageStats:
         return timed
 
     def time_slot(self, slot_class: type) -> None:
-        """Also time ``slot_class`` (``workers.TrialSlot``): how long a thread waits for the trial slot ("slot_wait")
-        and then holds it ("slot_hold"), to tell whether the serial slot bounds the start rate."""
-        acquire, release = slot_class.acquire, slot_class.release
-        record = self._record
-
-        def timed_acquire(slot) -> None:
-            if slot._held:
-                return acquire(slot)
-            start = time.perf_counter()
-            acquire(slot)
-            slot._taken_at = time.perf_counter()
-            record("slot_wait", slot._taken_at - start)
-
-        def timed_release(slot) -> None:
-            if slot._held:
-                record("slot_hold", time.perf_counter() - slot._taken_at)
-            release(slot)
-
-        slot_class.acquire, slot_class.release = timed_acquire, timed_release
+        """Also time ``slot_class`` (``workers.TrialSlot``, through its ``timer`` hook): how long a thread waits for
+        the trial slot ("slot_wait") and then holds it ("slot_hold"), to tell whether the serial slot bounds the
+        start rate."""
+        slot_class.timer = self._record
 
     def _record(self, name: str, seconds: float) -> None:
         with self._lock:

@@ -16,7 +16,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import optuna
 
@@ -56,18 +56,29 @@ class TrialSlot:
     drops its file lock, the server its session).
     """
 
+    # seconds a thread waited for the slot ("slot_wait") and then held it ("slot_hold"), for the soak
+    # (``simulate.StorageStats.time_slot``); None: not timed
+    timer: ClassVar[Callable[[str, float], None] | None] = None
+
     def __init__(self, url: str, storage: optuna.storages.BaseStorage, study_name: str) -> None:
         self._held = False
+        self._taken_at = 0.0
         self._lock = StorageLock(url, storage, f"kdsearch:{study_name}", ".trials.lock")
 
     def acquire(self) -> None:
         if not self._held:
+            start = time.perf_counter()
             self._lock.acquire()
             self._held = True
+            self._taken_at = time.perf_counter()
+            if (timer := TrialSlot.timer) is not None:
+                timer("slot_wait", self._taken_at - start)
 
     def release(self) -> None:
         if self._held:
             self._held = False
+            if (timer := TrialSlot.timer) is not None:
+                timer("slot_hold", time.perf_counter() - self._taken_at)
             self._lock.release()
 
     def kept(self) -> bool:

@@ -173,3 +173,153 @@ def test_model_names_include_those_registered_at_run_time() -> None:
     finally:
         MODELS._entries.pop("run_time_net_xyz", None)  # the registry has no unregister: a test-only clean-up
         MODELS._meta.pop("run_time_net_xyz", None)
+
+
+# --- whole messages of the checks mutmut found untested here (issue 18) ---------------------------------------
+
+TWO = {"candidates": [{"name": "a", "arch": "light_nn"}, {"name": "b", "arch": "deep_nn"}]}
+COSTS = "params, flops, size_mb, latency_ms, onnx_latency_ms"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {"student": TWO, "search": {"strategy": "motpe"}},
+            "search.strategy = 'motpe' searches search.objectives; set them, e.g. "
+            'objectives = ["accuracy", "onnx_latency_ms"] (or drop the strategy)',
+        ),
+        (
+            {"student": TWO, "search": {"objectives": ["accuracy", "weight"], "strategy": "motpe"}},
+            f"search.objectives = ['accuracy', 'weight']: name a validation metric (accuracy or auc) and a cost "
+            f'({COSTS}), e.g. ["accuracy", "onnx_latency_ms"]',
+        ),
+        (
+            {"student": TWO, "search": {"objectives": ["auc", "params", "flops"], "strategy": "motpe"}},
+            "search.objectives = ['auc', 'params', 'flops']: name a validation metric",
+        ),
+        (
+            {"student": TWO, "search": {"objectives": ["params", "accuracy"], "strategy": "motpe"}},
+            "search.objectives = ['params', 'accuracy']: name a validation metric (accuracy or auc)",
+        ),
+        (
+            {"search": {"objectives": ["accuracy", "params"], "strategy": "motpe"}},
+            "search.objectives trade accuracy against the cost of [[student.candidates]]; list candidates, or "
+            "drop search.objectives",
+        ),
+        (
+            {"student": TWO, "search": {"objectives": ["accuracy", "params"], "strategy": "motpe", "objective": "auc"}},
+            "search.objectives = ['accuracy', 'params'] disagrees with search.objective = 'auc' / final.cost = "
+            "'params'; drop those two (the objectives set them)",
+        ),
+        (
+            {"student": TWO, "search": {"objectives": ["accuracy", "params"]}, "final": {"cost": "flops"}},
+            "disagrees with search.objective = 'accuracy' / final.cost = 'flops'",
+        ),
+        (
+            {"student": TWO, "search": {"objectives": ["accuracy", "params"], "strategy": "nsga2", "pruner": "median"}},
+            "search.strategy = 'nsga2' is a multi-objective study, which Optuna cannot prune, but search.pruner = "
+            '\'median\'; set pruner = "none", or strategy = "per_candidate" (prunes per student)',
+        ),
+        ({"student": {"arch": "light_nn", "arch_args": {"width": True}}}, "arch_args.width = True: give a channel"),
+        ({"student": {"arch": "light_nn", "arch_args": {"width": "x"}}}, "arch_args.width = 'x': give a channel"),
+        ({"student": {"arch": "light_nn", "arch_args": {"width": 0}}}, "arch_args.width = 0: give a channel"),
+        (
+            {"student": {"arch": "light_nn", "arch_args": {"width": 64.5}}},
+            "arch_args.width = 64.5: give a channel multiplier > 0 (and at most 64), e.g. 0.5",
+        ),
+        (
+            {"student": {"arch": "light_nn", "arch_args": {"depth": 2, "bias": 1, "width": 1}}},
+            "arch_args: light_nn takes only width (a channel multiplier), not bias, depth",
+        ),
+    ],
+)
+def test_objectives_and_width_checks_say_the_whole_fix(raw, message):
+    with pytest.raises(KdsearchError) as err:
+        spec_from_dict(raw, source="my.toml")
+    assert message in str(err.value)
+
+
+def test_objectives_set_the_objective_and_cost_and_a_per_candidate_study_may_prune():
+    for strategy in ("per_candidate", "motpe"):
+        spec = spec_from_dict({"student": TWO, "search": {"objectives": ["auc", "flops"], "strategy": strategy}})
+        assert (spec.search.objective, spec.final.cost) == ("auc", "flops")
+    spec = spec_from_dict(
+        {"student": TWO, "search": {"objectives": ["accuracy", "params"], "strategy": "nsga2", "pruner": "none"}}
+    )  # asked for no pruning: fine
+    assert spec.search.pruner == "none"
+    spec = spec_from_dict({"student": TWO, "search": {"objectives": ["accuracy", "params"], "pruner": "median"}})
+    assert spec.search.strategy == "per_candidate" and spec.search.pruner == "median"
+    for width in (64, 0.5, 2):  # the largest, a fraction, an int
+        assert spec_from_dict({"student": {"arch": "light_nn", "arch_args": {"width": width}}})
+
+
+def test_a_fixed_number_for_a_range_fixes_it_and_keeps_its_scale():
+    space = spec_from_dict({"methods": {"kd": {"temperature": 4, "alpha": [0.2, 0.6]}}}).method_space("kd")
+    assert (space["temperature"].low, space["temperature"].high, space["temperature"].log) == (4.0, 4.0, True)
+    assert (space["alpha"].low, space["alpha"].high, space["alpha"].log) == (0.2, 0.6, False)
+    from kdsearch.config.catalog import method_names
+
+    with pytest.raises(KdsearchError) as err:
+        StudySpec().method_space("kdd")
+    assert str(err.value) == f"unknown method 'kdd'; known methods: {', '.join(method_names())}"
+
+
+def test_hub_kind_is_the_prefix_of_a_named_hub_model_only():
+    from kdsearch.config.model_spec import hub_kind
+
+    assert [hub_kind(n) for n in ("timm/resnet18", "hf/my_vit", "hf-config/vit.json")] == ["timm/", "hf/", "hf-config/"]
+    assert [hub_kind(n) for n in ("resnet18", "timm/", "timm/  ", "mynets:Student")] == [None] * 4
+
+
+def test_the_output_folder_is_runs_name_unless_given_and_holds_the_study_file(tmp_path):
+    spec = spec_from_dict({"name": "mine"})
+    assert spec.resolved_output_dir() == Path("runs") / "mine"
+    assert spec.resolved_storage() == f"sqlite:///{(Path('runs') / 'mine' / 'study.db').resolve()}"
+    given = spec_from_dict({"output_dir": str(tmp_path / "out")})
+    assert given.resolved_output_dir() == tmp_path / "out"
+    assert spec_from_dict({"storage": "postgresql://u@h/db"}).resolved_storage() == "postgresql://u@h/db"
+
+
+def test_a_candidate_keeps_the_students_training_and_its_arch_settings_only_for_the_same_arch():
+    spec = spec_from_dict(
+        {
+            "student": {
+                "arch": "light_nn",
+                "arch_args": {"width": 0.5},
+                "feature_layer": "features",
+                "epochs": 3,
+                "lr": 0.01,
+                "checkpoint_ignore": ["head."],
+                "candidates": [
+                    {"name": "same"},
+                    {"name": "other", "arch": "deep_nn"},
+                    {
+                        "name": "own",
+                        "arch": "light_nn",
+                        "arch_args": {"width": 2},
+                        "feature_layer": "x",
+                        "checkpoint": "w.pt",
+                        "checkpoint_ignore": ["fc."],
+                        "pretrained": False,
+                    },
+                ],
+            }
+        }
+    )
+    made = spec.student.candidate_specs()
+    assert list(made) == ["same", "other", "own"]
+    seen = {n: (c.arch, c.arch_args, c.feature_layer, c.checkpoint, c.checkpoint_ignore) for n, c in made.items()}
+    assert seen == {
+        "same": ("light_nn", {"width": 0.5}, "features", None, []),
+        "other": ("deep_nn", {}, None, None, []),  # another arch: none of the student's arch settings
+        "own": ("light_nn", {"width": 2}, "x", Path("w.pt"), ["fc."]),
+    }
+    assert all(c.epochs == 3 and c.lr == 0.01 and not c.candidates and not c.pretrained for c in made.values())
+    assert spec_from_dict({}).student.candidate_specs() == {}
+
+
+def test_image_channels_are_the_given_ones_else_the_sources_own():
+    assert spec_from_dict({}).data.resolved_channels() == 1  # idx (Fashion-MNIST): grey
+    assert spec_from_dict({"data": {"channels": 3}}).data.resolved_channels() == 3
+    assert spec_from_dict({"data": {"source": "cifar10", "root": "/data/cifar"}}).data.resolved_channels() == 3

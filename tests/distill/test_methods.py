@@ -206,8 +206,12 @@ def test_hint_regressor_maps_student_maps_to_the_teacher_shape(student_shape):
 
 
 def test_hint_regressor_rejects_shapes_with_a_batch_dimension():
-    with pytest.raises(ValueError, match="per-example"):
+    with pytest.raises(ValueError) as err:
         build_method("hint").make_regressor((8, 4, 8, 8), (8, 6, 4, 4))
+    assert str(err.value) == (
+        "hint needs per-example (C, H, W) feature maps; the student shape is (8, 4, 8, 8) "
+        "(pass the shape without the batch dimension)"
+    )
 
 
 def test_only_hint_builds_a_regressor():
@@ -456,3 +460,96 @@ def test_hint_regressor_shapes_padding_and_refusals_name_the_side():
             HintRegressor(*shapes)
     with pytest.raises(ValueError, match="kernel_size must be 1 or 3, not 4"):
         HintRegressor((8, 6, 4), (16, 3, 2), kernel_size=4)
+
+
+# --------------------------------------------------------------------------- mutmut survivors (issue 18)
+
+
+def test_kd_loss_adds_its_two_terms_at_a_mixed_alpha():
+    """``alpha * CE + (1 - alpha) * T² KL``, checked by hand at alpha = 0.3 (alpha 0 and 1 hide the sign)."""
+    s, t, y, labeled = logits_batch()
+    hard = F.cross_entropy(s[labeled], y[labeled])
+    soft = F.kl_div(F.log_softmax(s / 3.0, -1), F.log_softmax(t / 3.0, -1), log_target=True, reduction="batchmean")
+    torch.testing.assert_close(kd_loss(s, t, y, labeled, 3.0, alpha=0.3), 0.3 * hard + 0.7 * 9.0 * soft)
+
+
+def test_masked_cross_entropy_of_a_single_labeled_row_is_that_rows_ce():
+    s, _, y, _ = logits_batch()
+    one = torch.zeros(len(y), dtype=torch.bool)
+    one[3] = True
+    torch.testing.assert_close(masked_cross_entropy(s, y, one), F.cross_entropy(s[3:4], y[3:4]))
+
+
+@pytest.mark.parametrize("name", ["cosine", "hint"])
+def test_a_feature_methods_loss_is_ce_plus_its_weighted_feature_term(name):
+    student = TinyStudent()
+    batch = student_batch(student)
+    method = build_method(name)
+    regressor = method.make_regressor((4, 8, 8), (6, 4, 4)) if name == "hint" else None
+    hard = masked_cross_entropy(batch.student_logits, batch.labels, batch.labeled)
+    feature = method.feature_loss(batch.student_features, batch.teacher_features, regressor)
+    for weight in (0.5, 3.0):
+        got = method.loss(batch, {"feature_weight": weight}, regressor=regressor)
+        torch.testing.assert_close(got, hard + weight * feature)
+
+
+@pytest.mark.parametrize(
+    ("name", "field"),
+    [
+        ("kd", "teacher_logits"),
+        ("pseudo_label", "teacher_logits"),
+        ("cosine", "student_features"),
+        ("cosine", "teacher_features"),
+    ],
+)
+def test_a_missing_input_is_named_with_its_method_and_where_to_look(name, field):
+    batch = student_batch(TinyStudent())
+    setattr(batch, field, None)
+    params = mid_params(build_method(name).space)
+    with pytest.raises(ValueError) as err:
+        build_method(name).loss(batch, params)
+    assert str(err.value) == (
+        f"method {name!r} needs DistillBatch.{field}, which is None; the training loop must provide it "
+        "(see needs_teacher / needs_features in kdsearch.distill.methods)"
+    )
+
+
+def test_warmup_factor_mixes_a_tensor_with_a_float_and_a_zero_warmup_tensor_is_one():
+    from kdsearch.distill.methods import warmup_factor
+
+    got = warmup_factor(torch.tensor([0.5, 2.0]), 1.0)  # stacked progress, one warm-up for all
+    assert isinstance(got, torch.Tensor) and got.tolist() == [0.5, 1.0]
+    got = warmup_factor(0.5, torch.tensor([1.0, 2.0]))
+    assert isinstance(got, torch.Tensor) and got.tolist() == [0.5, 0.25]
+    assert warmup_factor(torch.tensor([0.0]), torch.tensor([0.0])).tolist() == [1.0]  # no warm-up, even at step 0
+
+
+def test_the_reasons_a_method_is_unusable_on_few_classes_are_said_whole():
+    from kdsearch.distill.methods import unusable_methods
+
+    assert unusable_methods(["kd", "lskd", "dkd", "cosine"], 2) == {
+        "lskd": "the z-scores of two logits are always ±1/√2, so its soft term has no gradient",
+        "dkd": "its non-target distribution has a single class, so NCKD is 0 and beta does nothing (dkd is kd)",
+    }
+    assert unusable_methods(["kd", "lskd", "dkd"], 3) == {}
+
+
+def test_unusable_methods_names_the_classes_a_registered_method_needs(monkeypatch):
+    from kdsearch.distill.methods import Method, unusable_methods
+
+    class Wide(Method):
+        name = "wide"
+        min_classes = 7
+
+    monkeypatch.setitem(METHODS._entries, "wide", Wide)  # registered for this test only
+    assert unusable_methods(["wide"], 5) == {"wide": "it needs at least 7 classes"}
+
+
+def test_hint_without_its_regressor_says_how_to_build_and_pass_it():
+    batch = student_batch(TinyStudent())
+    with pytest.raises(ValueError) as err:
+        build_method("hint").loss(batch, {"feature_weight": 1.0})
+    assert str(err.value).startswith(
+        "method 'hint' needs its regressor: build it with make_regressor(student_shape, teacher_shape), "
+        "train it with the student, and pass it as loss(..., regressor=...)"
+    )

@@ -339,3 +339,17 @@ def test_a_trial_made_while_the_slot_was_lost_runs_when_its_place_is_still_free(
 
     ran = run_worker(study, lambda t: 0.5, 3, AlwaysLost("", storage, "s"), heartbeat=False, loop=FAST)
     assert ran == 3 and [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+
+
+def test_the_trial_slot_times_its_waits_and_holds_for_the_soak(monkeypatch):
+    """``simulate.StorageStats.time_slot`` sets the slot's ``timer`` hook: one wait and one hold per trial start."""
+    from kdsearch.parallel.simulate import StorageStats
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+    monkeypatch.setattr(TrialSlot, "timer", None)
+    stats = StorageStats(storage)
+    stats.time_slot(TrialSlot)
+    run_worker(study, lambda t: 0.5, 3, TrialSlot("", storage, "s"), heartbeat=False, loop=FAST)
+    waits, holds = stats.times["slot_wait"], stats.times["slot_hold"]
+    assert len(waits) == len(holds) >= 3 and all(s >= 0 for s in waits + holds)
