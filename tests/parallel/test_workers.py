@@ -260,7 +260,7 @@ def test_workers_stop_when_run_is_killed_with_sigkill(write_spec, tmp_path):
 
 
 @pytest.fixture
-def postgres_url():
+def postgres_server():
     """A throw-away PostgreSQL server (benchmarks/local_servers.py: initdb, its own port and socket dir), stopped
     afterwards; missing server tools fail the test in CI and as root, and skip it elsewhere."""
     if pg_bindir() is None:
@@ -269,19 +269,13 @@ def postgres_url():
             pytest.fail(hint)
         pytest.skip(hint + " (needs root, so skipped here)")
     with private_postgres(max_connections=40) as server:
-        yield server.url
+        yield server
 
 
 @pytest.fixture
-def postgres_server():
-    """Like ``postgres_url``, the server itself (to restart it)."""
-    if pg_bindir() is None:
-        hint = "PostgreSQL server binaries (initdb, pg_ctl) not found; `scripts/setup.sh --test` installs Debian's postgresql"
-        if os.geteuid() == 0 or os.environ.get("CI"):
-            pytest.fail(hint)
-        pytest.skip(hint + " (needs root, so skipped here)")
-    with private_postgres(max_connections=40) as server:
-        yield server
+def postgres_url(postgres_server):
+    """The URL of ``postgres_server``."""
+    return postgres_server.url
 
 
 @pytest.mark.slow
