@@ -5,6 +5,7 @@ of ``run --workers N`` are started and stopped by ``local_workers.py``.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -339,9 +340,7 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
                             study, beats.own(), functools.partial(fail_and_requeue, max_retry=loop.max_retry)
                         )
                     unclaimed.fail_unclaimed(study, fail_trial)
-            counts: dict = {}
-            for t in study.get_trials(deepcopy=False):
-                counts[t.state] = counts.get(t.state, 0) + 1
+            counts = _state_counts(study)
             finished = counts.get(state.COMPLETE, 0) + counts.get(state.PRUNED, 0)
             if finished >= total:
                 return ran
@@ -383,16 +382,19 @@ def _run_trials(study, objective, total, slot, me, current, *, heartbeat, loop, 
         time.sleep(loop.poll_s)
 
 
+def _state_counts(study: optuna.Study) -> dict[optuna.trial.TrialState, int]:
+    """How many of the study's trials are in each state, read from the storage now."""
+    return collections.Counter(t.state for t in study.get_trials(deepcopy=False))
+
+
 def _give_up_if_surplus(study: optuna.Study, slot: TrialSlot, trial: optuna.Trial, total: int) -> None:
     """Count again under a fresh hold of ``slot``: when the study now has more than ``total`` trials finished or
     running, ``trial`` (this worker's, not trained yet) is the one too many: raise ``SurplusTrial`` (Optuna
     then records it FAILED, which counts for nothing)."""
     slot.release()
     slot.acquire()
-    state = optuna.trial.TrialState
-    counted = sum(
-        1 for t in study.get_trials(deepcopy=False) if t.state in (state.COMPLETE, state.PRUNED, state.RUNNING)
-    )
+    counts = _state_counts(study)
+    counted = sum(counts.get(s, 0) for s in (*FINISHED_STATES, optuna.trial.TrialState.RUNNING))
     if counted > total:
         why = (
             f"trial {trial.number} was given up before it trained: the trial slot was lost while it was made (was "

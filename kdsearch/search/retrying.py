@@ -55,15 +55,21 @@ def retrying(method: Callable, transient: Callable[[BaseException], bool], where
 
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        if getattr(_depth, "n", 0):
-            return method(self, *args, **kwargs)
-        _depth.n = 1
-        try:
-            return call_retrying(lambda: method(self, *args, **kwargs), transient, lambda: where(self))
-        finally:
-            _depth.n = 0
+        return _outermost(lambda: method(self, *args, **kwargs), transient, lambda: where(self))
 
     return call
+
+
+def _outermost(call: Callable[[], T], transient: Callable[[BaseException], bool], where: Callable[[], str]) -> T:
+    """``call_retrying(call, ...)`` when no retried call of this thread is under way; inside one, ``call()`` once
+    (the outer call retries the whole)."""
+    if getattr(_depth, "n", 0):
+        return call()
+    _depth.n = 1
+    try:
+        return call_retrying(call, transient, where)
+    finally:
+        _depth.n = 0
 
 
 def retrying_create(
@@ -72,35 +78,27 @@ def retrying_create(
     """``create_new_trial`` / ``_create_new_trial`` of a storage class, retried like ``retrying`` and done at most
     once for a template trial: the template carries a new ``CREATE_TOKEN_ATTR``, and a retry first returns the
     trial that already holds that token (what the first try made when only its answer was lost)."""
-    plain = retrying(method, transient, where)
     frozen = method.__name__.startswith("_")  # _create_new_trial answers the FrozenTrial, the other its id
 
     @functools.wraps(method)
     def call(self, study_id, template_trial=None):
-        if template_trial is None or getattr(_depth, "n", 0):
-            return plain(self, study_id, template_trial)
+        if template_trial is None:
+            return _outermost(lambda: method(self, study_id), transient, lambda: where(self))
         tagged = copy.copy(template_trial)
         token = uuid.uuid4().hex
         tagged.system_attrs = {**template_trial.system_attrs, CREATE_TOKEN_ATTR: token}
-        tries = [0]
+        first = True
 
         def once():
-            tries[0] += 1
-            if tries[0] > 1:
-                made = [
-                    t
-                    for t in self.get_all_trials(study_id, deepcopy=False)
-                    if t.system_attrs.get(CREATE_TOKEN_ATTR) == token
-                ]
-                if made:
-                    return made[0] if frozen else made[0]._trial_id
+            nonlocal first
+            if not first:
+                for t in self.get_all_trials(study_id, deepcopy=False):
+                    if t.system_attrs.get(CREATE_TOKEN_ATTR) == token:
+                        return t if frozen else t._trial_id
+            first = False
             return method(self, study_id, tagged)
 
-        _depth.n = 1
-        try:
-            return call_retrying(once, transient, lambda: where(self))
-        finally:
-            _depth.n = 0
+        return _outermost(once, transient, lambda: where(self))
 
     return call
 

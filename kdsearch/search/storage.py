@@ -296,7 +296,6 @@ class StorageLock:
         self._study_lock = None
         self._local = _process_lock(f"{url}|{name}|{suffix}")  # one waiter per process holds a file or connection
         self._holding = False
-        self._lost = False  # the advisory lock's session ended while held (``held``)
         file = storage_file(url)
         if file is not None:
             from filelock import FileLock
@@ -327,7 +326,7 @@ class StorageLock:
             self._local.release()
             raise
         if held:
-            self._holding, self._lost = True, False
+            self._holding = True
         else:
             self._local.release()
         return held
@@ -381,8 +380,10 @@ class StorageLock:
         over), so what was decided under it may have been decided by another process too."""
         if self._study_lock is not None:
             return self._study_lock.held()
-        if self._conn is None:
-            return self._holding and not self._lost
+        if self._engine is None:  # a file lock, or none: held from acquire to release
+            return self._holding
+        if self._conn is None:  # never taken, released, or found lost below
+            return False
         import sqlalchemy
 
         try:
@@ -395,7 +396,6 @@ class StorageLock:
             ).scalar()
             self._conn.commit()
         except sqlalchemy.exc.SQLAlchemyError:  # the session is gone, and its lock with it: nothing to unlock
-            self._lost = True
             try:
                 self._conn.close()
             except sqlalchemy.exc.SQLAlchemyError:
